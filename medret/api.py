@@ -1,0 +1,107 @@
+"""The public surface: ``get_retriever(...)`` and ``Retriever.retrieve / search``.
+
+``retrieve`` returns exactly what Search-R1's ``/retrieve`` returns; ``search`` returns typed hits. The way a
+search travels (in-process, HTTP, Ray) is the configured transport; results are identical across them.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from medret.config import RetrieverConfig
+from medret.validate import check_flag, check_queries, check_topk, dedupe
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved snippet: its Search-R1 document dict and its score (higher is better)."""
+
+    document: dict
+    score: float
+
+    @property
+    def id(self) -> str:
+        return self.document["id"]
+
+    @property
+    def title(self) -> str:
+        return self.document["title"]
+
+    @property
+    def content(self) -> str:
+        return self.document["content"]
+
+    @property
+    def contents(self) -> str:
+        return self.document["contents"]
+
+
+class Retriever:
+    """A configured retriever. Thread-safe; build it with :func:`get_retriever` to share it per process."""
+
+    def __init__(self, config: RetrieverConfig, transport: Any = None):
+        from medret.transports import make_transport
+
+        self.config = config
+        self.transport = transport if transport is not None else make_transport(config)
+        self._lock = threading.Lock()
+
+    def search(self, queries: list[str], k: int = 3) -> list[list[Hit]]:
+        """The k best hits of each query, in query order. Identical queries are searched once."""
+        queries = check_queries(queries, self.config.max_batch, self.config.max_query_chars)
+        k = check_topk(k, self.config.max_topk)
+        if not queries:
+            return []
+        unique, where = dedupe(queries)
+        with self._lock:
+            hits = self.transport.search(unique, k)
+        return [hits[i] for i in where]
+
+    def retrieve(self, queries: list[str], topk: int = 3, return_scores: bool = True) -> dict:
+        """Search-R1's JSON: {"result": [[{"document": {...}, "score": s}, ...], ...]}; documents alone without scores."""
+        return_scores = check_flag("return_scores", return_scores)
+        return format_result(self.search(queries, topk), return_scores)
+
+    def info(self) -> dict[str, Any]:
+        return self.transport.info()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def format_result(hits: list[list[Hit]], return_scores: bool) -> dict:
+    if return_scores:
+        return {"result": [[{"document": h.document, "score": h.score} for h in row] for row in hits]}
+    return {"result": [[h.document for h in row] for row in hits]}
+
+
+_CACHE: dict[RetrieverConfig, Retriever] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_retriever(corpus_name: str = "sample", retriever_name: str = "BM25", db_dir: str | None = None,
+                  gpu_id: int | None = None, device: str | None = None, **options: Any) -> Retriever:
+    """The process-wide retriever for this configuration, built on first call (a second call is free).
+
+    ``options`` are the other fields of :class:`medret.config.RetrieverConfig` (backend, url, rrf_k, ...).
+    """
+    config = RetrieverConfig.from_mapping(dict(corpus_name=corpus_name, retriever_name=retriever_name,
+                                               db_dir=db_dir, gpu_id=gpu_id, device=device, **options))
+    return retriever_for(config)
+
+
+def retriever_for(config: RetrieverConfig) -> Retriever:
+    with _CACHE_LOCK:
+        r = _CACHE.get(config)
+        if r is None:
+            r = _CACHE[config] = Retriever(config)
+        return r
+
+
+def clear_cache() -> None:
+    """Close and forget every cached retriever (tests, notebooks)."""
+    with _CACHE_LOCK:
+        for r in _CACHE.values():
+            r.close()
+        _CACHE.clear()

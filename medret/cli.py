@@ -1,0 +1,47 @@
+"""The `medret` command line. Thin: each command lives beside the code it drives."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from medret import __version__
+from medret.errors import MedretError
+
+# Each module defines register(subparsers); its handlers take the parsed args and return an exit code.
+COMMANDS = [
+    "medret.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medret", description="Fast in-process medical retrieval for RL search agents.")
+    parser.add_argument("--version", action="version", version=f"medret {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MedretError as e:
+        print(f"medret: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("medret: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Core commands: `medret search`, `medret index build`, `medret corpus info`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+
+corpus_subparsers = None  # `medret corpus` sub-commands; other modules add theirs (e.g. download)
+
+
+def add_retriever_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that configure a retriever, shared by every command that builds one."""
+    g = p.add_argument_group("retriever")
+    g.add_argument("--corpus", default="sample", help="PubMed, StatPearls, Textbooks, Wikipedia, MedText, MedCorp, "
+                   "sample, or a folder / .jsonl file (default: sample)")
+    g.add_argument("--retriever", default="BM25", help="BM25, MedCPT, Contriever, SPECTER, e5, RRF-2, RRF-4, "
+                   "'A+B', or a local model folder (default: BM25)")
+    g.add_argument("--db-dir", default=None, help="folder holding MedRAG's corpora (pubmed/chunk/*.jsonl, ...)")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if visible, else cpu)")
+    g.add_argument("--gpu-id", type=int, default=None, help="physical GPU number (as nvidia-smi counts)")
+    g.add_argument("--allow-cpu-fallback", action="store_true", help="run on CPU (with a warning) if CUDA is absent")
+    g.add_argument("--pooling", choices=["cls", "mean"], default=None, help="pooling of a local model folder")
+    g.add_argument("--query-model", default=None, help="local path overriding the query encoder")
+    g.add_argument("--doc-model", default=None, help="local path overriding the document encoder")
+    g.add_argument("--batch-size", type=int, default=256, help="encoder batch size")
+    g.add_argument("--rrf-k", type=int, default=100, help="RRF constant k (MedRAG uses 100)")
+
+
+def config_from_args(args: argparse.Namespace, **extra):
+    from medret.config import RetrieverConfig
+
+    return RetrieverConfig.from_mapping(dict(
+        corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, device=args.device,
+        gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback, pooling=args.pooling,
+        query_model=args.query_model, doc_model=args.doc_model, batch_size=args.batch_size, rrf_k=args.rrf_k,
+        **extra))
+
+
+def register(sub) -> None:
+    global corpus_subparsers
+    p = sub.add_parser("search", help="search a corpus and print the top-k passages")
+    p.add_argument("queries", nargs="+", metavar="QUERY")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print Search-R1's /retrieve JSON")
+    p.add_argument("--url", default=None, help="search through a running `medret serve` instead of in-process")
+    add_retriever_flags(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("index", help="build indexes")
+    isub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
+    b = isub.add_parser("build", help="build the document store and the index a retriever needs (resumable)")
+    add_retriever_flags(b)
+    b.add_argument("--index-type", default="flat", help="flat, hnsw, ivfpq, or a faiss factory string")
+    b.add_argument("--rebuild", action="store_true", help="rebuild even if a matching index exists")
+    b.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser("corpus", help="corpus information and downloads")
+    corpus_subparsers = p.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND", required=True)
+    c = corpus_subparsers.add_parser("info", help="sizes, which indexes exist, memory each would take")
+    c.add_argument("--corpus", default="sample")
+    c.add_argument("--db-dir", default=None)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_corpus_info)
+
+
+def cmd_search(args) -> int:
+    from medret.api import retriever_for
+
+    extra = {"url": args.url} if args.url else {}
+    r = retriever_for(config_from_args(args, **extra))
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(r.retrieve(args.queries, args.topk, True)) + b"\n")
+        return 0
+    for q, hits in zip(args.queries, r.search(args.queries, args.topk)):
+        print(f"query: {q}")
+        for rank, h in enumerate(hits, 1):
+            text = h.content if len(h.content) <= 300 else h.content[:297] + "..."
+            print(f"  {rank}. [{h.score:.4f}] {h.id} | {h.title}\n     {text}")
+    return 0
+
+
+def cmd_index_build(args) -> int:
+    from medret.index.builder import build_all
+
+    config = config_from_args(args)
+    for line in build_all(config, index_type=args.index_type, rebuild=args.rebuild, progress=True):
+        print(line)
+    return 0
+
+
+def cmd_corpus_info(args) -> int:
+    from medret.corpus.info import corpus_info, format_info
+
+    info = corpus_info(args.corpus, args.db_dir)
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(format_info(info))
+    return 0

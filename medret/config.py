@@ -1,0 +1,123 @@
+"""RetrieverConfig: every setting of a retriever in one frozen, hashable dataclass.
+
+Built from keyword arguments, a hydra/omegaconf block (Search-R1's ``retriever`` config) or CLI flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from medret.errors import ConfigError
+
+BACKENDS = ("local", "http", "ray")
+RAY_PLACEMENTS = ("any", "per-node", "retriever-node")
+
+
+@dataclass(frozen=True)
+class RetrieverConfig:
+    corpus_name: str = "sample"
+    retriever_name: str = "BM25"
+    db_dir: str | None = None
+    # device: "cpu", "cuda", "cuda:N"; gpu_id: a physical GPU id (as nvidia-smi numbers it)
+    device: str | None = None
+    gpu_id: int | None = None
+    allow_cpu_fallback: bool = False
+    backend: str = "local"
+    # http backend
+    url: str | None = None
+    address_file: str | None = None
+    token: str | None = None
+    timeout: float = 60.0
+    retries: int = 5
+    # encoders: local model paths override the hub names of the retriever's spec
+    query_model: str | None = None
+    doc_model: str | None = None
+    pooling: str | None = None
+    batch_size: int = 256
+    fp16: bool | None = None
+    # fusion
+    rrf_k: int = 100
+    fusion_depth: int | None = None
+    # limits
+    max_topk: int = 1000
+    max_batch: int = 16384
+    max_query_chars: int = 8192
+    # build what is missing (document store, BM25; dense indexes of small corpora) on first use
+    auto_build: bool = True
+    # ray backend
+    ray_address: str | None = None
+    ray_namespace: str = "medret"
+    ray_num_gpus: float = 0.0
+    ray_placement: str = "any"
+    ray_shards: int = 1
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
+        if self.backend == "http" and not (self.url or self.address_file):
+            raise ConfigError("backend='http' needs url='http://host:port' (or address_file=PATH written by "
+                              "`medret serve --address-file`)")
+        for name in ("rrf_k", "max_topk", "max_batch", "batch_size", "retries", "max_query_chars", "ray_shards"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "retries" else 1):
+                raise ConfigError(f"{name}={v!r} is invalid: it must be a positive whole number")
+        if self.fusion_depth is not None and (not isinstance(self.fusion_depth, int) or self.fusion_depth < 1):
+            raise ConfigError(f"fusion_depth={self.fusion_depth!r} is invalid: a positive whole number or None")
+        if self.gpu_id is not None and (not isinstance(self.gpu_id, int) or isinstance(self.gpu_id, bool)
+                                        or self.gpu_id < 0):
+            raise ConfigError(f"gpu_id={self.gpu_id!r} is invalid: a GPU number such as 0 or 3")
+        if self.ray_placement not in RAY_PLACEMENTS:
+            raise ConfigError(f"ray_placement={self.ray_placement!r} is invalid: choose one of "
+                              f"{', '.join(RAY_PLACEMENTS)}")
+        if self.pooling is not None and self.pooling not in ("cls", "mean"):
+            raise ConfigError(f"pooling={self.pooling!r} is invalid: choose 'cls' or 'mean'")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "RetrieverConfig":
+        return cls.from_mapping(kwargs)
+
+    @classmethod
+    def from_mapping(cls, block: Mapping[str, Any] | Any) -> "RetrieverConfig":
+        """From a dict or an omegaconf/hydra block. Accepts Search-R1's keys (``local: true``, ``topk``)."""
+        if hasattr(block, "items") and not isinstance(block, dict):
+            try:
+                from omegaconf import OmegaConf
+
+                block = OmegaConf.to_container(block, resolve=True)
+            except ImportError:
+                block = dict(block.items())
+        data = {k: v for k, v in dict(block).items()}
+        local = data.pop("local", None)
+        if local is not None and "backend" not in data:
+            data["backend"] = "local" if _truthy(local) else "http"
+        for ignored in ("topk", "retrieval_topk"):  # per-request, not part of the retriever
+            data.pop(ignored, None)
+        if "corpus" in data and "corpus_name" not in data:
+            data["corpus_name"] = data.pop("corpus")
+        if "retriever" in data and "retriever_name" not in data:
+            data["retriever_name"] = data.pop("retriever")
+        if data.get("url") and "backend" not in data:
+            data["backend"] = "http"
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"unknown retriever option(s) {unknown}: valid options are {sorted(valid)}")
+        if data.get("db_dir") is not None:
+            data["db_dir"] = os.fspath(data["db_dir"])
+        if data.get("gpu_id") is not None and isinstance(data["gpu_id"], str) and data["gpu_id"].isdigit():
+            data["gpu_id"] = int(data["gpu_id"])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "RetrieverConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _truthy(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v)

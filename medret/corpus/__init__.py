@@ -1,0 +1,1 @@
+"""Corpora: names → sources on disk, MedRAG chunk reader, memory-mapped document store."""

@@ -1,0 +1,49 @@
+"""Exceptions raised by medret.
+
+Every message says what is wrong, which value caused it, and what to do about it.
+"""
+from __future__ import annotations
+
+
+class MedretError(Exception):
+    """Base class of every error medret raises on purpose."""
+
+
+class ConfigError(MedretError, ValueError):
+    """A configuration value or an argument is invalid."""
+
+
+class QueryError(ConfigError):
+    """The queries, topk or another request field is invalid."""
+
+
+class CorpusError(MedretError):
+    """A corpus is missing, unknown or malformed."""
+
+
+class StoreError(MedretError):
+    """The document store is missing, stale or damaged."""
+
+
+class IndexBuildError(MedretError):
+    """An index is missing, stale, incomplete, or could not be built."""
+
+
+class DeviceError(MedretError):
+    """The requested device is not usable."""
+
+
+class TransportError(MedretError):
+    """A remote backend (HTTP server, Ray actor) could not answer."""
+
+
+class ModelNotFoundError(MedretError):
+    """An encoder model could not be loaded."""
+
+
+def field_error(field: str, value: object, fix: str, cls: type[MedretError] = ConfigError) -> MedretError:
+    """Build an error that names the field, shows the value and says how to fix it."""
+    shown = repr(value)
+    if len(shown) > 200:
+        shown = shown[:200] + "…"
+    return cls(f"{field}={shown} is invalid: {fix}")

@@ -1,0 +1,1 @@
+"""Retrieval quality: labelled sets and metrics."""

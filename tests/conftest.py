@@ -1,0 +1,89 @@
+"""Shared fixtures: isolated medret cache, tiny corpora, a tiny random-weight BERT saved like a hub model."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+PUBMEDQA = SHARED / "datasets" / "pubmedqa"
+
+TOY_DOCS = [
+    ("Sepsis", "Sepsis in elderly ICU patients carries a high mortality risk."),
+    ("Septic shock", "Septic shock needs vasopressors when fluids fail to restore blood pressure."),
+    ("Heart failure", "Heart failure reduces cardiac output and causes congestion."),
+    ("Pneumonia", "Pneumonia is an infection of the lung that often leads to sepsis."),
+    ("Acute kidney injury", "Acute kidney injury raises serum creatinine and lowers urine output."),
+    ("Atrial fibrillation", "Atrial fibrillation raises stroke risk; anticoagulation lowers it."),
+    ("Delirium", "Delirium in the ICU is common in elderly patients and predicts mortality."),
+    ("Diabetic ketoacidosis", "Diabetic ketoacidosis is treated with insulin, fluids and potassium."),
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """medret writes artifacts of the shipped sample corpus under MEDRET_CACHE: keep tests off the home dir."""
+    monkeypatch.setenv("MEDRET_CACHE", str(tmp_path_factory.getbasetemp() / "medret-cache"))
+    yield
+    from medret.api import clear_cache
+
+    clear_cache()
+
+
+def write_chunks(folder: Path, files: dict[str, list[tuple[str, str]]]) -> Path:
+    """Write a MedRAG-layout corpus: folder/chunk/<stem>.jsonl with ids <stem>_<line>."""
+    (folder / "chunk").mkdir(parents=True, exist_ok=True)
+    for stem, docs in files.items():
+        with open(folder / "chunk" / f"{stem}.jsonl", "w", encoding="utf-8") as f:
+            for i, (title, content) in enumerate(docs):
+                f.write(json.dumps({"id": f"{stem}_{i}", "title": title, "content": content,
+                                    "contents": f"{title}. {content}"}) + "\n")
+    return folder
+
+
+@pytest.fixture
+def toy_corpus(tmp_path) -> Path:
+    return write_chunks(tmp_path / "toy", {"toy_a": TOY_DOCS[:5], "toy_b": TOY_DOCS[5:]})
+
+
+@pytest.fixture(scope="session")
+def pubmedqa_data():
+    if not (PUBMEDQA / "ori_pqal.json").is_file():
+        pytest.skip(f"PubMedQA data not found at {PUBMEDQA} (shared/datasets/pubmedqa is absent)")
+    from medret.eval import pubmedqa
+
+    return pubmedqa.load(PUBMEDQA)
+
+
+@pytest.fixture(scope="session")
+def pubmedqa_corpus(pubmedqa_data, tmp_path_factory) -> Path:
+    from medret.eval import pubmedqa
+
+    return pubmedqa.write_corpus(pubmedqa_data, tmp_path_factory.mktemp("pubmedqa") / "pubmedqa")
+
+
+VOCAB_WORDS = sorted({w.strip(".,;").lower() for _, c in TOY_DOCS for w in (c + " " + _).split()} | {
+    "query", "passage", "risk", "patients", "elderly", "icu", "sepsis", "mortality", "treatment", "the", "a", "of",
+    "in", "and", "with", "is", "to", "for", "what", "how", "does"})
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A random-weight BERT (hidden 32) with a WordPiece tokenizer, saved with save_pretrained like a hub model."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w in VOCAB_WORDS if w] + [
+        f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz0123456789:")
+    vocab = list(dict.fromkeys(vocab))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=520)
+    BertModel(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

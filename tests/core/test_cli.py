@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+
+from medret.cli import main
+
+
+def test_search_prints_topk_with_scores(toy_corpus, capsys):
+    assert main(["search", "sepsis in elderly ICU patients", "--corpus", str(toy_corpus), "--topk", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "query: sepsis in elderly ICU patients" in out
+    assert "1. [" in out and "toy_a_0 | Sepsis" in out and "3. [" not in out
+
+
+def test_search_json_is_searchr1_shape(toy_corpus, capsys):
+    assert main(["search", "creatinine", "stroke", "--corpus", str(toy_corpus), "--topk", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [row[0]["document"]["id"] for row in out["result"]] == ["toy_a_4", "toy_b_0"]
+
+
+def test_bad_input_exits_nonzero_with_the_message(toy_corpus, capsys):
+    assert main(["search", "x", "--corpus", str(toy_corpus), "--topk", "0"]) == 1
+    assert "topk=0 is out of range" in capsys.readouterr().err
+    assert main(["search", "x", "--corpus", "Nope"]) == 1
+    assert "corpus_name='Nope' is unknown" in capsys.readouterr().err
+
+
+def test_corpus_info_reports_rows_and_indexes(toy_corpus, capsys):
+    main(["search", "sepsis", "--corpus", str(toy_corpus)])
+    capsys.readouterr()
+    assert main(["corpus", "info", "--corpus", str(toy_corpus), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rows"] == 8 and info["sources"][0]["chunk_files"] == 2 and info["bm25"]["built"]
+    assert info["flat_768_bytes"] == {"fp32": 8 * 768 * 4, "fp16": 8 * 768 * 2}
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "medret.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "search" in out.stdout and "index" in out.stdout

@@ -1,0 +1,87 @@
+import json
+import resource
+
+import numpy as np
+import pytest
+
+from medret.corpus.registry import resolve_corpus
+from medret.corpus.store import DocStore, UnionStore, open_corpus_store
+from medret.errors import CorpusError, StoreError
+from tests.conftest import TOY_DOCS, write_chunks
+
+
+def test_store_returns_each_row_as_written(toy_corpus):
+    corpus = resolve_corpus(str(toy_corpus), None)
+    store = open_corpus_store(corpus)
+    assert len(store) == len(TOY_DOCS)
+    docs = store.get(range(len(TOY_DOCS)))
+    expected_ids = [f"toy_a_{i}" for i in range(5)] + [f"toy_b_{i}" for i in range(3)]
+    assert [d["id"] for d in docs] == expected_ids
+    assert [(d["title"], d["content"]) for d in docs] == TOY_DOCS
+    # out of order and repeated rows
+    assert [d["id"] for d in store.get([7, 0, 7])] == ["toy_b_2", "toy_a_0", "toy_b_2"]
+    assert store.row_of("toy_b", 1) == 6
+    assert store.files == [("toy_a", 5), ("toy_b", 3)]
+
+
+def test_store_is_memory_mapped_and_built_once(toy_corpus):
+    corpus = resolve_corpus(str(toy_corpus), None)
+    store = open_corpus_store(corpus)
+    folder = corpus.sources[0].store_dir
+    mtime = (folder / "manifest.json").stat().st_mtime_ns
+    again = open_corpus_store(corpus)
+    assert (folder / "manifest.json").stat().st_mtime_ns == mtime  # not rebuilt
+    assert isinstance(again._offsets, np.memmap)
+    store.close()
+
+
+def test_stale_store_is_refused_with_rebuild_hint(toy_corpus):
+    corpus = resolve_corpus(str(toy_corpus), None)
+    open_corpus_store(corpus).close()
+    with open(toy_corpus / "chunk" / "toy_b.jsonl", "a") as f:
+        f.write(json.dumps({"id": "toy_b_3", "title": "New", "content": "An added snippet."}) + "\n")
+    with pytest.raises(StoreError, match="changed since its document store was built.*--rebuild"):
+        open_corpus_store(resolve_corpus(str(toy_corpus), None))
+
+
+def test_crash_during_build_leaves_no_store(toy_corpus):
+    bad = toy_corpus / "chunk" / "toy_c.jsonl"
+    bad.write_text('{"id": "x", "title": "T", "content": "fine"}\n{not json}\n')
+    corpus = resolve_corpus(str(toy_corpus), None)
+    with pytest.raises(CorpusError, match=r"toy_c.jsonl:2 is not valid JSON"):
+        open_corpus_store(corpus)
+    assert not corpus.sources[0].store_dir.exists()
+    assert not any(p.name.startswith(".store.tmp") for p in corpus.sources[0].artifact_dir.iterdir())
+
+
+def test_union_store_offsets_rows_per_source(tmp_path):
+    db = tmp_path / "db"
+    write_chunks(db / "textbooks", {"Anatomy": TOY_DOCS[:3]})
+    write_chunks(db / "statpearls", {"article": TOY_DOCS[3:]})
+    corpus = resolve_corpus("MedText", db)
+    assert [s.name for s in corpus.sources] == ["textbooks", "statpearls"]  # MedRAG's order
+    store = open_corpus_store(corpus)
+    assert isinstance(store, UnionStore) and len(store) == len(TOY_DOCS)
+    assert [d["id"] for d in store.get([4, 0, 3])] == ["article_1", "Anatomy_0", "article_0"]
+    assert [(d["title"], d["content"]) for _, b in store.iter_batches(3) for d in b] == TOY_DOCS
+    assert store.row_of("article", 2) == 5
+
+
+def test_searchr1_jsonl_is_read(tmp_path):
+    path = tmp_path / "wiki.jsonl"
+    path.write_text(json.dumps({"id": "0", "contents": '"Sepsis"\nA life-threatening organ dysfunction.'}) + "\n")
+    store = open_corpus_store(resolve_corpus(str(path), None))
+    assert store.get([0]) == [{"id": "0", "title": "Sepsis", "content": "A life-threatening organ dysfunction."}]
+
+
+def test_lookup_does_not_load_texts(tmp_path):
+    # 20,000 snippets of ~1 KB each: opening the store and reading a few rows must not pull 20 MB into RAM.
+    filler = "x" * 1000
+    write_chunks(tmp_path / "big", {"big": [("T", f"{i} {filler}") for i in range(20_000)]})
+    corpus = resolve_corpus(str(tmp_path / "big"), None)
+    open_corpus_store(corpus).close()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    store = DocStore.open(corpus.sources[0])
+    assert store.get([19_999])[0]["content"].startswith("19999 ")
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 10_000, f"opening the store grew peak RSS by {grown_kb} KB"
