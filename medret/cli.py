@@ -12,6 +12,7 @@ from medret.errors import MedretError
 # Each module defines register(subparsers); its handlers take the parsed args and return an exit code.
 COMMANDS = [
     "medret.commands",
+    "medret.recipes.kare.cli",
 ]
 
 
