@@ -79,7 +79,8 @@ class Engine:
         return s
 
     def search_rows(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of shape (len(queries), min(k, n)), best first."""
+        """(scores, rows) of shape (len(queries), min(k, n)), best first; row -1 marks "nothing found"
+        (an approximate index can find fewer than k)."""
         if len(self.searchers) == 1:
             return self.searchers[0].search(queries, k)
         depth = max(k, self.config.fusion_depth or k)
@@ -88,12 +89,16 @@ class Engine:
         scores = np.zeros((len(queries), kk), dtype=np.float64)
         rows = np.zeros((len(queries), kk), dtype=np.int64)
         for i in range(len(queries)):
-            scores[i], rows[i] = rrf([r[i] for r in rankings], kk, self.config.rrf_k)
+            s, r = rrf([ranking[i][ranking[i] >= 0] for ranking in rankings], kk, self.config.rrf_k)
+            scores[i, : len(r)], rows[i, : len(r)] = s, r
+            rows[i, len(r):] = -1
         return scores, rows
 
     def documents(self, rows: np.ndarray) -> list[dict]:
-        """Search-R1 documents for rows: {"id", "title", "content", "contents"}; contents = '"title"\\ntext'."""
-        docs = self.store.get(rows.ravel())
+        """Search-R1 documents of the rows >= 0, in order: {"id", "title", "content", "contents"};
+        contents = '"title"\\ntext' (Search-R1's convention)."""
+        flat = rows.ravel()
+        docs = self.store.get(flat[flat >= 0])
         for d in docs:
             d["contents"] = f'"{d["title"]}"\n{d["content"]}'
         return docs

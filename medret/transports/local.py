@@ -14,10 +14,9 @@ class LocalTransport:
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         scores, rows = self.engine.search_rows(queries, k)
-        docs = self.engine.documents(rows)
-        kk = rows.shape[1]
-        sc = scores.tolist()
-        return [[Hit(docs[i * kk + j], float(sc[i][j])) for j in range(kk)] for i in range(len(queries))]
+        docs = iter(self.engine.documents(rows))
+        return [[Hit(next(docs), float(s)) for s, r in zip(srow, rrow) if r >= 0]
+                for srow, rrow in zip(scores.tolist(), rows.tolist())]
 
     def info(self) -> dict[str, Any]:
         return self.engine.info()

@@ -37,3 +37,23 @@ def test_corpus_info_reports_rows_and_indexes(toy_corpus, capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "medret.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "search" in out.stdout and "index" in out.stdout
+
+
+def test_index_build_builds_store_and_bm25_then_rebuilds(toy_corpus, capsys):
+    assert main(["index", "build", "--corpus", str(toy_corpus), "--retriever", "BM25"]) == 0
+    out = capsys.readouterr().out
+    assert "document store: toy, 8 snippets" in out and "BM25 index:" in out
+    manifest = toy_corpus / "medret" / "bm25" / "manifest.json"
+    first = manifest.stat().st_mtime_ns
+    assert main(["index", "build", "--corpus", str(toy_corpus), "--retriever", "BM25"]) == 0
+    assert manifest.stat().st_mtime_ns == first  # nothing to do
+    assert main(["index", "build", "--corpus", str(toy_corpus), "--retriever", "BM25", "--rebuild"]) == 0
+    assert manifest.stat().st_mtime_ns != first
+
+
+def test_index_build_dense_then_search(toy_corpus, tiny_bert_dir, capsys):
+    args = ["--corpus", str(toy_corpus), "--retriever", str(tiny_bert_dir), "--pooling", "cls"]
+    assert main(["index", "build", *args]) == 0
+    assert "index (flat) for toy" in capsys.readouterr().out
+    assert main(["search", "sepsis", *args, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["result"][0]) == 3

@@ -1,0 +1,214 @@
+"""Hugging Face transformer encoders for queries and documents.
+
+Models are loaded with ``AutoTokenizer.from_pretrained`` / ``AutoModel.from_pretrained`` from a local
+directory or the Hugging Face cache. Where the weights come from, in order:
+
+1. ``query_model_path`` / ``doc_model_path`` given to :class:`Encoder`;
+2. ``$MEDRET_MODELS_DIR/<model id>`` when that directory exists (e.g. ``$MEDRET_MODELS_DIR/ncbi/MedCPT-Query-Encoder``);
+3. the model id itself (Hugging Face cache, or the Hub when online).
+
+Within one call texts are tokenized once, sorted by token length and batched so padding is minimal;
+the output rows are returned in the input order.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from medret.encoders.pooling import l2_normalize, pool
+from medret.encoders.specs import EncoderSpec, format_docs, format_query
+from medret.errors import ConfigError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR_ENV = "MEDRET_MODELS_DIR"
+
+
+def model_location(model: str, explicit: str | os.PathLike[str] | None = None) -> str:
+    """Where ``model`` is loaded from (see the module docstring)."""
+    if explicit is not None:
+        return str(explicit)
+    root = os.environ.get(MODELS_DIR_ENV)
+    if root:
+        cand = Path(root) / model
+        if cand.is_dir():
+            return str(cand)
+    return model
+
+
+class _Part:
+    """One tokenizer + model pair (queries or documents)."""
+
+    def __init__(self, model: str, location: str, role: str, spec_name: str, device: str, fp16: bool):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_id = model
+        self.location = location
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(location)
+            dtype = torch.float16 if fp16 else torch.float32
+            self.model = AutoModel.from_pretrained(location, dtype=dtype)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise ModelNotFoundError(_not_found_message(model, location, role, spec_name, e)) from e
+        self.model.to(device)
+        self.model.eval()
+        self.device = device
+        self.dtype = dtype
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.dim = int(getattr(self.model.config, "hidden_size", 0) or 0)
+        # Segment ids matter for sentence pairs (MedCPT's [title, content]); some saved tokenizers do not
+        # list them in model_input_names, so ask for them whenever the model has segment embeddings.
+        self.wants_token_types = int(getattr(self.model.config, "type_vocab_size", 0) or 0) >= 2
+        logger.info("loaded %s encoder %s from %s on %s (%s)", role, model, location, device, dtype)
+
+
+def _not_found_message(model: str, location: str, role: str, spec_name: str, err: BaseException) -> str:
+    where = f"{location!r}" if location == model else f"{location!r} (for {model!r})"
+    hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface (default)")
+    offline = os.environ.get("HF_HUB_OFFLINE", "unset")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"cannot load the {role} model of retriever {spec_name!r} from {where}: {first}. "
+        f"medret looks in local directories and the Hugging Face cache (HF_HOME={hf_home}, "
+        f"HF_HUB_OFFLINE={offline}). Fix: download it once where there is internet "
+        f"(`huggingface-cli download {model}`) into that cache, or give a local model directory "
+        f"(query_model_path=/doc_model_path=, CLI --query-model/--doc-model), or set {MODELS_DIR_ENV} "
+        f"to a folder containing {model}/."
+    )
+
+
+class Encoder:
+    """Encode queries and documents as ``spec`` prescribes.
+
+    The query model is loaded when the encoder is created (so a missing model fails early); the document
+    model is loaded on the first :meth:`encode_docs` call unless it is the same model. ``fp16`` defaults to
+    True on CUDA and False on CPU.
+    """
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        device: str = "cpu",
+        fp16: bool | None = None,
+        query_model_path: str | os.PathLike[str] | None = None,
+        doc_model_path: str | os.PathLike[str] | None = None,
+        *,
+        load_query: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.device = str(device)
+        self.fp16 = self.device.startswith("cuda") if fp16 is None else bool(fp16)
+        if self.fp16 and not self.device.startswith("cuda"):
+            logger.warning("fp16 encoding on %s is slow and less precise; it is meant for CUDA", self.device)
+        self._query_loc = model_location(spec.query_model, query_model_path)
+        self._doc_loc = model_location(spec.doc_model, doc_model_path)
+        self._parts: dict[str, _Part] = {}
+        if load_query:
+            self._part("query")
+
+    # ------------------------------------------------------------------ loading
+    def _part(self, role: str) -> _Part:
+        loc = self._query_loc if role == "query" else self._doc_loc
+        model = self.spec.query_model if role == "query" else self.spec.doc_model
+        if role not in self._parts:
+            shared = [p for p in self._parts.values() if p.location == loc]
+            if shared:
+                self._parts[role] = shared[0]
+        if role not in self._parts:
+            self._parts[role] = _Part(model, loc, role, self.spec.name, self.device, self.fp16)
+        return self._parts[role]
+
+    @property
+    def dim(self) -> int:
+        part = self._parts.get("query") or self._part("doc")
+        return part.dim
+
+    def load_docs_model(self) -> None:
+        self._part("doc")
+
+    # ------------------------------------------------------------------ encoding
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Encode queries; returns float32 (len(texts), dim)."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ConfigError(f"queries[{i}]={t!r} is invalid: each query must be a string")
+        part = self._part("query")
+        inputs = [format_query(self.spec, t) for t in texts]
+        return self._encode(part, inputs, None, self.spec.query_max_len, batch_size)
+
+    def encode_docs(self, docs: Sequence[Mapping[str, Any]], batch_size: int = 64) -> np.ndarray:
+        """Encode documents (dicts with ``title`` and ``content``); returns float32 (len(docs), dim)."""
+        part = self._part("doc")
+        formatted = format_docs(self.spec, docs, sep_token=part.tokenizer.sep_token)
+        if self.spec.doc_pair_input:
+            firsts = [p[0] for p in formatted]
+            seconds = [p[1] for p in formatted]
+            return self._encode(part, firsts, seconds, self.spec.doc_max_len, batch_size)
+        return self._encode(part, list(formatted), None, self.spec.doc_max_len, batch_size)  # type: ignore[arg-type]
+
+    def tokenize(self, role: str, first: list[str], second: list[str] | None, max_len: int) -> dict[str, list[list[int]]]:
+        """Token ids exactly as the model sees them (unpadded); exposed for tests and diagnostics."""
+        part = self._part(role)
+        return _tokenize(part, first, second, max_len)
+
+    def _encode(
+        self, part: _Part, first: list[str], second: list[str] | None, max_len: int, batch_size: int
+    ) -> np.ndarray:
+        import torch
+
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r} is invalid: give a positive integer")
+        n = len(first)
+        if n == 0:
+            return np.zeros((0, part.dim), dtype=np.float32)
+        enc = _tokenize(part, first, second, max_len)
+        ids = enc["input_ids"]
+        types = enc.get("token_type_ids")
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        order = np.argsort(-lengths, kind="stable")  # longest first: a too-large batch fails at once
+        out = np.empty((n, part.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                idx = order[s : s + batch_size]
+                width = int(lengths[idx[0]])
+                input_ids = np.full((len(idx), width), part.pad_id, dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                tt = np.zeros((len(idx), width), dtype=np.int64) if types is not None else None
+                for r, j in enumerate(idx):
+                    L = int(lengths[j])
+                    input_ids[r, :L] = ids[j]
+                    mask[r, :L] = 1
+                    if tt is not None:
+                        tt[r, :L] = types[j]  # type: ignore[index]
+                batch = {
+                    "input_ids": torch.from_numpy(input_ids).to(part.device),
+                    "attention_mask": torch.from_numpy(mask).to(part.device),
+                }
+                if tt is not None:
+                    batch["token_type_ids"] = torch.from_numpy(tt).to(part.device)
+                hidden = part.model(**batch, return_dict=True).last_hidden_state
+                vec = pool(hidden, batch["attention_mask"], self.spec.pooling)
+                if self.spec.normalize:
+                    vec = l2_normalize(vec)
+                out[idx] = vec.float().cpu().numpy()
+        return out
+
+
+def _tokenize(part: _Part, first: list[str], second: list[str] | None, max_len: int) -> dict[str, list[list[int]]]:
+    kwargs: dict[str, Any] = dict(truncation=True, max_length=max_len, padding=False, return_attention_mask=False)
+    if part.wants_token_types:
+        kwargs["return_token_type_ids"] = True
+    if second is None:
+        enc = part.tokenizer(first, **kwargs)
+    else:
+        enc = part.tokenizer(first, second, **kwargs)
+    out: dict[str, list[list[int]]] = {"input_ids": enc["input_ids"]}
+    if "token_type_ids" in enc:
+        out["token_type_ids"] = enc["token_type_ids"]
+    return out

@@ -1,0 +1,332 @@
+"""Encoder specifications: which model encodes queries and documents, and exactly how.
+
+The four named retrievers reproduce the input formatting of the code that produced the published
+indexes, so that queries encoded by medret land in the same space as MedRAG's precomputed embeddings
+and Search-R1's e5 index:
+
+========== =========================== ============================ ======= ===== ========= ===========
+name       query model                 document model               pooling metric normalize max len q/d
+========== =========================== ============================ ======= ===== ========= ===========
+MedCPT     ncbi/MedCPT-Query-Encoder   ncbi/MedCPT-Article-Encoder  cls     ip    no        64 / 512
+Contriever facebook/contriever         facebook/contriever          mean    ip    no        512 / 512
+SPECTER    allenai/specter             allenai/specter              cls     l2    no        512 / 512
+e5         intfloat/e5-base-v2         intfloat/e5-base-v2          mean    ip    yes       256 / 256
+========== =========================== ============================ ======= ===== ========= ===========
+
+Document text (``doc_format``), as MedRAG's ``embed`` builds it for its precomputed embeddings:
+
+* ``pair`` (MedCPT): the tokenizer gets ``(title, content)`` as a sentence pair, truncated longest-first.
+* ``contriever``: ``"<title>. <content>"`` with ``".."`` replaced by ``"."`` and ``"?."`` by ``"?"``.
+* ``specter``: ``"<title>" + tokenizer.sep_token + "<content>"``.
+* ``concat`` (MedRAG's default for other models, used for local models): title and content joined by
+  ``" "`` when the title ends in ``.?!`` and by ``". "`` otherwise.
+* ``searchr1`` (e5): Search-R1's ``contents`` convention ``'"<title>"\\n<content>'``, after the
+  ``"passage: "`` prefix, as Search-R1's ``index_builder.py`` encodes its corpus.
+
+MedRAG's sentence-transformers path strips each text; medret does the same for the MedRAG formats.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+from medret.errors import ConfigError
+
+Pooling = Literal["cls", "mean"]
+Metric = Literal["ip", "l2"]
+DocFormat = Literal["pair", "contriever", "specter", "concat", "searchr1"]
+
+POOLINGS: tuple[str, ...] = ("cls", "mean")
+METRICS: tuple[str, ...] = ("ip", "l2")
+DOC_FORMATS: tuple[str, ...] = ("pair", "contriever", "specter", "concat", "searchr1")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How one dense retriever turns queries and documents into vectors."""
+
+    name: str
+    query_model: str
+    doc_model: str
+    pooling: Pooling
+    normalize: bool
+    query_prefix: str
+    doc_prefix: str
+    query_max_len: int
+    doc_max_len: int
+    doc_pair_input: bool
+    metric: Metric
+    dim: int | None
+    doc_format: DocFormat = "concat"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling={self.pooling!r} is invalid: use one of {', '.join(POOLINGS)}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric={self.metric!r} is invalid: use one of {', '.join(METRICS)}")
+        if self.doc_format not in DOC_FORMATS:
+            raise ConfigError(f"doc_format={self.doc_format!r} is invalid: use one of {', '.join(DOC_FORMATS)}")
+        for field in ("query_max_len", "doc_max_len"):
+            v = getattr(self, field)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+                raise ConfigError(f"{field}={v!r} is invalid: give a token count >= 2 (e.g. 512)")
+        if self.doc_pair_input != (self.doc_format == "pair"):
+            raise ConfigError(
+                f"doc_pair_input={self.doc_pair_input!r} contradicts doc_format={self.doc_format!r}: "
+                "pair input goes with doc_format='pair' and only with it"
+            )
+
+    @property
+    def slug(self) -> str:
+        """Lower-case name safe for a directory (the index folder name)."""
+        return re.sub(r"[^a-z0-9._-]+", "-", self.name.lower()).strip("-") or "model"
+
+    @property
+    def shares_model(self) -> bool:
+        """True when queries and documents go through the same weights."""
+        return self.query_model == self.doc_model
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EncoderSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def same_encoding(self, other: "EncoderSpec") -> bool:
+        """True when documents encoded under ``other`` are valid for queries encoded under ``self``.
+
+        Compares everything that changes the vectors (not the display name or the query length).
+        """
+        keys = ("doc_model", "pooling", "normalize", "doc_prefix", "doc_max_len", "doc_format", "metric")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+MEDCPT = EncoderSpec(
+    name="MedCPT",
+    query_model="ncbi/MedCPT-Query-Encoder",
+    doc_model="ncbi/MedCPT-Article-Encoder",
+    pooling="cls",
+    normalize=False,
+    query_prefix="",
+    doc_prefix="",
+    query_max_len=64,
+    doc_max_len=512,
+    doc_pair_input=True,
+    metric="ip",
+    dim=768,
+    doc_format="pair",
+)
+CONTRIEVER = EncoderSpec(
+    name="Contriever",
+    query_model="facebook/contriever",
+    doc_model="facebook/contriever",
+    pooling="mean",
+    normalize=False,
+    query_prefix="",
+    doc_prefix="",
+    query_max_len=512,
+    doc_max_len=512,
+    doc_pair_input=False,
+    metric="ip",
+    dim=768,
+    doc_format="contriever",
+)
+SPECTER = EncoderSpec(
+    name="SPECTER",
+    query_model="allenai/specter",
+    doc_model="allenai/specter",
+    pooling="cls",
+    normalize=False,
+    query_prefix="",
+    doc_prefix="",
+    query_max_len=512,
+    doc_max_len=512,
+    doc_pair_input=False,
+    metric="l2",
+    dim=768,
+    doc_format="specter",
+)
+E5 = EncoderSpec(
+    name="e5",
+    query_model="intfloat/e5-base-v2",
+    doc_model="intfloat/e5-base-v2",
+    pooling="mean",
+    normalize=True,
+    query_prefix="query: ",
+    doc_prefix="passage: ",
+    query_max_len=256,
+    doc_max_len=256,
+    doc_pair_input=False,
+    metric="ip",
+    dim=768,
+    doc_format="searchr1",
+)
+
+REGISTRY: dict[str, EncoderSpec] = {s.name.lower(): s for s in (MEDCPT, CONTRIEVER, SPECTER, E5)}
+
+
+def known_names() -> list[str]:
+    return [s.name for s in REGISTRY.values()]
+
+
+def get_spec(name: str) -> EncoderSpec | None:
+    """The registered spec for a retriever name or one of its model ids (case-insensitive), else None."""
+    key = name.strip().lower()
+    if key in REGISTRY:
+        return REGISTRY[key]
+    for spec in REGISTRY.values():
+        if key in (spec.query_model.lower(), spec.doc_model.lower()):
+            return spec
+    return None
+
+
+def resolve_spec(
+    name_or_path: str,
+    pooling: str | None = None,
+    *,
+    doc_model: str | None = None,
+    normalize: bool | None = None,
+    metric: str | None = None,
+    query_prefix: str | None = None,
+    doc_prefix: str | None = None,
+    query_max_len: int | None = None,
+    doc_max_len: int | None = None,
+    doc_pair_input: bool | None = None,
+    doc_format: str | None = None,
+    name: str | None = None,
+) -> EncoderSpec:
+    """Resolve a retriever name (``MedCPT``, ``contriever``, ...) or a model directory / id to a spec.
+
+    Keyword arguments that are not None override the registered values. A model that is not registered
+    (a local directory or any Hugging Face id) needs ``pooling``; its documents are formatted with
+    MedRAG's default ``concat`` unless ``doc_pair_input``/``doc_format`` say otherwise.
+    """
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ConfigError(
+            f"retriever={name_or_path!r} is invalid: give one of {', '.join(known_names())} "
+            "or a local model directory with pooling='cls' or 'mean'"
+        )
+    overrides: dict[str, Any] = {
+        "doc_model": doc_model,
+        "pooling": pooling.lower() if isinstance(pooling, str) else pooling,
+        "normalize": normalize,
+        "metric": metric.lower() if isinstance(metric, str) else metric,
+        "query_prefix": query_prefix,
+        "doc_prefix": doc_prefix,
+        "query_max_len": query_max_len,
+        "doc_max_len": doc_max_len,
+        "name": name,
+    }
+    if doc_format is not None:
+        overrides["doc_format"] = doc_format
+        overrides["doc_pair_input"] = doc_format == "pair"
+    elif doc_pair_input is not None:
+        overrides["doc_pair_input"] = doc_pair_input
+        overrides["doc_format"] = "pair" if doc_pair_input else "concat"
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+
+    spec = get_spec(name_or_path)
+    if spec is not None:
+        return dataclasses.replace(spec, **overrides) if overrides else spec
+
+    if pooling is None:
+        hint = " (that directory exists)" if Path(name_or_path).is_dir() else ""
+        raise ConfigError(
+            f"retriever={name_or_path!r} is not a known dense retriever{hint}: use one of "
+            f"{', '.join(known_names())} (case-insensitive), or give a local model directory / model id "
+            "together with pooling='cls' or pooling='mean' (CLI: --pooling)"
+        )
+    model = os.path.expanduser(name_or_path)
+    base = dict(
+        name=name or _name_from_path(model),
+        query_model=model,
+        doc_model=model,
+        pooling="mean",
+        normalize=False,
+        query_prefix="",
+        doc_prefix="",
+        query_max_len=512,
+        doc_max_len=512,
+        doc_pair_input=False,
+        metric="ip",
+        dim=None,
+        doc_format="concat",
+    )
+    base.update(overrides)
+    return EncoderSpec(**base)  # type: ignore[arg-type]
+
+
+def _name_from_path(model: str) -> str:
+    p = Path(model.rstrip("/\\"))
+    return p.name or model
+
+
+# --------------------------------------------------------------------------------------------------
+# Input formatting
+
+
+def _ends_with_sentence_punctuation(s: str) -> bool:
+    return s.endswith((".", "?", "!"))
+
+
+def medrag_concat(title: str, content: str) -> str:
+    """MedRAG's default title/content join: ``"T. C"`` or ``"T C"`` when T already ends a sentence."""
+    t, c = title.strip(), content.strip()
+    return f"{t} {c}" if _ends_with_sentence_punctuation(t) else f"{t}. {c}"
+
+
+def searchr1_contents(title: str, content: str) -> str:
+    """Search-R1's ``contents`` field: the title in double quotes, a newline, the text."""
+    return f'"{title}"\n{content}'
+
+
+def format_query(spec: EncoderSpec, query: str) -> str:
+    return spec.query_prefix + query
+
+
+def format_doc(
+    spec: EncoderSpec, title: str, content: str, sep_token: str | None = None
+) -> str | tuple[str, str]:
+    """The encoder input for one document: a string, or a ``(title, content)`` pair for pair-input specs.
+
+    ``sep_token`` is the tokenizer's separator (``[SEP]`` for BERT); it is needed for ``specter``.
+    """
+    title = "" if title is None else str(title)
+    content = "" if content is None else str(content)
+    fmt = spec.doc_format
+    if fmt == "pair":
+        return (spec.doc_prefix + title.strip(), content.strip())
+    if fmt == "contriever":
+        text = ". ".join([title, content]).replace("..", ".").replace("?.", "?")
+        return spec.doc_prefix + text.strip()
+    if fmt == "specter":
+        if not sep_token:
+            raise ConfigError(
+                f"sep_token={sep_token!r} is invalid for doc_format='specter': pass the tokenizer's sep_token"
+            )
+        return spec.doc_prefix + (title + sep_token + content).strip()
+    if fmt == "searchr1":
+        return spec.doc_prefix + searchr1_contents(title, content)
+    return spec.doc_prefix + medrag_concat(title, content)
+
+
+def format_docs(
+    spec: EncoderSpec, docs: Sequence[Mapping[str, Any]], sep_token: str | None = None
+) -> list[str] | list[tuple[str, str]]:
+    """Format documents (dicts with ``title`` and ``content``) for ``spec``'s document encoder."""
+    out = []
+    for i, d in enumerate(docs):
+        try:
+            title, content = d.get("title", ""), d["content"]
+        except (KeyError, AttributeError, TypeError):
+            raise ConfigError(
+                f"docs[{i}]={d!r} is invalid: each document must be a dict with 'title' and 'content'"
+            ) from None
+        out.append(format_doc(spec, title, content, sep_token))
+    return out  # type: ignore[return-value]

@@ -1,0 +1,414 @@
+"""Build a dense index from a document store: resumable, atomic, with a manifest.
+
+Layout of a finished index folder ``out_dir``::
+
+    emb_000000.npy ...   embeddings of rows [i*chunk_rows, (i+1)*chunk_rows), fp16 (default) or fp32
+    faiss.index          only for hnsw / ivfpq / factory-string indexes (flat searches the .npy files exactly)
+    dense.json           what DenseIndex.load needs (backend, metric, files, search parameters)
+    manifest.json        written last: model names, pooling, dim, count, metric, index type, dtype,
+                         store checksum, medret version, file sizes, "complete": true
+
+While building, everything goes to the sibling folder ``.<name>.partial``; each chunk file is written
+under a temporary name and renamed when complete, so an interrupted build resumes at the first missing
+chunk (existing chunks are verified by shape and dtype). Only when every file is written is the partial
+folder renamed onto ``out_dir``: a crash never leaves a half index where the loader looks, and the loader
+checks the manifest anyway.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from medret.encoders.specs import EncoderSpec
+from medret.errors import ConfigError, IndexBuildError
+from medret.index.dense import (
+    DESCRIPTOR,
+    FAISS_FILE,
+    DenseIndex,
+    default_search_params,
+    factory_string,
+    new_faiss_index,
+    train_faiss_index,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+BUILD_STATE = "build.json"
+FORMAT = "medret-dense-build"
+FORMAT_VERSION = 1
+DEFAULT_CHUNK_ROWS = 10_000
+FP16_MAX = 65504.0
+
+
+class StoreLike(Protocol):
+    checksum: str
+
+    def __len__(self) -> int: ...
+
+    def get(self, rows: Sequence[int]) -> list[dict]: ...
+
+
+class DocEncoder(Protocol):
+    def encode_docs(self, docs: list[dict], batch_size: int = ...) -> np.ndarray: ...
+
+
+def chunk_name(i: int) -> str:
+    return f"emb_{i:06d}.npy"
+
+
+def partial_dir(out_dir: str | os.PathLike[str]) -> Path:
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def rebuild_hint(spec_name: str, corpus: str | None) -> str:
+    c = corpus or "NAME"
+    return f"`medret index build --corpus {c} --retriever {spec_name} --rebuild`"
+
+
+def _versions() -> str:
+    try:
+        from medret import __version__
+
+        return __version__
+    except Exception:  # pragma: no cover - partial package during development
+        return "unknown"
+
+
+def _positive_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ConfigError(f"{name}={v!r} is invalid: give a positive integer")
+    return int(v)
+
+
+def _build_params(store: StoreLike, spec: EncoderSpec, index_type: str, dtype: str, chunk_rows: int) -> dict[str, Any]:
+    """What must match for existing chunk files to be reused."""
+    enc = {k: v for k, v in spec.to_dict().items() if k not in ("name", "query_model", "query_prefix", "query_max_len")}
+    return {"store_checksum": store.checksum, "count": len(store), "encoding": enc, "dtype": dtype,
+            "chunk_rows": chunk_rows}
+
+
+def _write_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    from medret.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _chunk_ok(path: Path, rows: int, dtype: str) -> int | None:
+    """The dim of a valid chunk file with ``rows`` rows of ``dtype``, else None."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        logger.warning("chunk %s is unreadable; re-encoding it", path)
+        return None
+    if arr.ndim != 2 or arr.shape[0] != rows or str(arr.dtype) != dtype:
+        logger.warning("chunk %s has shape %s dtype %s, expected (%d, d) %s; re-encoding it",
+                       path, arr.shape, arr.dtype, rows, dtype)
+        return None
+    return int(arr.shape[1])
+
+
+def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    p = Path(index_dir) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        m = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def build_dense_index(
+    store: StoreLike,
+    spec: EncoderSpec,
+    out_dir: str | os.PathLike[str],
+    device: str = "cpu",
+    batch_size: int = 64,
+    index_type: str = "flat",
+    fp16_storage: bool = True,
+    progress: bool = True,
+    encoder: DocEncoder | None = None,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    rebuild: bool = False,
+    on_chunk: Callable[[int, int], None] | None = None,
+    search_params: dict[str, Any] | None = None,
+    train_size: int | None = None,
+    doc_model_path: str | os.PathLike[str] | None = None,
+    corpus_name: str | None = None,
+) -> Path:
+    """Encode every row of ``store`` with ``spec``'s document encoder and write a dense index to ``out_dir``.
+
+    Resumes an interrupted build; returns ``out_dir`` unchanged if a complete index for the same store and
+    encoding already exists (pass ``rebuild=True`` to replace it; an index built for something else is
+    refused unless ``rebuild``). ``on_chunk(chunk_index, rows_done)`` is called after each chunk file is
+    written. ``encoder`` defaults to :class:`medret.encoders.hf.Encoder` on ``device`` (loaded only if
+    something is left to encode).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    batch_size = _positive_int("batch_size", batch_size)
+    chunk_rows = _positive_int("chunk_rows", chunk_rows)
+    if not isinstance(index_type, str) or not index_type.strip():
+        raise ConfigError(
+            f"index_type={index_type!r} is invalid: use flat, hnsw, ivfpq or a faiss factory string"
+        )
+    n = len(store)
+    if n == 0:
+        raise IndexBuildError(f"the document store is empty: nothing to index into {out_dir}")
+    dtype = "float16" if fp16_storage else "float32"
+    params = _build_params(store, spec, index_type, dtype, chunk_rows)
+    hint = rebuild_hint(spec.name, corpus_name)
+
+    existing = read_manifest(out_dir)
+    if existing is not None and existing.get("complete") and not rebuild:
+        same = (existing.get("store_checksum") == store.checksum and existing.get("count") == n
+                and existing.get("index_type") == index_type
+                and spec.same_encoding(EncoderSpec.from_dict(existing.get("spec", {})) if existing.get("spec") else spec))
+        if same:
+            logger.info("dense index %s is complete and up to date; nothing to do", out_dir)
+            return out_dir
+        raise IndexBuildError(
+            f"a different dense index already exists at {out_dir} (built for store checksum "
+            f"{existing.get('store_checksum')!r}, {existing.get('count')} rows, index type "
+            f"{existing.get('index_type')!r}, model {existing.get('doc_model')!r}); to replace it run {hint} "
+            "(rebuild=True)"
+        )
+
+    work = partial_dir(out_dir)
+    if work.exists():
+        state = None
+        try:
+            state = json.loads((work / BUILD_STATE).read_text())
+        except (OSError, ValueError):
+            pass
+        if state == params:
+            logger.info("resuming the interrupted build in %s", work)
+        else:
+            logger.warning("discarding %s: it was started for another store, model or settings", work)
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for leftover in work.glob(".*.tmp-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    from medret.atomic import atomic_write_text
+
+    atomic_write_text(work / BUILD_STATE, json.dumps(params, indent=2, sort_keys=True))
+
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    spans = [(i, i * chunk_rows, min(n, (i + 1) * chunk_rows)) for i in range(n_chunks)]
+    dim: int | None = None
+    todo = []
+    done_rows = 0
+    for i, s, e in spans:
+        d = _chunk_ok(work / chunk_name(i), e - s, dtype)
+        if d is None:
+            todo.append((i, s, e))
+        else:
+            if dim is not None and d != dim:
+                raise IndexBuildError(f"chunk files in {work} disagree on the dimension ({dim} vs {d}); delete {work}")
+            dim = d
+            done_rows += e - s
+    if done_rows:
+        logger.info("%d of %d rows already encoded in %s; encoding the remaining %d", done_rows, n, work, n - done_rows)
+
+    bar = None
+    if todo:
+        if encoder is None:
+            from medret.encoders.hf import Encoder
+
+            encoder = Encoder(spec, device=device, load_query=False, doc_model_path=doc_model_path)
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, initial=done_rows, unit="doc", unit_scale=True, smoothing=0.05,
+                       desc=f"embed {spec.name}", dynamic_ncols=True)
+    last_log = time.monotonic()
+    try:
+        for i, s, e in todo:
+            docs = store.get(range(s, e))
+            emb = np.asarray(encoder.encode_docs(docs, batch_size=batch_size))  # type: ignore[union-attr]
+            if emb.ndim != 2 or emb.shape[0] != e - s:
+                raise IndexBuildError(f"the encoder returned shape {emb.shape} for {e - s} documents (rows {s}..{e - 1})")
+            if dim is None:
+                dim = int(emb.shape[1])
+            elif emb.shape[1] != dim:
+                raise IndexBuildError(f"the encoder returned dim {emb.shape[1]} but earlier chunks have {dim}")
+            if not np.isfinite(emb).all():
+                raise IndexBuildError(f"the encoder returned NaN/inf for rows {s}..{e - 1}; check the model and fp16 settings")
+            if fp16_storage:
+                peak = float(np.abs(emb).max()) if emb.size else 0.0
+                if peak > FP16_MAX:
+                    raise IndexBuildError(
+                        f"embedding values up to {peak:.3g} overflow fp16 storage (max {FP16_MAX}); rebuild with "
+                        "fp16_storage=False (--no-fp16-storage)"
+                    )
+            _write_npy_atomic(work / chunk_name(i), emb.astype(dtype, copy=False))
+            done_rows += e - s
+            if bar is not None:
+                bar.update(e - s)
+            elif time.monotonic() - last_log > 30:
+                logger.info("embedded %d / %d rows", done_rows, n)
+                last_log = time.monotonic()
+            if on_chunk is not None:
+                on_chunk(i, done_rows)
+    finally:
+        if bar is not None:
+            bar.close()
+    assert dim is not None
+
+    # ---------------------------------------------------------------- finalize (into the partial folder)
+    files = [chunk_name(i) for i, _, _ in spans]
+    factory = factory_string(index_type, dim, n)
+    for stale in (FAISS_FILE, DESCRIPTOR, MANIFEST):
+        (work / stale).unlink(missing_ok=True)
+    if factory == "Flat":
+        index = DenseIndex(
+            metric=spec.metric, dim=dim, index_type="flat",
+            embeddings=[np.load(work / f, mmap_mode="r") for f in files],
+        )
+    else:
+        faiss_index = new_faiss_index(dim, spec.metric, factory)
+
+        def chunks():
+            for f in files:
+                yield np.load(work / f, mmap_mode="r")
+
+        logger.info("building faiss index %s over %d vectors", factory, n)
+        train_faiss_index(faiss_index, chunks, n, train_size=train_size)
+        for arr in chunks():
+            for s in range(0, arr.shape[0], 65536):
+                faiss_index.add(np.ascontiguousarray(arr[s : s + 65536], dtype=np.float32))
+        sp = default_search_params(factory)
+        sp.update(search_params or {})
+        index = DenseIndex(metric=spec.metric, dim=dim, index_type=index_type, faiss_index=faiss_index,
+                           search_params=sp)
+    index.write_into(work, embedding_files=files)
+    (work / BUILD_STATE).unlink(missing_ok=True)
+    sizes = {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "complete": True,
+        "retriever": spec.name,
+        "query_model": spec.query_model,
+        "doc_model": spec.doc_model,
+        "pooling": spec.pooling,
+        "normalize": spec.normalize,
+        "metric": spec.metric,
+        "dim": dim,
+        "count": n,
+        "index_type": index_type,
+        "faiss_factory": factory,
+        "backend": index.backend,
+        "dtype": dtype,
+        "chunk_rows": chunk_rows,
+        "store_checksum": store.checksum,
+        "corpus": corpus_name,
+        "spec": spec.to_dict(),
+        "medret_version": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "build_seconds": round(time.perf_counter() - t0, 3),
+        "files": sizes,
+    }
+    from medret.atomic import atomic_write_text
+
+    atomic_write_text(work / MANIFEST, json.dumps(manifest, indent=2))
+    _commit(work, out_dir)
+    logger.info("dense index %s: %d x %d %s, %s (%s) written in %.1fs", out_dir, n, dim, dtype, index_type,
+                factory, time.perf_counter() - t0)
+    return out_dir
+
+
+def _commit(work: Path, out_dir: Path) -> None:
+    """Rename the finished partial folder onto ``out_dir``, replacing an old index only after that."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out_dir, old)
+        os.replace(work, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out_dir)
+
+
+def load_dense_index(
+    index_dir: str | os.PathLike[str],
+    store: StoreLike | None = None,
+    spec: EncoderSpec | None = None,
+    *,
+    mmap: bool = True,
+    device: str = "cpu",
+    corpus_name: str | None = None,
+    **search_params: Any,
+) -> DenseIndex:
+    """Load a dense index built by :func:`build_dense_index`, refusing incomplete, stale or foreign ones.
+
+    ``store``: its checksum and row count must match the manifest (else the corpus changed since the
+    build). ``spec``: its document encoding must match the one the index was built with.
+    ``device='cuda:N'`` moves exact (flat) embeddings onto that GPU.
+    """
+    index_dir = Path(index_dir)
+    name = spec.name if spec is not None else "NAME"
+    hint = rebuild_hint(name, corpus_name)
+    manifest = read_manifest(index_dir)
+    if manifest is None:
+        if partial_dir(index_dir).exists():
+            raise IndexBuildError(
+                f"the dense index at {index_dir} is not complete: a build was interrupted (its work is in "
+                f"{partial_dir(index_dir)}); run `medret index build --corpus {corpus_name or 'NAME'} "
+                f"--retriever {name}` again to resume it"
+            )
+        raise IndexBuildError(
+            f"no dense index at {index_dir} ({MANIFEST} missing); build it with "
+            f"`medret index build --corpus {corpus_name or 'NAME'} --retriever {name}`"
+        )
+    if manifest.get("format") != FORMAT or not manifest.get("complete"):
+        raise IndexBuildError(f"the dense index at {index_dir} is incomplete or not a medret index; rebuild it with {hint}")
+    for fname, size in (manifest.get("files") or {}).items():
+        p = index_dir / fname
+        if not p.is_file() or p.stat().st_size != size:
+            raise IndexBuildError(
+                f"the dense index at {index_dir} is damaged: {fname} is missing or has the wrong size; rebuild it with {hint}"
+            )
+    if store is not None:
+        if manifest.get("store_checksum") != store.checksum or int(manifest.get("count", -1)) != len(store):
+            raise IndexBuildError(
+                f"the corpus changed since the dense index at {index_dir} was built (index: "
+                f"{manifest.get('count')} rows, store checksum {str(manifest.get('store_checksum'))[:16]}…; "
+                f"corpus now: {len(store)} rows, checksum {str(store.checksum)[:16]}…): its rows would point to "
+                f"the wrong snippets. Rebuild it with {hint}"
+            )
+    if spec is not None and manifest.get("spec"):
+        built = EncoderSpec.from_dict(manifest["spec"])
+        if not spec.same_encoding(built):
+            raise IndexBuildError(
+                f"the dense index at {index_dir} was built with {built.doc_model!r} ({built.pooling} pooling, "
+                f"{built.metric}) but retriever {spec.name!r} encodes documents with {spec.doc_model!r} "
+                f"({spec.pooling}, {spec.metric}); use the matching retriever or rebuild with {hint}"
+            )
+    index = DenseIndex.load(index_dir, mmap=mmap, **search_params)
+    if index.ntotal != int(manifest["count"]):
+        raise IndexBuildError(f"the dense index at {index_dir} holds {index.ntotal} vectors, its manifest says "
+                              f"{manifest['count']}; rebuild it with {hint}")
+    if device and str(device) != "cpu":
+        index.to(str(device))
+    return index

@@ -1,0 +1,44 @@
+"""`medret index build`: the document store(s) and every index a retriever name needs."""
+from __future__ import annotations
+
+from typing import Iterator
+
+from medret.config import RetrieverConfig
+from medret.corpus.registry import resolve_corpus
+from medret.corpus.store import build_store, open_corpus_store
+from medret.engine import retriever_parts
+
+
+def build_all(config: RetrieverConfig, index_type: str = "flat", rebuild: bool = False,
+              progress: bool = True) -> Iterator[str]:
+    """Build what ``config`` needs; yields one line per step for the CLI."""
+    parts = retriever_parts(config.retriever_name)
+    corpus = resolve_corpus(config.corpus_name, config.db_dir)
+    if rebuild:
+        for s in corpus.sources:
+            build_store(s, progress=progress)
+    store = open_corpus_store(corpus, build=True, progress=progress)
+    yield f"document store: {corpus.display_name}, {len(store)} snippets"
+    for part in parts:
+        if part == "bm25":
+            from medret.index.bm25 import build_bm25
+
+            folder = corpus.artifact_dir / "bm25"
+            if rebuild or not (folder / "manifest.json").exists():
+                build_bm25(store, folder, progress=progress)
+            yield f"BM25 index: {folder}"
+            continue
+        from medret.device import resolve_device
+        from medret.encoders.specs import resolve_spec
+        from medret.index.build import build_dense_index
+        from medret.index.dense_searcher import fp16_storage, source_stores
+
+        spec = resolve_spec(part, pooling=config.pooling)
+        device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
+        for (_, sub), source in zip(source_stores(store), corpus.sources):
+            out = source.index_dir(spec.slug)
+            build_dense_index(sub, spec, out, device=device, batch_size=config.batch_size, index_type=index_type,
+                              rebuild=rebuild,
+                              fp16_storage=fp16_storage(config, device),
+                              progress=progress, doc_model_path=config.doc_model, corpus_name=corpus.display_name)
+            yield f"{spec.name} index ({index_type}) for {source.name}: {out}"
