@@ -13,6 +13,7 @@ from medret.errors import MedretError
 COMMANDS = [
     "medret.commands",
     "medret.recipes.kare.cli",
+    "medret.serve.cli",
 ]
 
 

@@ -1,0 +1,3 @@
+from medret.cli import main
+
+raise SystemExit(main())

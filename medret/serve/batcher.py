@@ -1,0 +1,232 @@
+"""Micro-batching: one thread owns the engine; concurrent requests are merged into one search call.
+
+The owner thread loads the engine (so the whole life of the engine, from construction to close, is on one
+thread: GPU faiss and CUDA streams are not safe to share), then loops: take the oldest request, take every
+request already queued behind it (and, with ``max_wait_ms`` > 0, wait that long for more) up to
+``max_batch_queries`` queries, remove repeated queries across the requests, run **one** search per distinct
+``k`` and hand each request its rows. Futures are resolved on the event loop with ``call_soon_threadsafe``;
+the event loop itself never runs search work.
+
+With ``max_wait_ms`` = 0 (the default) batching is greedy: nothing waits on purpose, and requests that arrive
+while the engine is busy are merged into the next call — so batch size grows with load and a lone request
+pays no extra latency.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from medret.validate import dedupe
+
+log = logging.getLogger(__name__)
+
+
+class SearchBackend(Protocol):
+    """What the owner thread drives: a transport (normally :class:`medret.transports.local.LocalTransport`)."""
+
+    def search(self, queries: list[str], k: int) -> list[list[Any]]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Job:
+    queries: list[str]
+    k: int
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0            # engine search calls
+    queries_in: int = 0         # queries received (before dedupe)
+    queries_searched: int = 0   # queries sent to the engine (after dedupe across requests)
+    requests_merged: int = 0    # requests answered from batches
+    max_batch_seen: int = 0
+    search_seconds: float = 0.0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batches_run": self.batches, "queries_received": self.queries_in,
+                "queries_searched": self.queries_searched, "requests_batched": self.requests_merged,
+                "largest_batch": self.max_batch_seen, "search_seconds": round(self.search_seconds, 6),
+                "engine_errors": self.errors}
+
+
+_STOP = object()
+
+
+class Batcher:
+    """Owns the engine on one thread; :meth:`submit` from the event loop, await the answer."""
+
+    def __init__(self, loader: Callable[[], SearchBackend], max_batch_queries: int = 4096,
+                 max_wait_ms: float = 0.0, name: str = "medret-engine"):
+        if not isinstance(max_batch_queries, int) or max_batch_queries < 1:
+            raise ValueError(f"max_batch_queries={max_batch_queries!r} must be a positive whole number")
+        if not max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms={max_wait_ms!r} must be >= 0")
+        self._loader = loader
+        self.max_batch_queries = max_batch_queries
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.backend: SearchBackend | None = None
+        self.status = "loading"  # loading -> ready | failed ; closed
+        self.error: BaseException | None = None
+        self.ready = threading.Event()   # set when loaded or failed
+        self.stats = BatchStats()
+        self.info: dict[str, Any] = {}
+        self.load_seconds: float | None = None
+        self._on_ready: list[Callable[[], None]] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def add_ready_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` (on the owner thread) once the engine is loaded or failed to load."""
+        self._on_ready.append(fn)
+        if self.ready.is_set():
+            fn()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish queued work, stop the owner thread, close the engine (on the owner thread)."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    # ---- event loop side -------------------------------------------------------------------------------
+    async def submit(self, queries: list[str], k: int) -> list[list[Any]]:
+        """The hits of each query (validated, non-empty list), computed on the owner thread."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.put(_Job(queries, k, fut, loop))
+        return await fut
+
+    # ---- owner thread ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.backend = self._loader()
+            self.info = dict(self.backend.info())
+            self.load_seconds = time.perf_counter() - t0
+            self.status = "ready"
+            log.info("engine loaded in %.2fs: %s", self.load_seconds, self.info)
+        except BaseException as e:  # noqa: BLE001 - reported through /health and the server's exit code
+            self.error = e
+            self.status = "failed"
+            log.error("loading the engine failed: %s", e, exc_info=not _is_medret_error(e))
+        self.ready.set()
+        for fn in self._on_ready:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                log.exception("ready callback failed")
+        if self.status != "ready":
+            self._drain_failed()
+            return
+        try:
+            self._loop()
+        finally:
+            self.status = "closed"
+            try:
+                self.backend.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing the engine failed")
+
+    def _drain_failed(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            _resolve(job, None, RuntimeError(f"the engine failed to load: {self.error}"))
+
+    def _loop(self) -> None:
+        carry: _Job | None = None
+        while True:
+            first = carry if carry is not None else self._queue.get()
+            carry = None
+            if first is _STOP:
+                return
+            jobs = [first]
+            n = len(first.queries)
+            stop = False
+            deadline = time.monotonic() + self.max_wait_s
+            while n < self.max_batch_queries:
+                try:
+                    remaining = deadline - time.monotonic()
+                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stop = True
+                    break
+                if n + len(job.queries) > self.max_batch_queries:
+                    carry = job  # first of the next batch: never split a request, never exceed the limit
+                    break
+                jobs.append(job)
+                n += len(job.queries)
+            self._run_jobs(jobs)
+            if stop:
+                if carry is not None:
+                    self._run_jobs([carry])
+                return
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        by_k: dict[int, list[_Job]] = {}
+        for job in jobs:
+            by_k.setdefault(job.k, []).append(job)
+        for k, group in by_k.items():
+            merged = [q for job in group for q in job.queries]
+            unique, where = dedupe(merged)
+            t0 = time.perf_counter()
+            try:
+                hits = self.backend.search(unique, k)
+            except Exception as e:  # noqa: BLE001 - one bad batch must not stop the server
+                self.stats.errors += 1
+                log.exception("search of a batch of %d queries failed", len(unique))
+                for job in group:
+                    _resolve(job, None, e)
+                continue
+            dt = time.perf_counter() - t0
+            s = self.stats
+            s.batches += 1
+            s.queries_in += len(merged)
+            s.queries_searched += len(unique)
+            s.requests_merged += len(group)
+            s.max_batch_seen = max(s.max_batch_seen, len(unique))
+            s.search_seconds += dt
+            pos = 0
+            for job in group:
+                m = len(job.queries)
+                _resolve(job, [hits[i] for i in where[pos:pos + m]], None)
+                pos += m
+
+
+def _resolve(job: _Job, value: Any, error: BaseException | None) -> None:
+    def done() -> None:
+        if job.future.done():  # the client went away (request cancelled)
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(value)
+
+    try:
+        job.loop.call_soon_threadsafe(done)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
+def _is_medret_error(e: BaseException) -> bool:
+    from medret.errors import MedretError
+
+    return isinstance(e, MedretError)
