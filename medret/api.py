@@ -30,7 +30,8 @@ class Hit:
 
     @property
     def content(self) -> str:
-        return self.document["content"]
+        """The snippet's text: ``contents`` after its title line."""
+        return self.document["contents"].partition("\n")[2]
 
     @property
     def contents(self) -> str:
@@ -61,7 +62,13 @@ class Retriever:
     def retrieve(self, queries: list[str], topk: int = 3, return_scores: bool = True) -> dict:
         """Search-R1's JSON: {"result": [[{"document": {...}, "score": s}, ...], ...]}; documents alone without scores."""
         return_scores = check_flag("return_scores", return_scores)
-        return format_result(self.search(queries, topk), return_scores)
+        passthrough = getattr(self.transport, "retrieve", None)
+        if passthrough is None:
+            return format_result(self.search(queries, topk), return_scores)
+        # a remote server answers in this very format: hand its JSON through instead of rebuilding it
+        queries = check_queries(queries, self.config.max_batch, self.config.max_query_chars)
+        topk = check_topk(topk, self.config.max_topk)
+        return passthrough(queries, topk, return_scores) if queries else {"result": []}
 
     def info(self) -> dict[str, Any]:
         return self.transport.info()

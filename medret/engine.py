@@ -54,6 +54,13 @@ def _is_model_dir(p: str) -> bool:
     return (Path(p).expanduser() / "config.json").is_file()
 
 
+def contents(title: str, text: str) -> str:
+    """Search-R1's document text: the quoted title on the first line (newlines in it folded), the text after."""
+    if "\n" in title:
+        title = " ".join(title.split())
+    return f'"{title}"\n{text}'
+
+
 class Engine:
     """Holds the store and searchers of one configuration; ``search_rows`` and ``documents`` are the whole path."""
 
@@ -95,13 +102,11 @@ class Engine:
         return scores, rows
 
     def documents(self, rows: np.ndarray) -> list[dict]:
-        """Search-R1 documents of the rows >= 0, in order: {"id", "title", "content", "contents"};
-        contents = '"title"\\ntext' (Search-R1's convention)."""
+        """Search-R1 documents of the rows >= 0, in order: {"id", "title", "contents"}, where
+        contents = '"title"\\ntext' (Search-R1's convention: its formatter takes the first line as the title)."""
         flat = rows.ravel()
-        docs = self.store.get(flat[flat >= 0])
-        for d in docs:
-            d["contents"] = f'"{d["title"]}"\n{d["content"]}'
-        return docs
+        return [{"id": d["id"], "title": d["title"], "contents": contents(d["title"], d["content"])}
+                for d in self.store.get(flat[flat >= 0])]
 
     def info(self) -> dict[str, Any]:
         from medret import __version__

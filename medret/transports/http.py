@@ -131,18 +131,32 @@ class HttpTransport:
                 time.sleep(delay)
         raise TransportError(f"{method} {url} failed after {attempts} attempt(s); last error: {last}")
 
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        body = orjson.dumps({"queries": queries, "topk": k, "return_scores": True})
+    def retrieve(self, queries: list[str], k: int, return_scores: bool) -> dict:
+        """The server's /retrieve JSON as it sent it (checked for shape)."""
+        body = orjson.dumps({"queries": queries, "topk": k, "return_scores": return_scores})
         with self._lock:
             data = self._request("POST", "/retrieve", body)
         try:
             rows = data["result"]
             if len(rows) != len(queries):
                 raise ValueError(f"{len(rows)} result lists for {len(queries)} queries")
+            for row in rows:
+                if row and not isinstance(row[0], dict):
+                    raise ValueError("result items are not objects")
+            return data
+        except (KeyError, TypeError, ValueError) as e:
+            raise self._shape_error(e) from None
+
+    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+        rows = self.retrieve(queries, k, True)["result"]
+        try:
             return [[Hit(item["document"], float(item["score"])) for item in row] for row in rows]
         except (KeyError, TypeError, ValueError) as e:
-            raise TransportError(f"{self._base}/retrieve answered in an unexpected shape ({e}): expected "
-                                 f'{{"result": [[{{"document": {{...}}, "score": s}}, ...], ...]}}') from None
+            raise self._shape_error(e) from None
+
+    def _shape_error(self, e: Exception) -> TransportError:
+        return TransportError(f"{self._base}/retrieve answered in an unexpected shape ({e}): expected "
+                              f'{{"result": [[{{"document": {{...}}, "score": s}}, ...], ...]}}')
 
     def info(self) -> dict[str, Any]:
         with self._lock:

@@ -15,8 +15,7 @@ def test_retrieve_returns_searchr1_json(toy_corpus):
     assert list(out) == ["result"] and len(out["result"]) == 2
     first = out["result"][0][0]
     assert set(first) == {"document", "score"} and isinstance(first["score"], float)
-    assert first["document"] == {"id": "toy_a_0", "title": "Sepsis", "content": TOY_DOCS[0][1],
-                                 "contents": '"Sepsis"\n' + TOY_DOCS[0][1]}
+    assert first["document"] == {"id": "toy_a_0", "title": "Sepsis", "contents": '"Sepsis"\n' + TOY_DOCS[0][1]}
     assert out["result"][1][0]["document"]["id"] == "toy_a_4"
     json.dumps(out)  # plain JSON types only
 
@@ -125,3 +124,12 @@ def test_corpus_changed_since_index_build_is_refused(toy_corpus):
     store = open_corpus_store(corpus)
     with pytest.raises(IndexBuildError, match=r"built from other chunk files.*--rebuild"):
         BM25Searcher(corpus, store, auto_build=True, progress=False)
+
+
+def test_hit_fields_and_title_newlines(tmp_path):
+    from tests.conftest import write_chunks
+
+    write_chunks(tmp_path / "nl", {"nl": [("Two\nline title", "Body text here.")]})
+    hit = get_retriever(str(tmp_path / "nl"), "BM25").search(["body"], 1)[0][0]
+    assert hit.contents == '"Two line title"\nBody text here.'
+    assert (hit.id, hit.title, hit.content) == ("nl_0", "Two\nline title", "Body text here.")

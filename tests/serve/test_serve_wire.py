@@ -29,14 +29,21 @@ def local(serve_corpus):
     return get_retriever(str(serve_corpus), "BM25")
 
 
-def contents_of(doc: dict) -> str:
-    return f'"{doc["title"]}"\n{doc["content"]}'
+def corpus_texts(folder) -> dict:
+    """id -> (title, content), read straight from the chunk files."""
+    out = {}
+    for f in sorted((folder / "chunk").glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            d = json.loads(line)
+            out[d["id"]] = (d["title"], d["content"])
+    return out
 
 
 QUERIES = ["sepsis mortality elderly", "heart failure congestion", "insulin glucose potassium", "sepsis mortality elderly"]
 
 
-def test_scores_mode_matches_in_process_json_byte_for_byte(server, local):
+def test_scores_mode_matches_in_process_json_byte_for_byte(server, local, serve_corpus):
+    texts = corpus_texts(serve_corpus)
     resp = requests.post(server.url, json={"queries": QUERIES, "topk": 5, "return_scores": True}, timeout=30)
     assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
     expected = local.retrieve(QUERIES, 5, True)
@@ -49,7 +56,9 @@ def test_scores_mode_matches_in_process_json_byte_for_byte(server, local):
         assert scores == sorted(scores, reverse=True)
         for item in row:
             assert set(item) == {"document", "score"} and isinstance(item["score"], float)
-            assert item["document"]["contents"] == contents_of(item["document"])
+            title, content = texts[item["document"]["id"]]
+            assert item["document"] == {"id": item["document"]["id"], "title": title,
+                                        "contents": f'"{title}"\n{content}'}
     assert data["result"][0] == data["result"][3]  # a repeated query gets the same answer
 
 
