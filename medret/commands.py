@@ -6,9 +6,6 @@ import sys
 
 import orjson
 
-corpus_subparsers = None  # `medret corpus` sub-commands; other modules add theirs (e.g. download)
-
-
 def add_retriever_flags(p: argparse.ArgumentParser) -> None:
     """The flags that configure a retriever, shared by every command that builds one."""
     g = p.add_argument_group("retriever")
@@ -38,7 +35,8 @@ def config_from_args(args: argparse.Namespace, **extra):
 
 
 def register(sub) -> None:
-    global corpus_subparsers
+    from medret.corpus.download_cli import register_corpus
+
     p = sub.add_parser("search", help="search a corpus and print the top-k passages")
     p.add_argument("queries", nargs="+", metavar="QUERY")
     p.add_argument("--topk", type=int, default=3)
@@ -56,12 +54,13 @@ def register(sub) -> None:
     b.set_defaults(func=cmd_index_build)
 
     p = sub.add_parser("corpus", help="corpus information and downloads")
-    corpus_subparsers = p.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND", required=True)
-    c = corpus_subparsers.add_parser("info", help="sizes, which indexes exist, memory each would take")
+    corpus_sub = p.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND", required=True)
+    c = corpus_sub.add_parser("info", help="sizes, which indexes exist, memory each would take")
     c.add_argument("--corpus", default="sample")
     c.add_argument("--db-dir", default=None)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_corpus_info)
+    register_corpus(corpus_sub)
 
 
 def cmd_search(args) -> int:

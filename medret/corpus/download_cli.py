@@ -1,0 +1,92 @@
+"""`medret corpus download NAME... --db-dir DIR`: MedRAG's corpora from the hub, StatPearls from NCBI."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from medret.errors import ConfigError
+
+
+def register_corpus(corpus_sub: argparse._SubParsersAction) -> None:
+    p = corpus_sub.add_parser(
+        "download", help="download MedRAG's corpora (hub) and chunk StatPearls (NCBI), verified and resumable",
+        description="Download PubMed, Textbooks, Wikipedia (Hugging Face datasets MedRAG/*) and StatPearls (NCBI "
+                    "archive, chunked locally) into MedRAG's layout DB_DIR/<name>/chunk/*.jsonl. Interrupted "
+                    "downloads resume; files are checked against the hub's sizes and checksums; git-lfs pointer "
+                    "files are replaced. Honours HF_ENDPOINT, HF_TOKEN, HF_HOME and HF_HUB_OFFLINE.")
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="PubMed, Textbooks, Wikipedia, StatPearls, MedText (Textbooks+StatPearls), MedCorp (all)")
+    p.add_argument("--db-dir", required=True, help="folder that holds the corpora (MedRAG's DB_DIR)")
+    p.add_argument("--list", action="store_true",
+                   help="show the files, their sizes, what is already here and the disk space needed; download nothing")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit; default: main)")
+    p.add_argument("--token", default=None, help="hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
+    p.add_argument("--from", dest="from_file", default=None, metavar="FILE",
+                   help="StatPearls: use this local statpearls_NBK430685.tar.gz instead of downloading it")
+    p.add_argument("--statpearls-url", default=None,
+                   help="StatPearls archive URL (default: NCBI's, or MEDRET_STATPEARLS_URL)")
+    p.add_argument("--force", action="store_true",
+                   help="StatPearls: fetch the archive again and re-chunk it even if nothing changed")
+    p.add_argument("--retries", type=int, default=5, help="resume attempts without progress before giving up")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the plan / result as JSON")
+    p.set_defaults(func=cmd_download)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from medret.corpus import download as dl
+
+    if args.retries < 0:
+        raise ConfigError(f"--retries={args.retries} is invalid: give 0 or more")
+    if args.list:
+        return _list(args, dl)
+    results = dl.download(args.names, args.db_dir, revision=args.revision, token=args.token,
+                          from_file=args.from_file, statpearls_url=args.statpearls_url,
+                          progress=not args.no_progress, max_retries=args.retries, force=args.force)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=1))
+        return 0
+    for r in results:
+        parts = [f"{len(r.fetched)} fetched ({dl.human_bytes(r.bytes_fetched)})", f"{len(r.already_ok)} already ok"]
+        if r.replaced_pointers:
+            parts.append(f"{len(r.replaced_pointers)} git-lfs pointer files replaced")
+        if r.snippets is not None:
+            parts.append(f"{r.snippets} snippets")
+        print(f"{r.source}: {', '.join(parts)} -> {r.dest}/chunk")
+    return 0
+
+
+def _list(args: argparse.Namespace, dl) -> int:
+    sources = dl.resolve_sources(args.names)
+    hub = [s for s in sources if s in dl.HUB_REPOS]
+    plans = [dl.plan_source(s, args.db_dir, revision=args.revision, token=args.token) for s in hub]
+    needed = sum(p.bytes_to_fetch for p in plans)
+    free = dl.disk_free(plans[0].dest) if plans else dl.disk_free(args.db_dir)
+    enough = free >= needed
+    if args.json:
+        out = {"sources": [{"source": p.source, "repo_id": p.repo_id, "revision": p.revision, "dest": str(p.dest),
+                            "total_bytes": p.total_bytes, "bytes_to_fetch": p.bytes_to_fetch,
+                            "files": [{"path": f.remote.path, "size": f.remote.size, "status": f.status,
+                                       "sha256": f.remote.sha256} for f in p.files],
+                            "extra_local": p.extra_local} for p in plans],
+               "statpearls": "statpearls" in sources, "needed_bytes": needed, "free_bytes": free, "enough_space": enough}
+        print(json.dumps(out, indent=1))
+    else:
+        for p in plans:
+            print(f"{dl.DISPLAY[p.source]} ({p.repo_id} @ {p.revision[:12]}) -> {p.dest}/chunk")
+            for f in p.files:
+                print(f"  {f.remote.name:40s} {dl.human_bytes(f.remote.size):>10s}  {f.status}")
+            print(f"  total {dl.human_bytes(p.total_bytes)} in {len(p.files)} files; to fetch "
+                  f"{dl.human_bytes(p.bytes_to_fetch)} ({len(p.to_fetch)} files)")
+            for name in p.extra_local:
+                print(f"  warning: local {name} is not on the hub")
+        if "statpearls" in sources:
+            print(f"StatPearls: NCBI archive {dl.STATPEARLS_URL} (about 3x its size needed), chunked locally")
+        print(f"needed {dl.human_bytes(needed)}, free {dl.human_bytes(free)}: "
+              + ("enough space" if enough else "NOT ENOUGH SPACE"))
+    if not enough:
+        print(f"medret: error: not enough disk space for the download: needs {dl.human_bytes(needed)}, "
+              f"{dl.human_bytes(free)} free; free space or choose another --db-dir", file=sys.stderr)
+        return 1
+    return 0
