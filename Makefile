@@ -14,6 +14,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	# torch first and pinned: a bare `torch` would pull a multi-GB CUDA build; users bring their own.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# veRL's BaseTool for the tool tests; its own pins would downgrade transformers, so no deps (docs/verl.md)
+	$(BIN)/pip install -q --no-deps verl==0.9.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -14,6 +14,7 @@ COMMANDS = [
     "medret.commands",
     "medret.recipes.kare.cli",
     "medret.serve.cli",
+    "medret.integrations.cli",
 ]
 
 

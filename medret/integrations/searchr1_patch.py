@@ -1,0 +1,501 @@
+"""Patch a Search-R1 checkout so that its trainer searches through medret.
+
+Two files are edited, each located structurally with :mod:`ast` (never by line number):
+
+``search_r1/llm_agent/generation.py``
+    * the ``GenerationConfig`` dataclass gets one more field, ``retriever`` (the whole ``retriever`` config block);
+    * ``LLMGenerationManager._batch_search(self, queries)`` gets a short preamble: when that block asks for a
+      non-HTTP backend (``backend: local|ray`` or the alias ``local: true``) it returns
+      ``medret.integrations.searchr1_runtime.batch_search(block, queries, topk=...)``; otherwise the original HTTP
+      code below it runs unchanged. ``batch_search`` and ``_passages2string`` are untouched.
+
+``verl/trainer/ppo/ray_trainer.py``
+    * every ``GenerationConfig(..., search_url=..., topk=...)`` call gets
+      ``retriever=OmegaConf.to_container(self.config.retriever, resolve=True)``.
+
+Each inserted piece carries the marker comment :data:`MARKER`, which makes patching idempotent. Before the first
+edit the original bytes are saved next to each file as ``<file>.medret-orig``; ``revert`` restores them and removes
+the backup. A file whose structure does not match a known Search-R1 version is refused and nothing is written.
+"""
+from __future__ import annotations
+
+import ast
+import enum
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medret.atomic import atomic_write_bytes
+from medret.errors import ConfigError, MedretError
+
+logger = logging.getLogger(__name__)
+
+MARKER = "# medret-searchr1-patch"
+BACKUP_SUFFIX = ".medret-orig"
+GENERATION_FILE = "search_r1/llm_agent/generation.py"
+TRAINER_FILE = "verl/trainer/ppo/ray_trainer.py"
+TARGET_FILES = (GENERATION_FILE, TRAINER_FILE)
+
+
+class PatchError(MedretError):
+    """The checkout cannot be patched or reverted as asked."""
+
+
+class Status(enum.Enum):
+    PATCHED = "patched"
+    UNPATCHED = "not patched"
+    UNKNOWN = "unknown version"
+
+
+#: ``medret searchr1 check`` exit status per overall status.
+EXIT_CODES = {Status.PATCHED: 0, Status.UNPATCHED: 1, Status.UNKNOWN: 2}
+
+
+@dataclass
+class FileReport:
+    path: Path
+    status: Status
+    reason: str = ""
+
+
+@dataclass
+class CheckoutReport:
+    root: Path
+    files: list[FileReport] = field(default_factory=list)
+
+    @property
+    def status(self) -> Status:
+        states = {f.status for f in self.files}
+        if Status.UNKNOWN in states:
+            return Status.UNKNOWN
+        if states == {Status.PATCHED}:
+            return Status.PATCHED
+        return Status.UNPATCHED
+
+    def describe(self) -> str:
+        lines = [f"{self.root}: {self.status.value}"]
+        for f in self.files:
+            extra = f" ({f.reason})" if f.reason else ""
+            lines.append(f"  {f.path.relative_to(self.root)}: {f.status.value}{extra}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text splicing helpers
+
+
+class _Text:
+    """Source text with line-based insertions, applied bottom-up so earlier offsets stay valid."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines = source.splitlines(keepends=True)
+        self.newline = "\r\n" if "\r\n" in source else "\n"
+        self._inserts: list[tuple[int, int, str]] = []  # (line index 0-based, column, text)
+
+    def line(self, lineno: int) -> str:
+        return self.lines[lineno - 1]
+
+    def insert_before_line(self, lineno: int, text: str) -> None:
+        self._inserts.append((lineno - 1, 0, text))
+
+    def insert_after_line(self, lineno: int, text: str) -> None:
+        self._inserts.append((lineno, 0, text))
+
+    def insert_at(self, lineno: int, col_offset: int, text: str) -> None:
+        # ast column offsets are UTF-8 byte offsets
+        raw = self.lines[lineno - 1].encode("utf-8")
+        col = len(raw[:col_offset].decode("utf-8"))
+        self._inserts.append((lineno - 1, col, text))
+
+    def render(self) -> str:
+        lines = list(self.lines)
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            lines[-1] += self.newline
+            added_final_newline = True
+        else:
+            added_final_newline = False
+        for index, col, text in sorted(self._inserts, key=lambda t: (t[0], t[1]), reverse=True):
+            if col == 0 and index <= len(lines):
+                lines.insert(index, text)
+            else:
+                lines[index] = lines[index][:col] + text + lines[index][col:]
+        out = "".join(lines)
+        if added_final_newline and out.endswith(self.newline):
+            out = out[: -len(self.newline)]
+        return out
+
+
+def _indent_of(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def _parse(path: Path, source: str) -> ast.Module:
+    try:
+        return ast.parse(source, filename=str(path))
+    except SyntaxError as e:
+        raise PatchError(f"{path} is not valid Python ({e.msg} at line {e.lineno}); restore it (git checkout) "
+                         "before patching") from None
+
+
+def _find_class(tree: ast.Module, name: str) -> ast.ClassDef | None:
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    return None
+
+
+def _find_method(cls: ast.ClassDef, name: str) -> ast.FunctionDef | None:
+    for node in cls.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    return None
+
+
+def _dataclass_fields(cls: ast.ClassDef) -> list[ast.AnnAssign]:
+    return [n for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+
+
+def _is_dataclass(cls: ast.ClassDef) -> bool:
+    for dec in cls.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        if isinstance(target, ast.Name) and target.id == "dataclass":
+            return True
+        if isinstance(target, ast.Attribute) and target.attr == "dataclass":
+            return True
+    return False
+
+
+def _first_statement_after_docstring(fn: ast.FunctionDef) -> ast.stmt:
+    body = fn.body
+    if (len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        return body[1]
+    return body[0]
+
+
+def _statement_start_line(stmt: ast.stmt) -> int:
+    decorators = getattr(stmt, "decorator_list", None) or []
+    return min([stmt.lineno] + [d.lineno for d in decorators])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# generation.py
+
+
+def _generation_batch_search_preamble(indent: str, nl: str) -> str:
+    lines = [
+        f"{MARKER}: the whole `retriever` config block decides the backend; http keeps the code below",
+        "medret_cfg = getattr(self.config, 'retriever', None) or {}",
+        "if str(medret_cfg.get('backend', 'http')).lower() != 'http' or "
+        "str(medret_cfg.get('local', False)).lower() in ('true', '1', 'yes', 'on'):",
+        "    from medret.integrations.searchr1_runtime import batch_search as medret_batch_search",
+        "    return medret_batch_search(medret_cfg, queries, topk=self.config.topk)",
+        f"{MARKER}: end",
+    ]
+    return "".join(f"{indent}{line}{nl}" for line in lines)
+
+
+def _inspect_generation(path: Path, source: str) -> tuple[Status, str, ast.Module | None]:
+    tree = _parse(path, source)
+    cfg = _find_class(tree, "GenerationConfig")
+    mgr = _find_class(tree, "LLMGenerationManager")
+    if cfg is None or not _is_dataclass(cfg):
+        return Status.UNKNOWN, "no @dataclass GenerationConfig", tree
+    if mgr is None:
+        return Status.UNKNOWN, "no class LLMGenerationManager", tree
+    names = [f.target.id for f in _dataclass_fields(cfg)]  # type: ignore[union-attr]
+    for needed in ("search_url", "topk"):
+        if needed not in names:
+            return Status.UNKNOWN, f"GenerationConfig has no field {needed!r}", tree
+    fn = _find_method(mgr, "_batch_search")
+    if fn is None:
+        return Status.UNKNOWN, "LLMGenerationManager has no _batch_search method", tree
+    args = [a.arg for a in fn.args.args]
+    if args != ["self", "queries"] or fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs:
+        return Status.UNKNOWN, f"_batch_search{tuple(args)} does not take (self, queries)", tree
+    for method in ("batch_search", "_passages2string"):
+        if _find_method(mgr, method) is None:
+            return Status.UNKNOWN, f"LLMGenerationManager has no {method} method", tree
+    has_field = "retriever" in names
+    fn_src = ast.get_source_segment(source, fn) or ""
+    has_preamble = MARKER in fn_src and "medret_batch_search" in fn_src
+    if has_field and has_preamble:
+        return Status.PATCHED, "", tree
+    if not has_field and not has_preamble and MARKER not in source:
+        if "requests.post" not in fn_src or "search_url" not in fn_src:
+            return Status.UNKNOWN, "_batch_search does not post to self.config.search_url", tree
+        return Status.UNPATCHED, "", tree
+    return Status.UNKNOWN, "partly patched (GenerationConfig.retriever and the _batch_search preamble disagree)", tree
+
+
+def _patch_generation(path: Path, source: str, tree: ast.Module) -> str:
+    text = _Text(source)
+    nl = text.newline
+    cfg = _find_class(tree, "GenerationConfig")
+    mgr = _find_class(tree, "LLMGenerationManager")
+    assert cfg is not None and mgr is not None
+    fields = _dataclass_fields(cfg)
+    last = fields[-1]
+    indent = _indent_of(text.line(last.lineno))
+    text.insert_after_line(
+        last.end_lineno or last.lineno,
+        f"{indent}retriever: dict = None  {MARKER}: the whole `retriever` config block (backend, gpu_id, ...){nl}",
+    )
+    fn = _find_method(mgr, "_batch_search")
+    assert fn is not None
+    first = _first_statement_after_docstring(fn)
+    start = _statement_start_line(first)
+    body_indent = _indent_of(text.line(first.lineno))
+    if first.lineno == fn.lineno:
+        raise PatchError(f"{path}: _batch_search is written on one line; cannot insert the medret preamble")
+    text.insert_before_line(start, _generation_batch_search_preamble(body_indent, nl))
+    return text.render()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ray_trainer.py
+
+
+def _generation_config_calls(tree: ast.Module) -> list[ast.Call]:
+    calls = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if name == "GenerationConfig":
+                calls.append(node)
+    return sorted(calls, key=lambda c: (c.lineno, c.col_offset))
+
+
+def _imports_omegaconf(tree: ast.Module) -> bool:
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "omegaconf":
+            if any(alias.name == "OmegaConf" and alias.asname is None for alias in node.names):
+                return True
+    return False
+
+
+def _inspect_trainer(path: Path, source: str) -> tuple[Status, str, ast.Module | None]:
+    tree = _parse(path, source)
+    trainer = _find_class(tree, "RayPPOTrainer")
+    if trainer is None:
+        return Status.UNKNOWN, "no class RayPPOTrainer", tree
+    if _find_method(trainer, "fit") is None:
+        return Status.UNKNOWN, "RayPPOTrainer has no fit method", tree
+    imports_gen = any(
+        isinstance(n, ast.ImportFrom) and n.module == "search_r1.llm_agent.generation"
+        and any(a.name == "GenerationConfig" for a in n.names)
+        for n in tree.body
+    )
+    if not imports_gen:
+        return Status.UNKNOWN, "does not import GenerationConfig from search_r1.llm_agent.generation", tree
+    calls = _generation_config_calls(tree)
+    if not calls:
+        return Status.UNKNOWN, "no GenerationConfig(...) call", tree
+    with_retriever = 0
+    for call in calls:
+        keywords = {k.arg for k in call.keywords}
+        if call.args or None in keywords or not {"search_url", "topk"} <= keywords:
+            return Status.UNKNOWN, f"GenerationConfig(...) at line {call.lineno} is not built from keyword " \
+                                   "arguments including search_url and topk", tree
+        if "retriever" in keywords:
+            lines = source.splitlines()[call.lineno - 1: call.end_lineno]  # whole lines: the marker is a comment
+            if not any(MARKER in line for line in lines):
+                return Status.UNKNOWN, f"GenerationConfig(...) at line {call.lineno} already has a retriever " \
+                                       "argument that medret did not add", tree
+            with_retriever += 1
+    if with_retriever == len(calls):
+        return Status.PATCHED, "", tree
+    if with_retriever == 0 and MARKER not in source:
+        return Status.UNPATCHED, "", tree
+    return Status.UNKNOWN, f"partly patched ({with_retriever} of {len(calls)} GenerationConfig calls)", tree
+
+
+def _patch_trainer(path: Path, source: str, tree: ast.Module) -> str:
+    text = _Text(source)
+    nl = text.newline
+    value = "OmegaConf.to_container(self.config.retriever, resolve=True)"
+    for call in _generation_config_calls(tree):
+        last = call.keywords[-1]
+        end_line, end_col = last.value.end_lineno, last.value.end_col_offset
+        assert end_line is not None and end_col is not None and call.end_lineno is not None
+        close_line = text.line(call.end_lineno)
+        closing_alone = close_line.strip().startswith(")") and call.end_lineno > end_line
+        # text between the last argument and the closing parenthesis: is there already a trailing comma?
+        if end_line == call.end_lineno:
+            between = close_line.encode("utf-8")[end_col:(call.end_col_offset or 0) - 1].decode("utf-8")
+        else:
+            tail = text.line(end_line).encode("utf-8")[end_col:].decode("utf-8")
+            middle = "".join(text.line(n) for n in range(end_line + 1, call.end_lineno))
+            head = close_line[: len(close_line) - len(close_line.lstrip())]
+            between = tail + middle + head
+        has_comma = "," in between.split("#", 1)[0]
+        if closing_alone:
+            if not has_comma:
+                text.insert_at(end_line, end_col, ",")
+            indent = _indent_of(text.line(last.lineno))
+            text.insert_before_line(call.end_lineno, f"{indent}retriever={value},  {MARKER}{nl}")
+        else:
+            # a call closed on the line of its last argument: add the keyword inline and mark the line
+            insertion = f"retriever={value}"
+            insertion = (" " if has_comma else ", ") + insertion
+            if has_comma:
+                # put it after the existing comma
+                raw = text.line(end_line).encode("utf-8")
+                comma_at = raw.index(b",", end_col)
+                text.insert_at(end_line, comma_at + 1, insertion)
+            else:
+                text.insert_at(end_line, end_col, insertion)
+            line_end = len(text.line(call.end_lineno).rstrip("\r\n").encode("utf-8"))
+            text.insert_at(call.end_lineno, line_end, f"  {MARKER}")
+    if not _imports_omegaconf(tree):
+        gen_import = next(
+            n for n in tree.body
+            if isinstance(n, ast.ImportFrom) and n.module == "search_r1.llm_agent.generation"
+        )
+        text.insert_after_line(gen_import.end_lineno or gen_import.lineno,
+                               f"from omegaconf import OmegaConf  {MARKER}{nl}")
+    return text.render()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# public API
+
+_INSPECTORS = {GENERATION_FILE: _inspect_generation, TRAINER_FILE: _inspect_trainer}
+_PATCHERS = {GENERATION_FILE: _patch_generation, TRAINER_FILE: _patch_trainer}
+
+
+def _root(path: str | os.PathLike[str]) -> Path:
+    root = Path(path).expanduser().resolve()
+    if not root.is_dir():
+        raise ConfigError(f"path={str(path)!r} is not a directory: pass the root of a Search-R1 checkout "
+                          f"(the folder that holds {GENERATION_FILE} and {TRAINER_FILE})")
+    missing = [rel for rel in TARGET_FILES if not (root / rel).is_file()]
+    if missing:
+        raise PatchError(f"{root} does not look like a Search-R1 checkout: missing {', '.join(missing)}; pass the "
+                         "repository root (git clone https://github.com/PeterGriffinJin/Search-R1)")
+    return root
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    raw = path.read_bytes()
+    try:
+        return raw, raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PatchError(f"{path} is not UTF-8 text; cannot patch it") from None
+
+
+def check(path: str | os.PathLike[str]) -> CheckoutReport:
+    """Inspect a checkout without changing it."""
+    root = _root(path)
+    report = CheckoutReport(root=root)
+    for rel in TARGET_FILES:
+        file = root / rel
+        _, source = _read(file)
+        try:
+            status, reason, _ = _INSPECTORS[rel](file, source)
+        except PatchError as e:
+            status, reason = Status.UNKNOWN, str(e)
+        report.files.append(FileReport(path=file, status=status, reason=reason))
+    return report
+
+
+def patched_text(rel: str, path: Path, source: str) -> str:
+    """The patched version of ``source`` (which must be an unpatched, known version of ``rel``)."""
+    status, reason, tree = _INSPECTORS[rel](path, source)
+    if status is not Status.UNPATCHED or tree is None:
+        raise PatchError(f"{path}: cannot patch a file that is {status.value}" + (f" ({reason})" if reason else ""))
+    new = _PATCHERS[rel](path, source, tree)
+    after, why, _ = _INSPECTORS[rel](path, new)
+    if after is not Status.PATCHED:  # pragma: no cover - a bug in the patcher, never the user's fault
+        raise PatchError(f"{path}: patching produced an unexpected result ({after.value}: {why}); nothing written")
+    compile(new, str(path), "exec")
+    return new
+
+
+def patch(path: str | os.PathLike[str], dry_run: bool = False) -> CheckoutReport:
+    """Patch a checkout (idempotent). Nothing is written unless every file is known and patchable."""
+    report = check(path)
+    unknown = [f for f in report.files if f.status is Status.UNKNOWN]
+    if unknown:
+        details = "; ".join(f"{f.path}: {f.reason}" for f in unknown)
+        raise PatchError(f"refusing to patch {report.root}: not a known Search-R1 version ({details}). Nothing was "
+                         "changed. medret knows the layout of PeterGriffinJin/Search-R1 main; patch by hand following "
+                         "docs/searchr1.md or open an issue with the file attached.")
+    plans: list[tuple[Path, bytes, str]] = []
+    for rel, frep in zip(TARGET_FILES, report.files):
+        if frep.status is Status.PATCHED:
+            logger.info("%s is already patched", frep.path)
+            continue
+        raw, source = _read(frep.path)
+        plans.append((frep.path, raw, patched_text(rel, frep.path, source)))
+    if dry_run or not plans:
+        return report if not plans else _planned_report(report, [p[0] for p in plans])
+    for file, raw, _ in plans:  # backups first: a crash between the two loops leaves only backups behind
+        mode = file.stat().st_mode
+        atomic_write_bytes(_backup_path(file), raw)
+        _set_mode(_backup_path(file), mode)
+    for file, _, new in plans:
+        mode = file.stat().st_mode
+        atomic_write_bytes(file, new.encode("utf-8"))
+        _set_mode(file, mode)
+        logger.info("patched %s (original saved as %s)", file, _backup_path(file))
+    return check(path)
+
+
+def _planned_report(report: CheckoutReport, paths: list[Path]) -> CheckoutReport:
+    files = [FileReport(f.path, f.status, "would be patched" if f.path in paths else f.reason) for f in report.files]
+    return CheckoutReport(root=report.root, files=files)
+
+
+def _backup_path(file: Path) -> Path:
+    return file.with_name(file.name + BACKUP_SUFFIX)
+
+
+def _set_mode(path: Path, mode: int) -> None:
+    try:
+        os.chmod(path, mode & 0o7777)
+    except OSError:  # pragma: no cover - e.g. a file system without permissions
+        pass
+
+
+def revert(path: str | os.PathLike[str], force: bool = False) -> CheckoutReport:
+    """Restore the original bytes of every patched file from its backup, then remove the backup.
+
+    Refuses (changing nothing) when a patched file was edited after patching, unless ``force`` is true.
+    """
+    root = _root(path)
+    report = check(root)
+    plans: list[tuple[Path, bytes]] = []
+    for rel, frep in zip(TARGET_FILES, report.files):
+        backup = _backup_path(frep.path)
+        if frep.status is Status.UNPATCHED:
+            continue
+        if not backup.is_file():
+            raise PatchError(f"cannot revert {frep.path}: its backup {backup.name} is missing; restore the file "
+                             f"with `git -C {root} checkout -- {rel}`. Nothing was changed.")
+        original_raw, original = _read(backup)
+        if frep.status is Status.UNKNOWN and not force:
+            raise PatchError(f"cannot revert {frep.path}: it is {frep.status.value} ({frep.reason}); pass --force to "
+                             f"restore {backup.name} anyway. Nothing was changed.")
+        if not force:
+            _, current = _read(frep.path)
+            try:
+                expected = patched_text(rel, backup, original)
+            except PatchError as e:
+                raise PatchError(f"cannot revert {frep.path}: its backup is not an unpatched Search-R1 file ({e}); "
+                                 "pass --force to restore it anyway. Nothing was changed.") from None
+            if expected != current:
+                raise PatchError(f"cannot revert {frep.path}: it was edited after medret patched it, and restoring "
+                                 f"{backup.name} would lose those edits; pass --force to restore it anyway. "
+                                 "Nothing was changed.")
+        plans.append((frep.path, original_raw))
+    for file, raw in plans:
+        mode = _backup_path(file).stat().st_mode
+        atomic_write_bytes(file, raw)
+        _set_mode(file, mode)
+        _backup_path(file).unlink()
+        logger.info("restored %s", file)
+    return check(root)

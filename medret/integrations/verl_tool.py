@@ -1,0 +1,330 @@
+"""A veRL tool that searches with medret in the rollout worker's process (or a Ray actor) instead of over HTTP.
+
+Drop-in for ``verl.tools.search_tool.SearchTool``: same OpenAI function schema (``query_list``), same answer text
+(``{"result": "Doc 1 (Title: …)\\n…"}``, queries joined by ``\\n---\\n``), same error texts, and the same
+``create / execute / calc_reward / release`` life cycle. Differences:
+
+* the retriever is built once per process (``medret.get_retriever``'s cache) and shared by every tool object and
+  every trajectory, not rebuilt per trajectory; it loads lazily on the first search (``preload: true`` loads it
+  when the tool is created);
+* searches never block the rollout's event loop: with ``local``/``ray`` they go to a per-retriever micro-batcher
+  (:class:`medret.serve.batcher.Batcher`) that merges the queries of concurrent trajectories into one search call
+  (``max_batch_queries``, ``max_wait_ms``); with ``http`` they run in a thread pool (``num_workers``);
+  ``rate_limit`` (default: none) caps concurrent searches in this process; ``timeout`` bounds one search;
+* any failure comes back to the model as text (``{"result": "Search execution failed: …"}``), never as an
+  exception into the rollout.
+
+With ``verl`` installed the class subclasses ``verl.tools.base_tool.BaseTool`` (tested against verl 0.9.1 from
+PyPI); without it a small stand-in base with the same interface keeps the class importable and usable.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+from uuid import uuid4
+
+from medret.api import format_result
+from medret.errors import ConfigError
+from medret.integrations import protocol, searchr1_runtime
+from medret.validate import check_queries
+
+logger = logging.getLogger(__name__)
+
+try:  # the real thing when veRL is installed
+    from verl.tools.base_tool import BaseTool as _BaseTool
+    from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
+
+    try:
+        from verl.utils.rollout_trace import rollout_trace_op as _trace
+    except ImportError:  # pragma: no cover - older veRL
+        def _trace(fn: Callable) -> Callable:
+            return fn
+
+    VERL_AVAILABLE = True
+except ImportError as _verl_import_error:  # a stand-in with BaseTool's interface
+    VERL_AVAILABLE = False
+    logger.debug("verl is not importable (%s); using medret's stand-in BaseTool", _verl_import_error)
+
+    def _trace(fn: Callable) -> Callable:
+        return fn
+
+    class _Function:
+        def __init__(self, data: dict[str, Any]) -> None:
+            self.name: str = data["name"]
+            self.description: str = data.get("description", "")
+            self.parameters: dict[str, Any] = data.get("parameters", {})
+
+    class OpenAIFunctionToolSchema:  # type: ignore[no-redef]
+        """Stand-in for verl.tools.schemas.OpenAIFunctionToolSchema (keeps the dict)."""
+
+        def __init__(self, data: dict[str, Any]) -> None:
+            if not isinstance(data, dict) or data.get("type") != "function" or "function" not in data:
+                raise ConfigError(f"tool_schema={data!r} is invalid: give an OpenAI function schema "
+                                  "({'type': 'function', 'function': {'name': ..., 'parameters': ...}})")
+            self._data = data
+            self.type = data["type"]
+            self.function = _Function(data["function"])
+
+        @classmethod
+        def model_validate(cls, data: dict[str, Any]) -> "OpenAIFunctionToolSchema":
+            return cls(data)
+
+        def model_dump(self, **_: Any) -> dict[str, Any]:
+            return json.loads(json.dumps(self._data))
+
+    @dataclass
+    class ToolResponse:  # type: ignore[no-redef]
+        """Stand-in for verl.tools.schemas.ToolResponse."""
+
+        text: Optional[str] = None
+        image: Optional[list] = None
+        video: Optional[list] = None
+
+    class _BaseTool:  # type: ignore[no-redef]
+        """Stand-in for verl.tools.base_tool.BaseTool: same constructor and async methods."""
+
+        def __init__(self, config: dict, tool_schema: Any) -> None:
+            self.config = config
+            self.tool_schema = tool_schema or self.get_openai_tool_schema()
+            assert self.tool_schema is not None, "Tool schema is not set!"
+            self.name = self.tool_schema.function.name
+
+        def get_openai_tool_schema(self) -> Any:
+            return self.tool_schema
+
+        async def create(self, instance_id: Optional[str] = None, **kwargs: Any) -> tuple[str, Any]:
+            return (instance_id or str(uuid4())), ToolResponse()
+
+        async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs: Any) -> tuple[Any, float, dict]:
+            return ToolResponse(text="Updated the tool state."), 0.0, {}
+
+        async def calc_reward(self, instance_id: str, **kwargs: Any) -> Any:
+            return 0.0
+
+        async def release(self, instance_id: str, **kwargs: Any) -> None:
+            return None
+
+
+#: The schema veRL's search tool uses (``query_list``: a list of strings).
+DEFAULT_TOOL_SCHEMA: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Searches medical literature for relevant information based on the given queries.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "query_list": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "A list of fully-formed semantic queries. The tool will return search results "
+                                   "for each query.",
+                }
+            },
+            "required": ["query_list"],
+        },
+    },
+}
+
+#: veRL's message for a call without a usable query_list (kept identical).
+MISSING_QUERY_LIST = "Error: 'query_list' is missing, empty, or not a list in parameters."
+
+# config keys the tool itself reads; everything else is part of the retriever block
+_TOOL_KEYS = {"type", "num_workers", "rate_limit", "timeout", "enable_global_rate_limit", "preload",
+              "retrieval_service_url", "max_batch_queries", "max_wait_ms"}
+
+
+@dataclass(frozen=True)
+class ToolSettings:
+    backend: str
+    topk: int
+    timeout: float
+    num_workers: int
+    rate_limit: int | None
+    preload: bool
+    max_batch_queries: int
+    max_wait_ms: float
+    url: str | None
+    block: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ToolSettings":
+        config = searchr1_runtime.to_plain_dict(config)
+        block = {k: v for k, v in config.items() if k not in _TOOL_KEYS}
+        url = config.get("retrieval_service_url") or block.get("url")
+        if "backend" not in block and "local" not in block:
+            block["backend"] = "http" if url else "local"
+        backend = searchr1_runtime.backend_of(block)
+        if backend not in ("local", "ray", "http"):
+            raise ConfigError(f"backend={backend!r} is invalid: choose local, ray or http")
+        topk = searchr1_runtime.topk_of(block)
+        timeout = _positive("timeout", config.get("timeout", 30), float)
+        num_workers = int(_positive("num_workers", config.get("num_workers", 8), int))
+        rate_limit = config.get("rate_limit")
+        rate_limit = None if rate_limit is None else int(_positive("rate_limit", rate_limit, int))
+        max_batch_queries = int(_positive("max_batch_queries", config.get("max_batch_queries", 1024), int))
+        max_wait_ms = float(config.get("max_wait_ms", 0.0) or 0.0)
+        if max_wait_ms < 0:
+            raise ConfigError(f"max_wait_ms={max_wait_ms!r} is invalid: give 0 or more milliseconds")
+        if backend == "http":
+            if not url:
+                raise ConfigError("backend='http' needs retrieval_service_url: http://host:port/retrieve")
+        else:
+            searchr1_runtime.retriever_config(block)  # validate every retriever key now, not mid-rollout
+        return cls(backend=backend, topk=topk, timeout=timeout, num_workers=num_workers, rate_limit=rate_limit,
+                   preload=bool(config.get("preload", False)), max_batch_queries=max_batch_queries,
+                   max_wait_ms=max_wait_ms, url=url, block=block)
+
+
+def _positive(name: str, value: Any, kind: type) -> float:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is invalid: give a positive number") from None
+    if number <= 0:
+        raise ConfigError(f"{name}={value!r} is invalid: give a positive number")
+    return number
+
+
+_EXECUTORS: dict[int, ThreadPoolExecutor] = {}
+_EXECUTORS_LOCK = threading.Lock()
+_SEMAPHORES: dict[tuple[int, int], asyncio.Semaphore] = {}
+
+
+def _executor(num_workers: int) -> ThreadPoolExecutor:
+    with _EXECUTORS_LOCK:
+        pool = _EXECUTORS.get(num_workers)
+        if pool is None:
+            pool = _EXECUTORS[num_workers] = ThreadPoolExecutor(max_workers=num_workers,
+                                                                thread_name_prefix="medret-search")
+        return pool
+
+
+@dataclass
+class _BatcherEntry:
+    retriever: Any
+    batcher: Any
+
+
+_BATCHERS: dict[int, _BatcherEntry] = {}
+
+
+def _batcher_for(retriever: Any, max_batch_queries: int, max_wait_ms: float) -> Any:
+    """One micro-batcher per retriever: searches from concurrent trajectories are merged into one call."""
+    from medret.serve.batcher import Batcher
+
+    with _EXECUTORS_LOCK:
+        entry = _BATCHERS.get(id(retriever))
+        if entry is None or entry.retriever is not retriever:
+            batcher = Batcher(lambda: retriever, max_batch_queries=min(max_batch_queries, retriever.config.max_batch),
+                              max_wait_ms=max_wait_ms, name="medret-verl-tool")
+            batcher.start()
+            entry = _BATCHERS[id(retriever)] = _BatcherEntry(retriever, batcher)
+        return entry.batcher
+
+
+def batch_stats() -> list[dict[str, Any]]:
+    """Micro-batching counters of every retriever this process's tools use (for logs and tests)."""
+    with _EXECUTORS_LOCK:
+        return [dict(e.batcher.stats.as_dict(), retriever=repr(e.retriever.config)) for e in _BATCHERS.values()]
+
+
+def _semaphore(limit: int) -> asyncio.Semaphore:
+    key = (id(asyncio.get_running_loop()), limit)
+    sem = _SEMAPHORES.get(key)
+    if sem is None:
+        sem = _SEMAPHORES[key] = asyncio.Semaphore(limit)
+    return sem
+
+
+class MedretSearchTool(_BaseTool):
+    """veRL ``BaseTool`` that answers ``search(query_list)`` with medret (local or Ray backend, or HTTP)."""
+
+    def __init__(self, config: dict, tool_schema: Any = None) -> None:
+        self.settings = ToolSettings.from_config(config or {})
+        super().__init__(config, tool_schema)
+        self._instance_dict: dict[str, dict[str, Any]] = {}
+        if self.settings.preload and self.settings.backend != "http":
+            self._retriever()
+        logger.info("MedretSearchTool ready: backend=%s topk=%d block=%s", self.settings.backend,
+                    self.settings.topk, self.settings.block)
+
+    def get_openai_tool_schema(self) -> Any:
+        schema = getattr(self, "tool_schema", None)
+        return schema if schema is not None else OpenAIFunctionToolSchema.model_validate(DEFAULT_TOOL_SCHEMA)
+
+    def _retriever(self) -> Any:
+        return searchr1_runtime.get_searchr1_retriever(self.settings.block)
+
+    def search_json(self, query_list: list[str]) -> dict:
+        """Blocking search: Search-R1's /retrieve JSON for ``query_list``."""
+        if self.settings.backend == "http":
+            assert self.settings.url is not None
+            # the event loop side enforces `timeout`; the socket timeout only stops a thread left waiting
+            return searchr1_runtime.http_batch_search(self.settings.url, query_list, self.settings.topk,
+                                                      timeout=self.settings.timeout + 5.0)
+        return self._retriever().retrieve(query_list, topk=self.settings.topk, return_scores=True)
+
+    async def create(self, instance_id: Optional[str] = None, **kwargs: Any) -> tuple[str, Any]:
+        if instance_id is None:
+            instance_id = str(uuid4())
+        self._instance_dict[instance_id] = {"response": "", "reward": []}
+        return instance_id, ToolResponse()
+
+    @_trace
+    async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs: Any) -> tuple[Any, float, dict]:
+        query_list = parameters.get("query_list") if isinstance(parameters, dict) else None
+        if not query_list or not isinstance(query_list, list):
+            logger.error("[MedretSearchTool] %s Received parameters: %s", MISSING_QUERY_LIST, parameters)
+            return ToolResponse(text=protocol.verl_error_text(MISSING_QUERY_LIST)), 0.0, {}
+        try:
+            if self.settings.rate_limit is None:
+                results = await self._search(query_list)
+            else:
+                async with _semaphore(self.settings.rate_limit):
+                    results = await self._search(query_list)
+            text = protocol.verl_tool_text(results)
+        except Exception as e:  # every failure goes back to the model as text
+            logger.error("[MedretSearchTool] Execution failed: %s", e)
+            return ToolResponse(text=protocol.verl_error_text(f"Search execution failed: {e}")), 0.0, \
+                {"error": str(e)}
+        state = self._instance_dict.setdefault(instance_id, {"response": "", "reward": []})
+        state["reward"].append(text.strip())
+        metrics = {
+            "query_count": len(query_list),
+            "status": "success" if results else "no_results",
+            "total_results": sum(len(r) for r in results),
+            "api_request_error": None,
+        }
+        return ToolResponse(text=text), 0.0, metrics
+
+    async def _search(self, query_list: list) -> list[list[dict]]:
+        """Search-R1 result rows for ``query_list``; raises on any failure."""
+        loop = asyncio.get_running_loop()
+        if self.settings.backend == "http":
+            future = loop.run_in_executor(_executor(self.settings.num_workers), self.search_json, query_list)
+            return (await self._bounded(future))["result"]
+        # loading the index is not bounded by the search timeout (it happens once per process; preload: true
+        # moves it to start-up)
+        retriever = await loop.run_in_executor(_executor(self.settings.num_workers), self._retriever)
+        queries = check_queries(query_list, retriever.config.max_batch, retriever.config.max_query_chars)
+        batcher = _batcher_for(retriever, self.settings.max_batch_queries, self.settings.max_wait_ms)
+        hits = await self._bounded(batcher.submit(queries, self.settings.topk))
+        return format_result(hits, return_scores=True)["result"]
+
+    async def _bounded(self, awaitable: Any) -> Any:
+        try:
+            return await asyncio.wait_for(awaitable, timeout=self.settings.timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no answer within timeout={self.settings.timeout:g} s") from None
+
+    async def calc_reward(self, instance_id: str, **kwargs: Any) -> Any:
+        return self._instance_dict.get(instance_id, {}).get("reward", [])
+
+    async def release(self, instance_id: str, **kwargs: Any) -> None:
+        self._instance_dict.pop(instance_id, None)
