@@ -15,7 +15,7 @@ Two backends:
 * **exact** (``index_type="flat"`` over embeddings arrays): chunked matrix product + per-chunk top-k + merge,
   in PyTorch (on CUDA when the index is moved there with :meth:`DenseIndex.to`, else CPU) with bounded
   temporary memory; the embeddings may be a list of memory-mapped ``.npy`` segments (fp16 or fp32), so
-  nothing is loaded into RAM at start-up. :func:`exact_search_numpy` is the same algorithm in numpy.
+  nothing is loaded into RAM at start-up.
 * **faiss**: ``IndexFlatIP``/``IndexFlatL2``, HNSW, IVF-PQ or any faiss factory string.
 """
 from __future__ import annotations
@@ -151,55 +151,6 @@ def exact_search(
                 best_r = torch.gather(cat_r, 1, pos)
             offset += rows
     return best_s.cpu().numpy().astype(np.float32), best_r.cpu().numpy().astype(np.int64)
-
-
-def exact_search_numpy(
-    emb: Embeddings,
-    qemb: np.ndarray,
-    k: int,
-    metric: str = "ip",
-    chunk_rows: int | None = None,
-    max_temp_bytes: int = DEFAULT_TEMP_BYTES,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The same algorithm as :func:`exact_search` in numpy (argpartition per chunk, then merge); no torch."""
-    segs = _segments(emb)
-    if not segs:
-        raise ConfigError("emb=[] is invalid: no embeddings to search")
-    dim = int(segs[0].shape[1])
-    q = _check_query(qemb, dim)
-    k = _check_k(k)
-    if metric not in ("ip", "l2"):
-        raise ConfigError(f"metric={metric!r} is invalid: use 'ip' or 'l2'")
-    total = sum(int(s.shape[0]) for s in segs)
-    n = q.shape[0]
-    kk = min(k, total)
-    if chunk_rows is None:
-        chunk_rows = auto_chunk_rows(n, dim, max_temp_bytes)
-    best_s = np.full((n, kk), -np.inf, dtype=np.float32)
-    best_r = np.full((n, kk), -1, dtype=np.int64)
-    q_sq = (q * q).sum(axis=1, keepdims=True) if metric == "l2" else None
-    ar = np.arange(n)[:, None]
-    offset = 0
-    for seg in segs:
-        rows = int(seg.shape[0])
-        for s in range(0, rows, chunk_rows):
-            e = min(rows, s + chunk_rows)
-            x = np.asarray(seg[s:e], dtype=np.float32)
-            scores = q @ x.T
-            if q_sq is not None:
-                scores = 2.0 * scores - (x * x).sum(axis=1)[None, :] - q_sq
-            ck = min(kk, e - s)
-            if ck < e - s:
-                part = np.argpartition(-scores, ck - 1, axis=1)[:, :ck]
-            else:
-                part = np.broadcast_to(np.arange(e - s), (n, e - s))
-            cat_s = np.concatenate([best_s, scores[ar, part]], axis=1)
-            cat_r = np.concatenate([best_r, part + (offset + s)], axis=1)
-            sel = np.argpartition(-cat_s, kk - 1, axis=1)[:, :kk]
-            best_s, best_r = cat_s[ar, sel], cat_r[ar, sel]
-        offset += rows
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    return best_s[ar, order].astype(np.float32), best_r[ar, order].astype(np.int64)
 
 
 # ================================================================================================ faiss

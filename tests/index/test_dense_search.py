@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from medret.errors import ConfigError, IndexBuildError
-from medret.index.dense import DenseIndex, exact_search, exact_search_numpy, factory_string
+from medret.index.dense import DenseIndex, exact_search, factory_string
 
 
 def brute(x: np.ndarray, q: np.ndarray, k: int, metric: str):
@@ -37,11 +37,10 @@ def clustered(n=6000, d=32, n_clusters=60, nq=100, seed=3):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-@pytest.mark.parametrize("fn", [exact_search, exact_search_numpy])
 @pytest.mark.parametrize("chunk_rows", [7, 64, None])
-def test_exact_search_equals_brute_force(data, metric, fn, chunk_rows):
+def test_exact_search_equals_brute_force(data, metric, chunk_rows):
     x, q = data
-    s, r = fn(x, q, 10, metric, chunk_rows=chunk_rows)
+    s, r = exact_search(x, q, 10, metric, chunk_rows=chunk_rows)
     bs, br = brute(x, q, 10, metric)
     assert s.dtype == np.float32 and r.dtype == np.int64 and s.shape == (9, 10)
     np.testing.assert_array_equal(r, br)
@@ -57,10 +56,9 @@ def test_exact_search_fp16_memmapped_segments(tmp_path, data, metric):
     segs = [np.load(tmp_path / "a.npy", mmap_mode="r"), np.load(tmp_path / "b.npy", mmap_mode="r")]
     assert isinstance(segs[0], np.memmap)
     bs, br = brute(x16.astype(np.float32), q, 5, metric)
-    for fn in (exact_search, exact_search_numpy):
-        s, r = fn(segs, q, 5, metric, chunk_rows=128)
-        np.testing.assert_array_equal(r, br)  # rows across segments are numbered continuously
-        np.testing.assert_allclose(s, bs, rtol=1e-4, atol=1e-3)
+    s, r = exact_search(segs, q, 5, metric, chunk_rows=128)
+    np.testing.assert_array_equal(r, br)  # rows across segments are numbered continuously
+    np.testing.assert_allclose(s, bs, rtol=1e-4, atol=1e-3)
 
 
 def test_exact_search_k_larger_than_corpus_and_single_query(data):
