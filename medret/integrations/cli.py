@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
     ssub = p.add_subparsers(dest="searchr1_command", metavar="SUBCOMMAND", required=True)
 
     pp = ssub.add_parser("patch", help="patch (idempotent; backups as <file>.medret-orig)",
-                         description="Patch search_r1/llm_agent/generation.py and verl/trainer/ppo/ray_trainer.py. "
+                         description="Patch search_r1/llm_agent/generation.py, verl/trainer/ppo/ray_trainer.py and "
+                         "verl/trainer/main_ppo.py (KARE rewards). "
                          "With --check only report (exit 0 patched, 1 not patched, 2 unknown version); with "
                          "--revert restore the original bytes.")
     pp.add_argument("path", help="root of the Search-R1 checkout")

@@ -1,6 +1,6 @@
-"""Patch a Search-R1 checkout so that its trainer searches through medret.
+"""Patch a Search-R1 checkout so that its trainer searches through medret and scores medret's data sources.
 
-Two files are edited, each located structurally with :mod:`ast` (never by line number):
+Three files are edited, each located structurally with :mod:`ast` (never by line number):
 
 ``search_r1/llm_agent/generation.py``
     * the ``GenerationConfig`` dataclass gets one more field, ``retriever`` (the whole ``retriever`` config block);
@@ -12,6 +12,16 @@ Two files are edited, each located structurally with :mod:`ast` (never by line n
 ``verl/trainer/ppo/ray_trainer.py``
     * every ``GenerationConfig(..., search_url=..., topk=...)`` call gets
       ``retriever=OmegaConf.to_container(self.config.retriever, resolve=True)``.
+
+``verl/trainer/main_ppo.py``
+    * ``_select_rm_score_fn(data_source)`` gets a short preamble: a data source starting with
+      :data:`MEDRET_SOURCE_PREFIX` (``kare_``) that :func:`medret.recipes.kare.rewards.search_r1_score_fn` knows
+      returns medret's score function; every other source (and an unknown ``kare_*`` one) runs the original code
+      below, which raises ``NotImplementedError`` for sources it does not know, as before. Other sources never
+      import medret. The file is accepted only when ``RewardManager`` calls the selected function with
+      ``solution_str=`` and ``ground_truth=`` keywords (no positional arguments), the convention medret's score
+      functions take. This edit is in the source because Search-R1 builds its reward manager inside a Ray task
+      (``main_task``), where a monkeypatch made in the driver does not reach.
 
 Each inserted piece carries the marker comment :data:`MARKER`, which makes patching idempotent. Before the first
 edit the original bytes are saved next to each file as ``<file>.medret-orig``; ``revert`` restores them and removes
@@ -35,7 +45,10 @@ MARKER = "# medret-searchr1-patch"
 BACKUP_SUFFIX = ".medret-orig"
 GENERATION_FILE = "search_r1/llm_agent/generation.py"
 TRAINER_FILE = "verl/trainer/ppo/ray_trainer.py"
-TARGET_FILES = (GENERATION_FILE, TRAINER_FILE)
+REWARD_FILE = "verl/trainer/main_ppo.py"
+TARGET_FILES = (GENERATION_FILE, TRAINER_FILE, REWARD_FILE)
+#: data sources whose name starts with this are offered to medret's rewards first
+MEDRET_SOURCE_PREFIX = "kare_"
 
 
 class PatchError(MedretError):
@@ -361,17 +374,102 @@ def _patch_trainer(path: Path, source: str, tree: ast.Module) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# main_ppo.py
+
+#: keywords medret's score functions need from the caller (they accept any others, e.g. ``format_score``)
+SCORE_FN_KEYWORDS = ("solution_str", "ground_truth")
+
+
+def _find_function(tree: ast.Module, name: str) -> ast.FunctionDef | None:
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    return None
+
+
+def _reward_select_preamble(indent: str, nl: str) -> str:
+    lines = [
+        f"{MARKER}: data sources medret scores get its reward; every other source runs the code below",
+        f"if str(data_source).startswith({MEDRET_SOURCE_PREFIX!r}):",
+        "    from medret.recipes.kare.rewards import search_r1_score_fn as medret_score_fn",
+        "    medret_fn = medret_score_fn(data_source)",
+        "    if medret_fn is not None:",
+        "        return medret_fn",
+        f"{MARKER}: end",
+    ]
+    return "".join(f"{indent}{line}{nl}" for line in lines)
+
+
+def _score_fn_calls(method: ast.FunctionDef) -> tuple[list[str], list[ast.Call]]:
+    """Names bound to ``_select_rm_score_fn(...)`` in ``method`` and the calls made through them."""
+    names: list[str] = []
+    for node in ast.walk(method):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "_select_rm_score_fn"):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    calls = [node for node in ast.walk(method) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Name) and node.func.id in names]
+    return names, sorted(calls, key=lambda c: (c.lineno, c.col_offset))
+
+
+def _inspect_reward(path: Path, source: str) -> tuple[Status, str, ast.Module | None]:
+    tree = _parse(path, source)
+    fn = _find_function(tree, "_select_rm_score_fn")
+    if fn is None:
+        return Status.UNKNOWN, "no module-level function _select_rm_score_fn", tree
+    a = fn.args
+    args = [x.arg for x in a.posonlyargs + a.args]
+    if args != ["data_source"] or a.vararg or a.kwarg or a.kwonlyargs:
+        return Status.UNKNOWN, f"_select_rm_score_fn{tuple(args)} does not take (data_source)", tree
+    manager = _find_class(tree, "RewardManager")
+    if manager is None:
+        return Status.UNKNOWN, "no class RewardManager", tree
+    call_method = _find_method(manager, "__call__")
+    if call_method is None:
+        return Status.UNKNOWN, "RewardManager has no __call__ method", tree
+    names, calls = _score_fn_calls(call_method)
+    if not calls:
+        return Status.UNKNOWN, "RewardManager.__call__ does not call the function _select_rm_score_fn returns", tree
+    for call in calls:
+        keywords = {k.arg for k in call.keywords}
+        if call.args or None in keywords or not set(SCORE_FN_KEYWORDS) <= keywords:
+            return Status.UNKNOWN, (f"RewardManager calls the score function at line {call.lineno} as "
+                                    f"{ast.unparse(call)[:120]}; medret's score functions need the keywords "
+                                    f"{', '.join(k + '=' for k in SCORE_FN_KEYWORDS)} and no positional "
+                                    "arguments"), tree
+    fn_src = ast.get_source_segment(source, fn) or ""
+    has_preamble = MARKER in fn_src and "medret_score_fn" in fn_src
+    if has_preamble:
+        return Status.PATCHED, "", tree
+    if MARKER not in source:
+        return Status.UNPATCHED, "", tree
+    return Status.UNKNOWN, "partly patched (a medret marker outside an intact _select_rm_score_fn preamble)", tree
+
+
+def _patch_reward(path: Path, source: str, tree: ast.Module) -> str:
+    text = _Text(source)
+    fn = _find_function(tree, "_select_rm_score_fn")
+    assert fn is not None
+    first = _first_statement_after_docstring(fn)
+    if first.lineno == fn.lineno:
+        raise PatchError(f"{path}: _select_rm_score_fn is written on one line; cannot insert the medret preamble")
+    body_indent = _indent_of(text.line(first.lineno))
+    text.insert_before_line(_statement_start_line(first), _reward_select_preamble(body_indent, text.newline))
+    return text.render()
+
+
+# --------------------------------------------------------------------------------------------------------------
 # public API
 
-_INSPECTORS = {GENERATION_FILE: _inspect_generation, TRAINER_FILE: _inspect_trainer}
-_PATCHERS = {GENERATION_FILE: _patch_generation, TRAINER_FILE: _patch_trainer}
+_INSPECTORS = {GENERATION_FILE: _inspect_generation, TRAINER_FILE: _inspect_trainer, REWARD_FILE: _inspect_reward}
+_PATCHERS = {GENERATION_FILE: _patch_generation, TRAINER_FILE: _patch_trainer, REWARD_FILE: _patch_reward}
 
 
 def _root(path: str | os.PathLike[str]) -> Path:
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError(f"path={str(path)!r} is not a directory: pass the root of a Search-R1 checkout "
-                          f"(the folder that holds {GENERATION_FILE} and {TRAINER_FILE})")
+                          f"(the folder that holds {', '.join(TARGET_FILES)})")
     missing = [rel for rel in TARGET_FILES if not (root / rel).is_file()]
     if missing:
         raise PatchError(f"{root} does not look like a Search-R1 checkout: missing {', '.join(missing)}; pass the "

@@ -14,6 +14,7 @@ from medret.integrations import searchr1_patch as sp
 
 GEN = sp.GENERATION_FILE
 TRAINER = sp.TRAINER_FILE
+REWARD = sp.REWARD_FILE
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -28,10 +29,10 @@ def test_check_patch_idempotent_revert_byte_for_byte(checkout: Path, capsys):
 
     assert main(["searchr1", "patch", str(checkout)]) == 0
     patched = snapshot(checkout)
-    assert set(patched) == set(original) | {GEN + ".medret-orig", TRAINER + ".medret-orig"}
-    assert patched[GEN + ".medret-orig"] == original[GEN]
-    assert patched[TRAINER + ".medret-orig"] == original[TRAINER]
-    assert patched[GEN] != original[GEN] and patched[TRAINER] != original[TRAINER]
+    assert set(patched) == set(original) | {rel + ".medret-orig" for rel in (GEN, TRAINER, REWARD)}
+    for rel in (GEN, TRAINER, REWARD):
+        assert patched[rel + ".medret-orig"] == original[rel]
+        assert patched[rel] != original[rel]
     assert main(["searchr1", "check", str(checkout)]) == 0
     assert main(["searchr1", "patch", str(checkout), "--check"]) == 0
 
@@ -74,6 +75,23 @@ def test_patched_structure(checkout: Path):
     for call in calls:
         kw = {k.arg: ast.unparse(k.value) for k in call.keywords}
         assert kw["retriever"] == "OmegaConf.to_container(self.config.retriever, resolve=True)"
+    # main_ppo.py: one `if` before the original body of _select_rm_score_fn, everything else byte-identical
+    reward = (checkout / REWARD).read_text()
+    reward_orig = (checkout / (REWARD + ".medret-orig")).read_text()
+
+    def select_fn(text: str) -> ast.FunctionDef:
+        return next(n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)
+                    and n.name == "_select_rm_score_fn")
+
+    new_fn, old_fn = select_fn(reward), select_fn(reward_orig)
+    assert len(new_fn.body) == len(old_fn.body) + 1
+    assert [ast.dump(n) for n in new_fn.body[1:]] == [ast.dump(n) for n in old_fn.body]
+    guard = new_fn.body[0]
+    assert isinstance(guard, ast.If)
+    assert ast.unparse(guard.test) == "str(data_source).startswith('kare_')"
+    assert "from medret.recipes.kare.rewards import search_r1_score_fn" in ast.unparse(guard)
+    assert reward.replace(ast.get_source_segment(reward, new_fn), "") == \
+        reward_orig.replace(ast.get_source_segment(reward_orig, old_fn), "")
 
 
 def test_unknown_version_is_refused_and_nothing_changes(checkout: Path, capsys):
@@ -127,7 +145,7 @@ def test_partly_patched_is_reported_and_completed(checkout: Path):
     (checkout / (TRAINER + ".medret-orig")).unlink()
     report = sp.check(checkout)
     assert report.status is sp.Status.UNPATCHED
-    assert [f.status for f in report.files] == [sp.Status.PATCHED, sp.Status.UNPATCHED]
+    assert [f.status for f in report.files] == [sp.Status.PATCHED, sp.Status.UNPATCHED, sp.Status.PATCHED]
     sp.patch(checkout)
     assert sp.check(checkout).status is sp.Status.PATCHED
 
@@ -228,17 +246,20 @@ REAL = os.environ.get("MEDRET_SEARCHR1_CHECKOUT")
 @pytest.mark.skipif(not REAL, reason="set MEDRET_SEARCHR1_CHECKOUT to a Search-R1 checkout to test the real files")
 def test_real_searchr1_checkout(tmp_path: Path):
     root = tmp_path / "real"
-    for rel in (GEN, TRAINER):
+    for rel in (GEN, TRAINER, REWARD):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(Path(REAL) / rel, root / rel)
     original = snapshot(root)
     assert sp.check(root).status is sp.Status.UNPATCHED
     sp.patch(root)
     assert sp.check(root).status is sp.Status.PATCHED
-    for rel in (GEN, TRAINER):
+    for rel in (GEN, TRAINER, REWARD):
         compile((root / rel).read_text(), rel, "exec")
     trainer = (root / TRAINER).read_text()
     assert trainer.count("retriever=OmegaConf.to_container(self.config.retriever, resolve=True)") == 2
+    reward = (root / REWARD).read_text()
+    assert reward.count("from medret.recipes.kare.rewards import search_r1_score_fn") == 1
+    assert (root / (REWARD + ".medret-orig")).read_bytes() == original[REWARD]
     patched = snapshot(root)
     sp.patch(root)
     assert snapshot(root) == patched
