@@ -12,6 +12,8 @@ from medret.errors import MedretError
 # Each module defines register(subparsers); its handlers take the parsed args and return an exit code.
 COMMANDS = [
     "medret.commands",
+    "medret.launch.cli",
+    "medret.doctor_cli",
     "medret.recipes.kare.cli",
     "medret.serve.cli",
     "medret.integrations.cli",

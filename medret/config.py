@@ -52,6 +52,9 @@ class RetrieverConfig:
     ray_num_gpus: float = 0.0
     ray_placement: str = "any"
     ray_shards: int = 1
+    # names the job's actors; default $MEDRET_RAY_JOB, else $SLURM_JOB_ID (workers that do not inherit the
+    # driver's environment, such as veRL tool workers, can pass it explicitly)
+    ray_job: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

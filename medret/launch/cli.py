@@ -1,0 +1,267 @@
+"""`medret slurm render|check` and `medret ray up|down|wait|info`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# flag dest -> JobSpec field (None values are left to the YAML file or the defaults)
+_SPEC_FLAGS = {
+    "layout": "layout", "nodes": "nodes", "gpus_per_node": "gpus_per_node", "retriever_gpus": "retriever_gpus",
+    "tensor_parallel": "tensor_parallel", "corpus": "corpus", "retriever": "retriever", "db_dir": "db_dir",
+    "topk": "topk", "shards": "shards", "job_name": "job_name", "partition": "partition", "account": "account",
+    "qos": "qos", "time": "time", "mem": "mem", "cpus_per_task": "cpus_per_task", "log": "output",
+    "sbatch_extra": "sbatch_extra", "model": "model", "data_dir": "data_dir", "max_turns": "max_turns",
+    "override": "overrides", "train_cmd": "train_cmd", "mode": "mode", "smoke_turns": "smoke_turns",
+    "health_timeout": "health_timeout", "python": "python",
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("slurm", help="render and check SLURM job scripts for RL training with medret")
+    ssub = p.add_subparsers(dest="slurm_command", metavar="SUBCOMMAND", required=True)
+
+    r = ssub.add_parser("render", help="write an sbatch script for a Search-R1 / veRL training job",
+                        description="Write an sbatch script. GPU numbers are indices into a node's GPUs. "
+                                    "Flags override the --config YAML (same names, with _ or -).")
+    r.add_argument("--config", help="YAML file with the job options (flags override it)")
+    r.add_argument("-o", "--out", help="write the script here (default: print it)")
+    r.add_argument("--layout", choices=["local", "per-node", "retriever-node"])
+    r.add_argument("--nodes", type=int)
+    r.add_argument("--gpus-per-node", type=int)
+    r.add_argument("--retriever-gpus", help="GPU index/indices that retrieve, e.g. 3 or 2,3; 'none' = CPU "
+                   "(default: the last GPU; retriever-node with >=2 nodes: all GPUs of the last node)")
+    r.add_argument("--tensor-parallel", "--tp", type=int, dest="tensor_parallel",
+                   help="vLLM rollout tensor-parallel size; must divide the training GPUs per node")
+    r.add_argument("--corpus")
+    r.add_argument("--retriever")
+    r.add_argument("--db-dir")
+    r.add_argument("--topk", type=int)
+    r.add_argument("--shards", type=int, help="retriever-node: split a dense index over this many retriever GPUs")
+    g = r.add_argument_group("SLURM")
+    g.add_argument("--job-name")
+    g.add_argument("--partition")
+    g.add_argument("--account")
+    g.add_argument("--qos")
+    g.add_argument("--time")
+    g.add_argument("--mem")
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--log", help="#SBATCH --output pattern (default %%x-%%j.out)")
+    g.add_argument("--sbatch-extra", action="append", help="another #SBATCH option, e.g. --exclusive (repeatable)")
+    t = r.add_argument_group("trainer")
+    t.add_argument("--model")
+    t.add_argument("--data-dir")
+    t.add_argument("--max-turns", type=int)
+    t.add_argument("--override", action="append", help="extra hydra override key=value (repeatable)")
+    t.add_argument("--train-cmd", help="run this shell command instead of Search-R1's trainer")
+    t.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
+                   help="run `medret rollout-smoke` on every trainer node instead of training (CPU tests)")
+    t.add_argument("--smoke-turns", type=int)
+    t.add_argument("--health-timeout", type=int, help="seconds to wait for the retriever (default 900)")
+    t.add_argument("--python", help="python of the training environment (default python3)")
+    r.add_argument("--quiet", action="store_true", help="do not print the plan")
+    r.set_defaults(func=cmd_render)
+
+    c = ssub.add_parser("check", help="validate job scripts: GPU split, tensor parallel, retriever GPU, health check")
+    c.add_argument("scripts", nargs="+", metavar="JOB.sbatch")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("ray", help="the Ray backend: create, find and stop retriever actors")
+    rsub = p.add_subparsers(dest="ray_command", metavar="SUBCOMMAND", required=True)
+    up = rsub.add_parser("up", help="get or create the retriever actor(s) and wait until they answer")
+    _ray_identity_flags(up)
+    up.add_argument("--device", default=None, help="cpu, cuda or cuda:N inside the actor")
+    up.add_argument("--gpu-id", type=int, default=None)
+    up.add_argument("--num-gpus", type=float, default=None, help="Ray GPUs each actor requests (default 0)")
+    up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the actor(s) to be ready")
+    up.set_defaults(func=cmd_ray_up)
+    down = rsub.add_parser("down", help="kill the retriever actor(s) of a job")
+    _ray_identity_flags(down)
+    down.set_defaults(func=cmd_ray_down)
+    info = rsub.add_parser("info", help="print the actor's info (corpus, node, device)")
+    _ray_identity_flags(info)
+    info.set_defaults(func=cmd_ray_info)
+    w = rsub.add_parser("wait", help="wait until a Ray cluster has N alive nodes")
+    w.add_argument("--address", default=None)
+    w.add_argument("--nodes", type=int, required=True)
+    w.add_argument("--timeout", type=float, default=300.0)
+    w.set_defaults(func=cmd_ray_wait)
+
+
+def _ray_identity_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS)")
+    p.add_argument("--namespace", default="medret")
+    p.add_argument("--job", default=None, help="job id in the actor name (default: $MEDRET_RAY_JOB, $SLURM_JOB_ID)")
+    p.add_argument("--corpus", default="sample")
+    p.add_argument("--retriever", default="BM25")
+    p.add_argument("--db-dir", default=None)
+    p.add_argument("--placement", default="any", choices=["any", "per-node", "retriever-node"])
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+
+
+# ============================================================================ slurm
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    from medret.errors import ConfigError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"--config={path!r} cannot be read ({e.strerror}); give the path of a YAML file") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config={path!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config={path!r} must hold a mapping of job options (layout: ..., nodes: ...)")
+    return data
+
+
+def spec_from_args(args: argparse.Namespace):
+    from medret.launch.slurm import JobSpec
+
+    data: dict[str, Any] = _load_yaml(args.config) if getattr(args, "config", None) else {}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    for dest, fname in _SPEC_FLAGS.items():
+        v = getattr(args, dest, None)
+        if v is not None:
+            data[fname] = v
+    return JobSpec.from_mapping(data)
+
+
+def cmd_render(args) -> int:
+    from medret.atomic import atomic_write_text
+    from medret.launch.slurm import plan_job, render_job
+
+    spec = spec_from_args(args)
+    plan = plan_job(spec)
+    text = render_job(spec)
+    if args.out:
+        atomic_write_text(args.out, text)
+        os.chmod(args.out, 0o755)
+    else:
+        sys.stdout.write(text)
+    if not args.quiet:
+        out = sys.stderr if not args.out else sys.stdout
+        rg = ",".join(map(str, plan.retriever_gpus)) or "CPU"
+        print(f"medret slurm render: layout={plan.layout} nodes={plan.nodes} gpus/node={plan.gpus_per_node}: "
+              f"training GPUs {','.join(map(str, plan.train_gpus))} on {plan.train_nodes} node(s) "
+              f"(tp={plan.tensor_parallel}), retriever on {rg}"
+              + (f" of node {plan.retriever_node}" if plan.retriever_node is not None and plan.nodes > 1 else ""),
+              file=out)
+        for n in plan.notes:
+            print(f"  note: {n}", file=out)
+        if args.out:
+            print(f"wrote {args.out}; submit with `sbatch {args.out}`, dry run with `bash {args.out} --dry-run`",
+                  file=out)
+    return 0
+
+
+def cmd_check(args) -> int:
+    from medret.launch.slurm import check_script
+
+    reports = []
+    for path in args.scripts:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            print(f"{path}: cannot read ({e.strerror})", file=sys.stderr)
+            return 2
+        reports.append(check_script(text, path))
+    if args.json:
+        print(json.dumps([{"path": r.path, "ok": r.ok, "errors": r.errors, "warnings": r.warnings,
+                           "facts": r.facts} for r in reports], indent=2, default=str))
+    else:
+        for r in reports:
+            print(r.format())
+    return 0 if all(r.ok for r in reports) else 1
+
+
+# ============================================================================ ray
+
+
+def _ray_config(args, **extra):
+    from medret.config import RetrieverConfig
+
+    return RetrieverConfig.from_mapping(dict(
+        corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, backend="ray",
+        ray_address=args.address, ray_namespace=args.namespace, ray_placement=args.placement,
+        ray_shards=args.shards, **extra))
+
+
+def _with_job(args) -> None:
+    if args.job:
+        os.environ["MEDRET_RAY_JOB"] = str(args.job)
+
+
+def cmd_ray_up(args) -> int:
+    from medret.transports.ray import RayTransport
+
+    _with_job(args)
+    extra: dict[str, Any] = {}
+    if args.device is not None:
+        extra["device"] = args.device
+    if args.gpu_id is not None:
+        extra["gpu_id"] = args.gpu_id
+    if args.num_gpus is not None:
+        extra["ray_num_gpus"] = args.num_gpus
+    t0 = time.perf_counter()
+    t = RayTransport(_ray_config(args, **extra), ready_timeout=args.timeout)
+    try:
+        info = t.info()
+    finally:
+        t.close()
+    info["ready_s"] = round(time.perf_counter() - t0, 3)
+    if args.json:
+        print(json.dumps(info, default=str))
+    else:
+        ray_part = info.get("ray", {})
+        print(f"medret ray up: actor {ray_part.get('actor')} ready on node {ray_part.get('node_id')} "
+              f"({ray_part.get('node_ip')}, host {ray_part.get('hostname')}, slurm node "
+              f"{ray_part.get('slurm_node') or '-'}): corpus {info.get('corpus')}, "
+              f"retriever {info.get('retriever')}, {info.get('n_docs')} docs, device {info.get('device')}, "
+              f"in {info['ready_s']}s")
+    return 0
+
+
+def cmd_ray_info(args) -> int:
+    from medret.errors import TransportError
+    from medret.transports.ray import RayTransport
+
+    _with_job(args)
+    t = RayTransport(_ray_config(args), create=False)
+    try:
+        info = t.info()
+    except TransportError as e:
+        print(f"medret ray info: {e}", file=sys.stderr)
+        return 1
+    finally:
+        t.close()
+    print(json.dumps(info, default=str, indent=None if args.json else 2))
+    return 0
+
+
+def cmd_ray_down(args) -> int:
+    from medret.transports.ray import kill_actors
+
+    _with_job(args)
+    names = kill_actors(_ray_config(args))
+    print(f"medret ray down: killed {len(names)} actor(s)" + (f": {', '.join(names)}" if names else ""))
+    return 0
+
+
+def cmd_ray_wait(args) -> int:
+    from medret.transports.ray import wait_for_nodes
+
+    n = wait_for_nodes(args.address, args.nodes, args.timeout)
+    print(f"medret ray wait: {n} node(s) alive")
+    return 0

@@ -1,0 +1,623 @@
+"""SLURM job scripts for RL training with medret: plan the GPU split, render the sbatch, check a script.
+
+Everything here is a pure function of its inputs (no SLURM, no files except the packaged templates), so
+every refusal can be tested without a cluster.
+
+Layouts
+-------
+``local``
+    One node. The retriever runs inside the trainer's driver process on its own GPU(s); the Ray workers
+    that train (FSDP + vLLM) are started with ``CUDA_VISIBLE_DEVICES`` = the training GPUs only, so the
+    retriever's GPU is never visible to training.
+``per-node``
+    Every node runs its own ``medret serve`` on its retriever GPU (Search-R1's "a retrieval server on every
+    node", done for you): started with ``--port 0 --address-file``, the job waits on ``/health`` and fails
+    if a server is not ready in time.
+``retriever-node``
+    The retriever is a Ray actor on a dedicated Ray node: the last SLURM node when ``nodes >= 2`` (all of
+    its GPUs, or ``retriever_gpus`` of it), or a separate raylet that owns ``retriever_gpus`` of the single
+    node. Trainer nodes never see those GPUs (that raylet declares ``--num-gpus 0`` plus the custom
+    resource ``medret_retriever``).
+
+GPU numbers in a spec are *indices into the job's GPUs on a node* (0..gpus_per_node-1); at run time they
+are mapped through the ``CUDA_VISIBLE_DEVICES`` that SLURM gives the job, so they stay right on clusters
+that hand out physical ids.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from string import Template
+from typing import Any, Mapping
+
+from medret.errors import ConfigError
+
+LAYOUTS = ("local", "per-node", "retriever-node")
+MODES = ("train", "smoke")
+SPEC_BEGIN = "# medret-job-spec-begin"
+SPEC_END = "# medret-job-spec-end"
+SPEC_FORMAT = "medret-slurm-job"
+SPEC_VERSION = 1
+RAY_RESOURCE = "medret_retriever"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+_HYDRA_KEY = re.compile(r"^[+~]{0,2}[A-Za-z_][A-Za-z0-9_.\[\]-]*=")
+
+
+class _Tmpl(Template):
+    """``@@{name}`` placeholders: bash never writes ``@@``, so ``${VAR}`` in templates stays untouched."""
+
+    delimiter = "@@"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run: the cluster shape, the retriever, the trainer. Build it with :meth:`from_mapping`."""
+
+    layout: str = "local"
+    nodes: int = 1
+    gpus_per_node: int = 4
+    # indices (0..gpus_per_node-1) of the GPUs that retrieve; None = the layout's default; [] = CPU retriever
+    retriever_gpus: tuple[int, ...] | None = None
+    tensor_parallel: int = 1
+    corpus: str = "MedCorp"
+    retriever: str = "MedCPT"
+    db_dir: str | None = None
+    topk: int = 3
+    shards: int = 1
+    # SLURM resources
+    job_name: str = "medret-train"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "24:00:00"
+    mem: str | None = None
+    cpus_per_task: int | None = None
+    output: str = "%x-%j.out"
+    sbatch_extra: tuple[str, ...] = ()
+    # trainer
+    model: str = "Qwen/Qwen2.5-7B"
+    data_dir: str = "data/nq_search"
+    max_turns: int = 2
+    overrides: tuple[str, ...] = ()
+    train_cmd: str | None = None
+    mode: str = "train"
+    smoke_turns: int = 2
+    health_timeout: int = 900
+    python: str = "python3"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "JobSpec":
+        """From a dict (flags or YAML). Unknown keys are refused with the list of valid ones."""
+        data = {k.replace("-", "_"): v for k, v in dict(data).items() if v is not None}
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"unknown job option(s) {unknown}: valid options are {sorted(valid)}")
+        if "retriever_gpus" in data:
+            data["retriever_gpus"] = parse_gpu_list(data["retriever_gpus"], "retriever_gpus")
+        for name in ("sbatch_extra", "overrides"):
+            if name in data:
+                v = data[name]
+                if isinstance(v, str):
+                    v = [v]
+                if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+                    raise ConfigError(f"{name}={v!r} is invalid: give a list of strings")
+                data[name] = tuple(v)
+        for name in ("nodes", "gpus_per_node", "tensor_parallel", "topk", "shards", "max_turns", "smoke_turns",
+                     "health_timeout", "cpus_per_task"):
+            if name in data:
+                data[name] = _int_field(name, data[name])
+        for name in ("corpus", "retriever", "db_dir", "job_name", "partition", "account", "qos", "time", "mem",
+                     "output", "model", "data_dir", "train_cmd", "python", "layout", "mode"):
+            if name in data and not isinstance(data[name], str):
+                data[name] = str(data[name])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+def parse_gpu_list(value: Any, name: str = "retriever_gpus") -> tuple[int, ...]:
+    """'3' → (3,), '2,3' → (2, 3), 'none' / '' / [] → () (CPU retriever)."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, str):
+        v = value.strip().lower()
+        items = [] if v in ("", "none", "cpu") else [p.strip() for p in v.split(",")]
+    else:
+        raise ConfigError(f"{name}={value!r} is invalid: give GPU indices such as '3' or '2,3', or 'none' for CPU")
+    out = []
+    for it in items:
+        try:
+            n = int(it)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r} is invalid: {it!r} is not a GPU index; give e.g. '3' or '2,3', "
+                              "or 'none' for a CPU retriever") from None
+        out.append(n)
+    return tuple(out)
+
+
+def _int_field(name: str, v: Any) -> int:
+    if isinstance(v, bool):
+        raise ConfigError(f"{name}={v!r} is invalid: give a whole number")
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={v!r} is invalid: give a whole number") from None
+
+
+# ====================================================================================== planning
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The GPU arithmetic of a job: who sees which GPU, and the numbers the trainer is given."""
+
+    layout: str
+    nodes: int
+    gpus_per_node: int
+    retriever_gpus: tuple[int, ...]      # indices on a retriever node; () = CPU retriever
+    train_gpus: tuple[int, ...]          # indices on each trainer node
+    train_nodes: int                     # trainer.nnodes
+    tensor_parallel: int
+    shards: int
+    retriever_node: int | None           # retriever-node layout: index of the SLURM node hosting the retriever
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def train_gpus_total(self) -> int:
+        return self.train_nodes * len(self.train_gpus)
+
+    @property
+    def retriever_device(self) -> str:
+        return "cuda" if self.retriever_gpus else "cpu"
+
+    def header(self, spec: JobSpec) -> dict[str, Any]:
+        from medret import __version__
+
+        return {
+            "format": SPEC_FORMAT, "version": SPEC_VERSION, "medret": __version__,
+            "layout": self.layout, "nodes": self.nodes, "gpus_per_node": self.gpus_per_node,
+            "retriever_gpus": list(self.retriever_gpus), "train_gpus": list(self.train_gpus),
+            "train_nodes": self.train_nodes, "train_gpus_total": self.train_gpus_total,
+            "tensor_parallel": self.tensor_parallel, "shards": self.shards, "retriever_node": self.retriever_node,
+            "retriever_device": self.retriever_device, "health_check": self.layout != "local",
+            "health_timeout": spec.health_timeout, "corpus": spec.corpus, "retriever": spec.retriever,
+            "mode": "custom" if spec.train_cmd else spec.mode,
+        }
+
+
+def plan_job(spec: JobSpec) -> Plan:
+    """Check a spec and work out the GPU split; raise :class:`ConfigError` saying what to change if it is wrong."""
+    if spec.layout not in LAYOUTS:
+        raise ConfigError(f"layout={spec.layout!r} is invalid: choose one of {', '.join(LAYOUTS)}")
+    if spec.mode not in MODES:
+        raise ConfigError(f"mode={spec.mode!r} is invalid: choose one of {', '.join(MODES)}")
+    for name in ("nodes", "gpus_per_node", "tensor_parallel", "topk", "shards", "max_turns", "smoke_turns",
+                 "health_timeout"):
+        v = getattr(spec, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{name}={v!r} is invalid: it must be a whole number >= 1")
+    if spec.cpus_per_task is not None and spec.cpus_per_task < 1:
+        raise ConfigError(f"cpus_per_task={spec.cpus_per_task!r} is invalid: it must be >= 1")
+    for name in ("corpus", "retriever", "job_name"):
+        v = getattr(spec, name)
+        if not v or not _SAFE_NAME.match(v) and not (name == "corpus" and "/" in v and not any(c in v for c in " '\"$`\\")):
+            raise ConfigError(f"{name}={v!r} is invalid: use letters, digits and . _ + - only (e.g. MedCorp, MedCPT)")
+    for o in spec.overrides:
+        if not _HYDRA_KEY.match(o):
+            raise ConfigError(f"overrides entry {o!r} is invalid: give hydra overrides as key=value, "
+                              "e.g. trainer.total_epochs=15 or +trainer.val_before_train=false")
+    G, N = spec.gpus_per_node, spec.nodes
+    notes: list[str] = []
+    if spec.retriever_gpus is None:
+        if spec.layout == "retriever-node" and N >= 2:
+            rg: tuple[int, ...] = tuple(range(G))
+        else:
+            rg = (G - 1,) if G >= 2 else ()
+            if G < 2:
+                notes.append("gpus_per_node=1: the retriever runs on CPU so the only GPU trains")
+    else:
+        rg = tuple(spec.retriever_gpus)
+    bad = [g for g in rg if not 0 <= g < G]
+    if bad:
+        raise ConfigError(f"retriever_gpus={list(rg)} is invalid: GPU index {bad[0]} does not exist on a node with "
+                          f"gpus_per_node={G} (valid indices 0..{G - 1})")
+    if len(set(rg)) != len(rg):
+        raise ConfigError(f"retriever_gpus={list(rg)} is invalid: a GPU is listed twice")
+
+    retriever_node: int | None = None
+    if spec.layout == "local":
+        if N != 1:
+            raise ConfigError(f"nodes={N} is invalid for layout=local (the retriever lives in the trainer process "
+                              "on one node): use nodes=1, or layout=per-node / retriever-node for several nodes")
+    if spec.layout in ("local", "per-node") and len(rg) > 1:
+        raise ConfigError(f"retriever_gpus={list(rg)} is invalid for layout={spec.layout}: one retriever GPU per "
+                          "node (or 'none' for CPU); to spread one index over several GPUs use "
+                          "layout=retriever-node with shards")
+    if spec.layout == "retriever-node" and N >= 2:
+        retriever_node = N - 1
+        train = tuple(range(G))
+        train_nodes = N - 1
+        idle = G - len(rg)
+        if idle:
+            notes.append(f"the retriever node (SLURM node {N - 1}) leaves {idle} of its GPUs idle: veRL needs the "
+                         "same GPU count on every trainer node")
+    else:
+        if spec.layout == "retriever-node":
+            retriever_node = 0
+        train = tuple(g for g in range(G) if g not in rg)
+        train_nodes = N
+    if not train:
+        raise ConfigError(f"retriever_gpus={list(rg)} leaves no GPU to train on (gpus_per_node={G}): give the "
+                          "retriever fewer GPUs, or more GPUs per node")
+    tp = spec.tensor_parallel
+    if len(train) % tp:
+        ok = [d for d in range(1, len(train) + 1) if len(train) % d == 0]
+        raise ConfigError(
+            f"tensor_parallel={tp} is invalid: it must divide the {len(train)} training GPUs per node "
+            f"(GPUs {','.join(map(str, train))}; retriever on {','.join(map(str, rg)) or 'CPU'}), as veRL "
+            f"requires world_size % tensor_parallel == 0 with tensor-parallel groups inside a node; "
+            f"use tensor_parallel in {ok}, or change retriever_gpus / gpus_per_node")
+    if spec.shards > 1:
+        if spec.layout != "retriever-node":
+            raise ConfigError(f"shards={spec.shards} needs layout=retriever-node (the shards are Ray actors on the "
+                              "retriever node's GPUs)")
+        if rg and spec.shards > len(rg):
+            raise ConfigError(f"shards={spec.shards} is invalid: each shard takes one retriever GPU and "
+                              f"retriever_gpus={list(rg)} has {len(rg)}; use shards <= {len(rg)} or list more GPUs")
+    return Plan(layout=spec.layout, nodes=N, gpus_per_node=G, retriever_gpus=rg, train_gpus=train,
+                train_nodes=train_nodes, tensor_parallel=tp, shards=spec.shards, retriever_node=retriever_node,
+                notes=tuple(notes))
+
+
+# ====================================================================================== rendering
+
+
+def _template(name: str) -> str:
+    return resources.files("medret.launch").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _q(s: str) -> str:
+    return shlex.quote(s)
+
+
+def _trainer_command(spec: JobSpec, plan: Plan) -> str:
+    """The training command as bash text (uses $MODEL, $DATA_DIR, $RETRIEVER_* set by the script)."""
+    if spec.train_cmd:
+        return f"bash -c {_q(spec.train_cmd)}"
+    lines = [
+        f"{spec.python} -m verl.trainer.main_ppo",
+        'data.train_files="$DATA_DIR/train.parquet"',
+        'data.val_files="$DATA_DIR/test.parquet"',
+        'actor_rollout_ref.model.path="$MODEL"',
+        'critic.model.path="$MODEL"',
+        f"actor_rollout_ref.rollout.tensor_model_parallel_size={plan.tensor_parallel}",
+        f"trainer.n_gpus_per_node={len(plan.train_gpus)}",
+        f"trainer.nnodes={plan.train_nodes}",
+        f"max_turns={spec.max_turns}",
+    ]
+    if plan.layout == "local":
+        lines += ["+retriever.backend=local", f"+retriever.corpus_name={_q(spec.corpus)}",
+                  f"+retriever.retriever_name={_q(spec.retriever)}"]
+        if plan.retriever_gpus:
+            lines.append('+retriever.gpu_id="$RETRIEVER_GPU"')
+        else:
+            lines.append("+retriever.device=cpu")
+        lines.append('${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}')
+    elif plan.layout == "per-node":
+        lines.append('retriever.url="$RETRIEVER_URL/retrieve"')
+    else:
+        lines += ["+retriever.backend=ray", f"+retriever.corpus_name={_q(spec.corpus)}",
+                  f"+retriever.retriever_name={_q(spec.retriever)}", "+retriever.ray_placement=retriever-node",
+                  '+retriever.ray_address="$RAY_ADDRESS"',
+                  '${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}']
+        if plan.shards > 1:
+            lines.append(f"+retriever.ray_shards={plan.shards}")
+    lines.append(f"retriever.topk={spec.topk}")
+    lines += [_q(o) for o in spec.overrides]
+    return " \\\n    ".join(lines)
+
+
+def _smoke_command(spec: JobSpec, plan: Plan) -> str:
+    backend = {"local": "local", "per-node": "http", "retriever-node": "ray"}[plan.layout]
+    parts = ['"${MEDRET[@]}" rollout-smoke', f"--backend {backend}", f"--corpus {_q(spec.corpus)}",
+             f"--retriever {_q(spec.retriever)}", f"--turns {spec.smoke_turns}",
+             '${MEDRET_DB_DIR:+--db-dir "$MEDRET_DB_DIR"}']
+    if backend == "http":
+        parts.append('--url "$RETRIEVER_URL/retrieve"')
+    return " ".join(parts)
+
+
+def render_job(spec: JobSpec) -> str:
+    """The sbatch script for ``spec`` (raises ConfigError on an impossible GPU split)."""
+    plan = plan_job(spec)
+    sb = [f"#SBATCH --job-name={spec.job_name}", f"#SBATCH --nodes={plan.nodes}", "#SBATCH --ntasks-per-node=1",
+          f"#SBATCH --gres=gpu:{plan.gpus_per_node}", f"#SBATCH --time={spec.time}",
+          f"#SBATCH --output={spec.output}"]
+    for name, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("mem", "mem"),
+                       ("cpus_per_task", "cpus-per-task")):
+        v = getattr(spec, name)
+        if v is not None:
+            sb.append(f"#SBATCH --{flag}={v}")
+    for extra in spec.sbatch_extra:
+        extra = extra.strip()
+        if not extra.startswith("--") or "\n" in extra:
+            raise ConfigError(f"sbatch_extra entry {extra!r} is invalid: give sbatch options such as "
+                              "'--exclusive' or '--constraint=a100'")
+        sb.append(f"#SBATCH {extra}")
+    header = plan.header(spec)
+    mode = header["mode"]
+    body = _template(f"{plan.layout}.sh")
+    values = {
+        "sbatch": "\n".join(sb),
+        "spec_begin": SPEC_BEGIN, "spec_end": SPEC_END,
+        "spec_json": json.dumps(header, sort_keys=True),
+        "layout": plan.layout, "nodes": str(plan.nodes), "gpus_per_node": str(plan.gpus_per_node),
+        "train_gpus": ",".join(map(str, plan.train_gpus)),
+        "retriever_gpus": ",".join(map(str, plan.retriever_gpus)),
+        "n_train_gpus": str(len(plan.train_gpus)),
+        "n_retriever_gpus": str(len(plan.retriever_gpus)),
+        "retriever_device": plan.retriever_device,
+        "retriever_node": "" if plan.retriever_node is None else str(plan.retriever_node),
+        "shards": str(plan.shards),
+        "corpus": _q(spec.corpus), "retriever": _q(spec.retriever),
+        "db_dir": _q(spec.db_dir or ""),
+        "model": _q(spec.model), "data_dir": _q(spec.data_dir),
+        "health_timeout": str(spec.health_timeout),
+        "python": _q(spec.python),
+        "mode": mode,
+        "ray_resource": RAY_RESOURCE,
+        "notes": "\n".join(f"# note: {n}" for n in plan.notes),
+    }
+    values["layout_body"] = _Tmpl(body).substitute(values)
+    values["train_command"] = _trainer_command(spec, plan)
+    values["smoke_command"] = _smoke_command(spec, plan)
+    values["common"] = _template("common.sh")
+    text = _Tmpl(_template("job.sbatch")).substitute(values)
+    return text
+
+
+# ====================================================================================== checking
+
+
+@dataclass
+class CheckReport:
+    path: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def format(self) -> str:
+        lines = [f"{self.path}: {'OK' if self.ok else 'FAILED'}"]
+        for k, v in self.facts.items():
+            lines.append(f"  {k}: {v}")
+        lines += [f"  error: {e}" for e in self.errors]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def read_spec_header(text: str) -> dict[str, Any] | None:
+    """The machine-readable block that :func:`render_job` embeds, or None if the script has none."""
+    lines = text.splitlines()
+    try:
+        a = lines.index(SPEC_BEGIN)
+        b = lines.index(SPEC_END, a)
+    except ValueError:
+        return None
+    blob = "".join(line[1:].strip() for line in lines[a + 1:b])
+    try:
+        d = json.loads(blob)
+    except ValueError as e:
+        raise ConfigError(f"the medret job-spec block is damaged ({e}); re-render the script") from None
+    if not isinstance(d, dict) or d.get("format") != SPEC_FORMAT:
+        raise ConfigError("the medret job-spec block is not a medret-slurm-job spec; re-render the script")
+    return d
+
+
+def _assignments(text: str) -> dict[str, str]:
+    """Simple shell assignments NAME=value / export NAME=value (last one wins), quotes removed."""
+    out: dict[str, str] = {}
+    for m in re.finditer(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\"[^\"\n]*\"|'[^'\n]*'|[^\s;#]*)",
+                         text, flags=re.M):
+        v = m.group(2)
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+            v = v[1:-1]
+        out[m.group(1)] = v
+    return out
+
+
+def _expand(value: str, env: Mapping[str, str], depth: int = 0) -> str:
+    """Expand $NAME, ${NAME} and ${NAME:-default} from the script's own simple assignments."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(3)
+        default = m.group(2)
+        if name in env and depth < 8:
+            return _expand(env[name], env, depth + 1)
+        return default if default is not None else m.group(0)
+
+    return re.sub(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))", sub, value)
+
+
+def _hydra_value(text: str, key: str, env: Mapping[str, str]) -> str | None:
+    found = None
+    for m in re.finditer(r"(?:^|[\s\\])[+]?" + re.escape(key) + r"=(\"[^\"\n]*\"|'[^'\n]*'|[^\s\\]+)", text):
+        found = m.group(1).strip("\"'")
+    return None if found is None else _expand(found, env)
+
+
+def _int_or_none(v: str | None) -> int | None:
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        return None
+
+
+def _gpu_set(v: str | None) -> set[int] | None:
+    if v is None:
+        return None
+    try:
+        return {int(x) for x in v.split(",") if x.strip() != ""}
+    except ValueError:
+        return None
+
+
+def check_script(text: str, path: str = "<script>") -> CheckReport:
+    """Validate a job script: GPU arithmetic, tensor-parallel divisibility, retriever GPU excluded from
+    training, a health check that can fail the job, cleanup, dry-run safety.
+
+    Scripts rendered by medret carry a spec block that is re-checked against the script text (so hand edits
+    that break the split are caught); other scripts (e.g. Search-R1's own) are checked from their text.
+    """
+    rep = CheckReport(path)
+    env = _assignments(text)
+    try:
+        header = read_spec_header(text)
+    except ConfigError as e:
+        rep.errors.append(str(e))
+        header = None
+
+    tp = _int_or_none(_hydra_value(text, "actor_rollout_ref.rollout.tensor_model_parallel_size", env))
+    n_gpn = _int_or_none(_hydra_value(text, "trainer.n_gpus_per_node", env))
+    nnodes = _int_or_none(_hydra_value(text, "trainer.nnodes", env))
+    sb_nodes = _int_or_none((re.search(r"^#SBATCH\s+(?:--nodes|-N)[= ](\d+)", text, re.M) or [None, None])[1])
+    gres = re.search(r"^#SBATCH\s+--gres[= ]gpu(?::[A-Za-z0-9_-]+)?:(\d+)", text, re.M)
+    sb_gpus = int(gres.group(1)) if gres else None
+
+    if header is not None:
+        _check_with_header(rep, header, text, env, tp, n_gpn, nnodes, sb_nodes, sb_gpus)
+    else:
+        _check_text_only(rep, text, env, tp, n_gpn, nnodes, sb_gpus)
+
+    # Generic script hygiene, for any script.
+    if re.search(r"^\s*set\s+-[a-zA-Z]*u|set\s+-o\s+nounset", text, re.M):
+        rep.errors.append("`set -u` (nounset) breaks `bash job.sbatch` outside SLURM, where SLURM_* variables are "
+                          "unset; drop it or give every SLURM_* use a default (${SLURM_JOB_ID:-local})")
+    trapped: set[str] = set()
+    for m in re.finditer(r"^\s*trap\s+('[^']*'|\"[^\"]*\"|\S+)\s+([A-Z0-9 ]+)$", text, re.M):
+        if m.group(1) in ("-", "''", '""'):  # resets, not handlers
+            continue
+        trapped |= {sig.replace("SIG", "") for sig in m.group(2).split()}
+    missing = [sig for sig in ("EXIT", "TERM", "INT") if sig not in trapped]
+    if missing:
+        rep.errors.append(f"no `trap` for {', '.join(missing)}: the retriever server and Ray processes outlive a "
+                          "cancelled or failed job; trap EXIT, TERM and INT and kill the children")
+    home = re.search(r"(/home/[A-Za-z0-9._-]+|/Users/[A-Za-z0-9._-]+|/scratch/[A-Za-z0-9._-]+)", text)
+    if home:
+        rep.warnings.append(f"hard-coded user path {home.group(1)!r}: take it from an environment variable so the "
+                            "script works for other users")
+    return rep
+
+
+def _check_with_header(rep: CheckReport, h: dict, text: str, env: Mapping[str, str], tp: int | None,
+                       n_gpn: int | None, nnodes: int | None, sb_nodes: int | None, sb_gpus: int | None) -> None:
+    G, N = int(h["gpus_per_node"]), int(h["nodes"])
+    rg, tg = set(h["retriever_gpus"]), set(h["train_gpus"])
+    rep.facts.update(layout=h["layout"], nodes=N, gpus_per_node=G, train_gpus=sorted(tg),
+                     retriever_gpus=sorted(rg) or "CPU", train_nodes=h["train_nodes"],
+                     tensor_parallel=h["tensor_parallel"])
+    # Re-derive the split from the header's own inputs; a header edited into inconsistency is caught here.
+    try:
+        spec = JobSpec(layout=h["layout"], nodes=N, gpus_per_node=G, retriever_gpus=tuple(h["retriever_gpus"]),
+                       tensor_parallel=int(h["tensor_parallel"]), shards=int(h.get("shards", 1)))
+        plan = plan_job(spec)
+        if set(plan.train_gpus) != tg or plan.train_nodes != int(h["train_nodes"]):
+            rep.errors.append(f"the spec block says training GPUs {sorted(tg)} on {h['train_nodes']} node(s) but the "
+                              f"layout gives {list(plan.train_gpus)} on {plan.train_nodes}; re-render the script")
+    except ConfigError as e:
+        rep.errors.append(f"GPU split: {e}")
+    if rg & tg and h["layout"] != "retriever-node" or (h["layout"] == "retriever-node" and N == 1 and rg & tg):
+        rep.errors.append(f"retriever GPU(s) {sorted(rg & tg)} are also training GPUs: training would share them")
+    if sb_nodes is not None and sb_nodes != N:
+        rep.errors.append(f"#SBATCH --nodes={sb_nodes} but the job was planned for {N} node(s)")
+    if sb_gpus is not None and sb_gpus != G:
+        rep.errors.append(f"#SBATCH --gres=gpu:{sb_gpus} but the job was planned for {G} GPUs per node")
+    if env.get("TRAIN_GPU_INDICES") is not None and _gpu_set(env.get("TRAIN_GPU_INDICES")) != tg:
+        rep.errors.append(f"TRAIN_GPU_INDICES={env.get('TRAIN_GPU_INDICES')} in the script differs from the planned "
+                          f"training GPUs {sorted(tg)}")
+    if env.get("RETRIEVER_GPU_INDICES") is not None and _gpu_set(env.get("RETRIEVER_GPU_INDICES")) != rg:
+        rep.errors.append(f"RETRIEVER_GPU_INDICES={env.get('RETRIEVER_GPU_INDICES')} in the script differs from the "
+                          f"planned retriever GPUs {sorted(rg) or 'none'}")
+    if h.get("mode") == "train":
+        if tp is None or n_gpn is None or nnodes is None:
+            rep.errors.append("the training command lacks trainer.n_gpus_per_node / trainer.nnodes / "
+                              "actor_rollout_ref.rollout.tensor_model_parallel_size")
+        else:
+            if n_gpn != len(tg):
+                rep.errors.append(f"trainer.n_gpus_per_node={n_gpn} but {len(tg)} GPUs per node are training GPUs "
+                                  f"({sorted(tg)}): the trainer would use the retriever's GPU or wait for GPUs "
+                                  "that never come")
+            if nnodes != int(h["train_nodes"]):
+                rep.errors.append(f"trainer.nnodes={nnodes} but the job has {h['train_nodes']} trainer node(s)")
+            if n_gpn and tp and (n_gpn % tp or (n_gpn * nnodes) % tp):
+                rep.errors.append(f"tensor_model_parallel_size={tp} does not divide the {n_gpn} training GPUs per "
+                                  "node (veRL: world_size % tp == 0)")
+            if tp != int(h["tensor_parallel"]):
+                rep.warnings.append(f"tensor_model_parallel_size={tp} differs from the planned "
+                                    f"{h['tensor_parallel']}")
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    if h["layout"] in ("per-node",):
+        need = {"--port 0": "the server must pick a free port (--port 0)",
+                "--address-file": "the server must report its address (--address-file)",
+                "/health": "the job must wait on /health"}
+        for s, why in need.items():
+            if s not in code:
+                rep.errors.append(f"health check missing: {why}")
+        if not re.search(r"medret_wait_health[^\n]*\n", code) or "medret_fail" not in code:
+            rep.errors.append("health check missing: no wait on /health that fails the job on timeout")
+    if h["layout"] == "retriever-node":
+        if not re.search(r"ray up\b(?:[^\n]|\\\n)*?--timeout", code):
+            rep.errors.append("health check missing: the retriever actor is not created and awaited with "
+                              "`medret ray up ... --timeout` before training")
+    rep.facts["health_check"] = h["layout"] != "local"
+
+
+def _check_text_only(rep: CheckReport, text: str, env: Mapping[str, str], tp: int | None, n_gpn: int | None,
+                     nnodes: int | None, sb_gpus: int | None) -> None:
+    rep.warnings.append("no medret job-spec block: checked from the script text only (render scripts with "
+                        "`medret slurm render` for a full check)")
+    visible = _gpu_set(_expand(env["CUDA_VISIBLE_DEVICES"], env)) if "CUDA_VISIBLE_DEVICES" in env else None
+    retr_gpu = _int_or_none(_hydra_value(text, "retriever.gpu_id", env))
+    if retr_gpu is None:
+        # a retrieval server started on one GPU: `CUDA_VISIBLE_DEVICES=3 python retrieval_server.py ...`
+        m = re.search(r"CUDA_VISIBLE_DEVICES=(\d+)\s+[^\n]*(retriev|medret serve)", text)
+        if m:
+            retr_gpu = int(m.group(1))
+    per_node = sb_gpus if sb_gpus is not None else (len(visible) if visible else None)
+    rep.facts.update(gpus_per_node=per_node, n_gpus_per_node=n_gpn, tensor_parallel=tp, retriever_gpu=retr_gpu)
+    if n_gpn is not None and tp is not None and n_gpn % tp:
+        rep.errors.append(f"tensor_model_parallel_size={tp} does not divide trainer.n_gpus_per_node={n_gpn} "
+                          "(veRL: world_size % tp == 0)")
+    if retr_gpu is not None and n_gpn is not None and per_node is not None and n_gpn > per_node - 1:
+        rep.errors.append(f"trainer.n_gpus_per_node={n_gpn} with {per_node} GPUs per node leaves none for the "
+                          f"retriever on GPU {retr_gpu}: training would use the retriever's GPU")
+    if retr_gpu is not None and visible is not None and retr_gpu in visible and n_gpn is not None \
+            and n_gpn >= len(visible):
+        rep.errors.append(f"CUDA_VISIBLE_DEVICES={','.join(map(str, sorted(visible)))} exposes the retriever's GPU "
+                          f"{retr_gpu} to training (trainer.n_gpus_per_node={n_gpn})")
+    if re.search(r"retriev|serve", text, re.I) and "/health" in text:
+        for m in re.finditer(r"^.*curl\b[^\n]*/health[^\n]*$", text, re.M):
+            line = m.group(0)
+            if not re.search(r"\s-[a-zA-Z]*f|--fail", line):
+                rep.errors.append(f"health check cannot fail the job: {line.strip()!r} (curl without --fail exits 0 "
+                                  "on HTTP errors such as 404); use curl --fail in a loop with a timeout and exit "
+                                  "non-zero")
+    elif re.search(r"retrieval_server|medret serve|retriever\.url", text):
+        rep.errors.append("health check missing: the job uses a retrieval server but never waits on /health")

@@ -1,0 +1,62 @@
+# ---------------------------------------------------------------- layout: retriever-node
+# The retriever is a Ray actor on a dedicated raylet: the last node (nodes >= 2), or a second raylet on the one
+# node that owns only the retriever GPUs. That raylet declares 0 Ray GPUs and the custom resource
+# $RAY_RESOURCE, so training is never scheduled on its GPUs; the actor is placed there by that resource.
+medret_node_smoke() {
+    medret_build_smoke_cmd
+    medret_log "rollout smoke on $MEDRET_NODE through the Ray actor (RAY_ADDRESS=$RAY_ADDRESS, job $MEDRET_RAY_JOB)"
+    "${SMOKE_CMD[@]}"
+}
+
+medret_main() {
+    local n=$NODES_PLANNED i rc raylets
+    local -a trainers
+    if [ "$n" -ge 2 ]; then
+        trainers=("${NODE_NAMES[@]:0:$((n - 1))}")
+        RETRIEVER_HOST="${NODE_NAMES[$((n - 1))]}"
+        raylets=$n
+    else
+        trainers=("${NODE_NAMES[0]}")
+        RETRIEVER_HOST="${NODE_NAMES[0]}"
+        raylets=2
+    fi
+    medret_log "retriever node: $RETRIEVER_HOST (GPU index ${RETRIEVER_GPU_INDICES:-none: CPU}, $SHARDS shard(s)); trainer nodes: ${trainers[*]} (GPU indices $TRAIN_GPU_INDICES)"
+    if [ "$DRY_RUN" = 1 ]; then
+        RAY_ADDRESS="$HEAD_IP:$RAY_PORT"
+        medret_log "dry run: would start Ray (head $RAY_ADDRESS, $raylets raylets), \`${MEDRET[*]} ray up\` the retriever actor, then run:"
+        if [ "$MEDRET_MODE" = smoke ]; then medret_build_smoke_cmd; medret_print_cmd "${SMOKE_CMD[@]}"
+        else medret_build_train_cmd; medret_print_cmd "${TRAIN_CMD[@]}"; fi
+        return 0
+    fi
+    medret_start_raylet medret_ray_trainer_task head 0
+    medret_wait_ray 1
+    for ((i = 1; i < ${#trainers[@]}; i++)); do
+        medret_start_raylet medret_on_node "${trainers[$i]}" "medret_ray_trainer_task worker $i"
+    done
+    if [ "$n" -ge 2 ]; then
+        medret_start_raylet medret_on_node "$RETRIEVER_HOST" "medret_ray_retriever_task worker $((n - 1))"
+    else
+        medret_start_raylet medret_ray_retriever_task worker 1
+    fi
+    medret_wait_ray "$raylets"
+    medret_log "creating the retriever actor (waits up to ${HEALTH_TIMEOUT}s)"
+    "${MEDRET[@]}" ray up --address "$RAY_ADDRESS" --job "$MEDRET_RAY_JOB" --corpus "$CORPUS" --retriever "$RETRIEVER" \
+        ${MEDRET_DB_DIR:+--db-dir "$MEDRET_DB_DIR"} --placement retriever-node --device "$RETRIEVER_DEVICE" \
+        --shards "$SHARDS" --timeout "$HEALTH_TIMEOUT" \
+        || medret_fail "the retriever actor did not start on $RETRIEVER_HOST"
+    if [ "$MEDRET_MODE" = smoke ]; then
+        local -a smoke_pids=()
+        for node in "${trainers[@]}"; do
+            medret_start_bg medret_on_node "$node" medret_node_smoke
+            smoke_pids+=("$LAST_PID")
+        done
+        rc=0
+        for i in "${smoke_pids[@]}"; do wait "$i" || rc=1; done
+        [ "$rc" = 0 ] || medret_fail "the rollout smoke run failed on a trainer node"
+        medret_log "done"
+        return 0
+    fi
+    medret_build_train_cmd
+    medret_run_main "${TRAIN_CMD[@]}" || medret_fail "training exited with status $?"
+    medret_log "done"
+}

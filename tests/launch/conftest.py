@@ -1,0 +1,30 @@
+"""The local two-node SLURM cluster (scripts/slurm-up) for the job tests; skipped, with slurm-up's reason, where
+SLURM cannot start (not root, no apt, no mknod). Never stopped here: slurm-up is idempotent and `make test`
+starts it; stop it with scripts/slurm-down."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    up = REPO / "scripts" / "slurm-up"
+    if os.geteuid() != 0:
+        pytest.skip("SLURM tests need root (scripts/slurm-up runs slurmctld/slurmd as SlurmUser=root)")
+    r = subprocess.run(["bash", str(up)], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        reason = [line for line in (r.stderr + r.stdout).splitlines() if "FAILED" in line] or [r.stderr[-500:]]
+        pytest.skip(f"scripts/slurm-up could not start SLURM: {reason[-1]}")
+    conf = None
+    for line in r.stdout.splitlines():
+        if line.startswith("export SLURM_CONF="):
+            conf = line.split("=", 1)[1]
+    assert conf and Path(conf).is_file(), r.stdout
+    state = Path(conf).parent.parent
+    return {"conf": conf, "jobcomp": state / "log" / "jobcomp.txt"}

@@ -1,0 +1,138 @@
+"""The Ray backend on a real two-node local Ray cluster (see conftest.py)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from medret import get_retriever
+from medret.config import RetrieverConfig
+from medret.errors import TransportError
+
+pytestmark = pytest.mark.integration
+
+QUERIES = ["sepsis mortality risk in elderly ICU patients", "treatment of diabetic ketoacidosis",
+           "stroke risk in atrial fibrillation", "sepsis mortality risk in elderly ICU patients"]
+
+
+def ray_config(cluster, job, **kw):
+    return RetrieverConfig.from_mapping(dict(corpus_name="sample", retriever_name="BM25", backend="ray",
+                                             ray_address=cluster["address"], **kw))
+
+
+@pytest.fixture
+def job(monkeypatch):
+    """A fresh job id, so each test has its own actors; they are killed afterwards."""
+    jid = f"t{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MEDRET_RAY_JOB", jid)
+    yield jid
+    from medret.transports.ray import kill_actors
+
+    for placement in ("any", "per-node"):
+        kill_actors(RetrieverConfig.from_mapping(dict(corpus_name="sample", retriever_name="BM25", backend="ray",
+                                                      ray_placement=placement)))
+
+
+def test_same_answers_as_local(ray_cluster, job):
+    local = get_retriever("sample", "BM25")
+    remote = get_retriever("sample", "BM25", backend="ray", ray_address=ray_cluster["address"])
+    assert remote.retrieve(QUERIES, topk=5) == local.retrieve(QUERIES, topk=5)
+    assert remote.retrieve(QUERIES[:2], topk=2, return_scores=False) == local.retrieve(QUERIES[:2], topk=2,
+                                                                                      return_scores=False)
+    info = remote.info()
+    assert info["n_docs"] == local.info()["n_docs"]
+    assert info["ray"]["actor"].startswith(f"medret:sample:BM25:{job}:")
+    assert info["ray"]["pid"] != os.getpid()
+
+
+def test_actor_survives_its_creator_and_is_found_by_name(ray_cluster, job, tmp_path):
+    creator = (
+        "import json, os, sys\n"
+        "from medret import get_retriever\n"
+        "r = get_retriever('sample', 'BM25', backend='ray', ray_address=sys.argv[1])\n"
+        "hits = r.search(['sepsis in elderly patients'], 3)\n"
+        "print(json.dumps({'pid': os.getpid(), 'actor_pid': r.info()['ray']['pid'], 'ids': [h.id for h in hits[0]]}))\n"
+    )
+    env = dict(ray_cluster["env"], MEDRET_RAY_JOB=job)
+    out = subprocess.run([sys.executable, "-c", creator, ray_cluster["address"]], capture_output=True, text=True,
+                         env=env, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    made = json.loads(out.stdout.strip().splitlines()[-1])
+    # the creator has exited; a different process finds the same actor (same pid) without creating one
+    from medret.transports.ray import RayTransport
+
+    t = RayTransport(ray_config(ray_cluster, job), create=False)
+    assert t.info()["ray"]["pid"] == made["actor_pid"]
+    assert [h.id for h in t.search(["sepsis in elderly patients"], 3)[0]] == made["ids"]
+    local = get_retriever("sample", "BM25")
+    assert made["ids"] == [h.id for h in local.search(["sepsis in elderly patients"], 3)[0]]
+
+
+def test_missing_actor_without_create_is_a_clear_error(ray_cluster, job):
+    from medret.transports.ray import RayTransport
+
+    with pytest.raises(TransportError, match="medret ray up"):
+        RayTransport(ray_config(ray_cluster, job), create=False)
+
+
+def test_actor_that_cannot_load_fails_fast_with_the_cause(ray_cluster, job, tmp_path):
+    from medret.transports.ray import RayTransport
+
+    cfg = RetrieverConfig.from_mapping(dict(corpus_name=str(tmp_path / "no-such-corpus"), retriever_name="BM25",
+                                            backend="ray", ray_address=ray_cluster["address"]))
+    with pytest.raises(TransportError, match="failed to start"):
+        RayTransport(cfg, ready_timeout=120)
+
+
+def test_per_node_actors_each_caller_uses_its_own_node(ray_cluster, job):
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def search_from_here(address):
+        from medret import get_retriever as gr
+
+        r = gr("sample", "BM25", backend="ray", ray_address=address, ray_placement="per-node")
+        return ray.get_runtime_context().get_node_id(), r.info()["ray"], [h.id for h in r.search(QUERIES[:1], 3)[0]]
+
+    seen = {}
+    for key in ("node_a", "node_b"):
+        strategy = NodeAffinitySchedulingStrategy(node_id=ray_cluster[key], soft=False)
+        caller_node, actor, ids = ray.get(search_from_here.options(scheduling_strategy=strategy,
+                                                                   runtime_env={"env_vars": {"MEDRET_RAY_JOB": job}})
+                                          .remote(ray_cluster["address"]), timeout=180)
+        assert caller_node == ray_cluster[key]
+        assert actor["node_id"] == ray_cluster[key], "the caller must use the actor on its own node"
+        assert actor["actor"].endswith("@" + ray_cluster[key])
+        seen[key] = (actor["actor"], ids)
+    assert seen["node_a"][0] != seen["node_b"][0]
+    local = [h.id for h in get_retriever("sample", "BM25").search(QUERIES[:1], 3)[0]]
+    assert seen["node_a"][1] == seen["node_b"][1] == local
+
+
+def test_retriever_node_placement_lands_on_the_node_with_the_resource(ray_cluster, job):
+    r = get_retriever("sample", "BM25", backend="ray", ray_address=ray_cluster["address"],
+                      ray_placement="retriever-node")
+    assert r.info()["ray"]["node_id"] == ray_cluster["node_b"]  # only node B offers medret_retriever
+    # callers that do not say where it lives still find the same actor by name
+    r2 = get_retriever("sample", "BM25", backend="ray", ray_address=ray_cluster["address"])
+    assert r2.info()["ray"]["pid"] == r.info()["ray"]["pid"]
+
+
+def test_cli_ray_up_info_down(ray_cluster, job):
+    env = dict(ray_cluster["env"])
+    base = [sys.executable, "-m", "medret.cli", "ray"]
+    common = ["--address", ray_cluster["address"], "--job", job, "--corpus", "sample", "--retriever", "BM25"]
+    up = subprocess.run(base + ["up", *common, "--placement", "retriever-node", "--timeout", "120", "--json"],
+                        capture_output=True, text=True, env=env, timeout=180)
+    assert up.returncode == 0, up.stderr[-3000:]
+    info = json.loads(up.stdout.strip().splitlines()[-1])
+    assert info["ray"]["node_id"] == ray_cluster["node_b"] and info["corpus"] == "sample"
+    down = subprocess.run(base + ["down", *common], capture_output=True, text=True, env=env, timeout=120)
+    assert down.returncode == 0 and "killed 1 actor" in down.stdout, down.stdout + down.stderr
+    gone = subprocess.run(base + ["info", *common], capture_output=True, text=True, env=env, timeout=120)
+    assert gone.returncode == 1 and "no retriever actor" in gone.stderr
