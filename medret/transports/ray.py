@@ -68,7 +68,7 @@ def connect(address: str | None = None, namespace: str = "medret") -> Any:
     """Connect this process to a Ray cluster (once). ``address``: explicit, else ``$RAY_ADDRESS``, else the
     running local cluster or a new local instance (Ray's own rules)."""
     ray = _ray()
-    if ray.is_initialized():
+    if ray.is_initialized():  # one process talks to one Ray cluster: the one it joined first
         return ray
     addr = address or os.environ.get("RAY_ADDRESS") or None
     _match_ray_start_auth()

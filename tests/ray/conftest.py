@@ -95,6 +95,8 @@ def ray_cluster(tmp_path_factory):
 
         from medret.transports.ray import connect
 
+        if ray.is_initialized():  # an earlier test's local Ray instance; this session uses the cluster above
+            ray.shutdown()
         connect(address, "medret")
         nodes = {}
         for n in ray.nodes():
