@@ -15,6 +15,7 @@ COMMANDS = [
     "medret.launch.cli",
     "medret.doctor_cli",
     "medret.recipes.kare.cli",
+    "medret.bench.cli",  # bench, eval, plan
     "medret.serve.cli",
     "medret.integrations.cli",
 ]

@@ -1,0 +1,67 @@
+"""Build a dense index whose document vectors are seeded random placeholders, for query-side benchmarks.
+
+    python benchmarks/placeholder_index.py CORPUS_FOLDER MODEL_DIR [--pooling cls] [--fp16]
+
+The index is written by medret's normal builder (``build_dense_index``) at the place the engine looks for it, so
+``get_retriever(CORPUS_FOLDER, MODEL_DIR, pooling=...)`` finds it. Queries are still encoded by the real model;
+only the document side is skipped. Use it where encoding the corpus on CPU would take too long (BERT-base over
+PubMedQA's 3,358 snippets: ~45 min on 2 cores) and the measurement does not depend on the vectors' values
+(latency, throughput, start-up, memory). Never use it for quality numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class RandomDocEncoder:
+    """Seeded random document vectors of dimension ``dim``."""
+
+    def __init__(self, dim: int, seed: int = 0):
+        self.dim, self.seed, self.calls = dim, seed, 0
+
+    def encode_docs(self, docs, batch_size: int = 0) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.calls])
+        self.calls += 1
+        return rng.standard_normal((len(docs), self.dim)).astype(np.float32)
+
+
+def build_placeholder_index(corpus: str, model: str, pooling: str = "cls", fp16: bool = False,
+                            chunk_rows: int = 100_000, progress: bool = True) -> Path:
+    from transformers import AutoConfig
+
+    from medret.corpus.registry import resolve_corpus
+    from medret.corpus.store import open_corpus_store
+    from medret.encoders.specs import resolve_spec
+    from medret.index.build import build_dense_index, read_manifest
+
+    c = resolve_corpus(corpus, None)
+    store = open_corpus_store(c, build=True, progress=progress)
+    spec = resolve_spec(model, pooling=pooling)
+    out = c.sources[0].index_dir(spec.slug)
+    if read_manifest(out) is None:
+        dim = AutoConfig.from_pretrained(model).hidden_size
+        build_dense_index(store, spec, out, encoder=RandomDocEncoder(dim), fp16_storage=fp16, corpus_name=corpus,
+                          progress=progress, chunk_rows=chunk_rows)
+    store.close()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("corpus")
+    ap.add_argument("model")
+    ap.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    ap.add_argument("--fp16", action="store_true")
+    a = ap.parse_args(argv)
+    print(build_placeholder_index(a.corpus, a.model, a.pooling, a.fp16))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks and scale tools: `medret bench` harness, synthetic corpora, start-up probe."""
