@@ -12,7 +12,8 @@ slots hold row ``-1`` and score ``-inf`` and must be dropped by the caller.
 
 Two backends:
 
-* **exact** (``index_type="flat"`` over embeddings arrays): chunked matrix product + per-chunk top-k + merge,
+* **exact** (``index_type="flat"`` over embeddings arrays): chunked matrix product + block-max selection + merge
+  (:mod:`medret.index.gpu_topk`),
   in PyTorch (on CUDA when the index is moved there with :meth:`DenseIndex.to`, else CPU) with bounded
   temporary memory; the embeddings may be a list of memory-mapped ``.npy`` segments (fp16 or fp32), so
   nothing is loaded into RAM at start-up.
@@ -71,12 +72,6 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def auto_chunk_rows(n_queries: int, dim: int, max_temp_bytes: int = DEFAULT_TEMP_BYTES) -> int:
-    """Rows scored at once so the score block plus the fp32 copy of the rows stay near ``max_temp_bytes``."""
-    per_row = 4 * (2 * max(n_queries, 1) + dim)  # scores (+ top-k workspace) + a float32 row
-    return int(min(1 << 21, max(256, max_temp_bytes // per_row)))
-
-
 def exact_search(
     emb: Embeddings | Any,
     qemb: np.ndarray,
@@ -86,71 +81,27 @@ def exact_search(
     device: str | None = None,
     max_temp_bytes: int = DEFAULT_TEMP_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by chunked scoring in PyTorch; see the module docstring for the score convention.
+    """Exact top-k over ``emb`` (see the module docstring for the score convention), as numpy arrays.
 
     ``emb`` is an array (possibly a ``np.memmap``, fp16 or fp32), a list of such segments (row numbers run
-    across them in order), or a torch tensor / list of tensors already on ``device``. Temporary memory is
-    bounded by ``chunk_rows`` (default from ``max_temp_bytes``). On CPU the scores are computed in float32;
-    on CUDA in the embeddings' dtype (fp16 tensor cores) and merged in float32.
+    across them in order), or a torch tensor / list of tensors already on ``device``. The search itself is
+    :func:`medret.index.gpu_topk.exact_topk` (chunked matmul with block-max selection, bounded temporary memory;
+    fp16 tensor cores on CUDA with an fp32 rescore, float32 on CPU).
     """
     import torch
+
+    from medret.index.gpu_topk import exact_topk
 
     segs = _segments(emb)
     if not segs:
         raise ConfigError("emb=[] is invalid: no embeddings to search")
-    dim = int(segs[0].shape[1])
-    q = _check_query(qemb, dim)
+    q = _check_query(qemb, int(segs[0].shape[1]))
     k = _check_k(k)
-    if metric not in ("ip", "l2"):
-        raise ConfigError(f"metric={metric!r} is invalid: use 'ip' or 'l2'")
-    total = sum(int(s.shape[0]) for s in segs)
-    n = q.shape[0]
-    kk = min(k, total)
     if device is None:
         device = str(segs[0].device) if _is_tensor(segs[0]) else "cpu"
-    dev = torch.device(device)
-    if chunk_rows is None:
-        chunk_rows = auto_chunk_rows(n, dim, max_temp_bytes)
-    if n == 0 or kk == 0:
-        return np.zeros((n, kk), np.float32), np.zeros((n, kk), np.int64)
-
-    seg_dtype = segs[0].dtype
-    half = seg_dtype in (np.float16, torch.float16) or str(seg_dtype) in ("float16", "torch.float16")
-    bf16 = str(seg_dtype) in ("torch.bfloat16", "bfloat16")
-    if dev.type == "cuda" and (half or bf16):
-        cdtype = torch.bfloat16 if bf16 else torch.float16
-    else:
-        cdtype = torch.float32
-    qt = torch.from_numpy(q).to(dev)
-    qc = qt.to(cdtype)
-    q_sq = (qt * qt).sum(dim=1, keepdim=True) if metric == "l2" else None
-
-    best_s = torch.full((n, kk), float("-inf"), dtype=torch.float32, device=dev)
-    best_r = torch.full((n, kk), -1, dtype=torch.int64, device=dev)
-    offset = 0
-    with torch.inference_mode():
-        for seg in segs:
-            rows = int(seg.shape[0])
-            for s in range(0, rows, chunk_rows):
-                e = min(rows, s + chunk_rows)
-                if _is_tensor(seg):
-                    x = seg[s:e].to(device=dev, dtype=cdtype)
-                else:
-                    host_dtype = np.float32 if cdtype == torch.float32 else seg.dtype
-                    x = torch.from_numpy(np.array(seg[s:e], dtype=host_dtype, order="C")).to(dev, cdtype)
-                scores = (qc @ x.T).float()
-                if q_sq is not None:
-                    xf = x.float()
-                    x_sq = (xf * xf).sum(dim=1)
-                    scores = 2.0 * scores - x_sq[None, :] - q_sq
-                ck = min(kk, e - s)
-                ts, ti = torch.topk(scores, ck, dim=1)
-                cat_s = torch.cat([best_s, ts], dim=1)
-                cat_r = torch.cat([best_r, ti + (offset + s)], dim=1)
-                best_s, pos = torch.topk(cat_s, kk, dim=1)
-                best_r = torch.gather(cat_r, 1, pos)
-            offset += rows
-    return best_s.cpu().numpy().astype(np.float32), best_r.cpu().numpy().astype(np.int64)
+    scores, rows = exact_topk(segs, torch.from_numpy(q).to(device), k, chunk_rows, metric=metric,
+                              max_temp_bytes=max_temp_bytes)
+    return scores.cpu().numpy().astype(np.float32), rows.cpu().numpy().astype(np.int64)
 
 
 # ================================================================================================ faiss
