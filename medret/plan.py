@@ -24,6 +24,8 @@ ASSUMPTIONS: dict[str, Any] = {
     "encode_snippets_per_s_per_gpu": 8_900,
     # query encoder (fp16 BERT-base, 110M params) + activations for 2,560 queries of 64 tokens
     "gpu_model_bytes": int(1.5 * GiB),
+    # CUDA context, cuBLAS workspace and the caching allocator's slack: never plan a GPU to its last GiB
+    "gpu_context_bytes": 1 * GiB,
     # bounded temporary memory of the exact search (medret.index.gpu_topk, max_temp_bytes)
     "gpu_search_temp_bytes": 512 << 20,
     # per-process RAM of the Python retriever beyond the index (interpreter, torch, tokenizer)
@@ -104,11 +106,11 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
     if not 1 <= pq_nbits <= 16:
         raise ConfigError(f"pq_nbits={pq_nbits} is invalid: 4 to 16 bits per sub-quantizer (8 is usual)")
     a = ASSUMPTIONS
-    model = a["gpu_model_bytes"]
+    model = a["gpu_model_bytes"] + a["gpu_context_bytes"]
     temp = a["gpu_search_temp_bytes"]
     proc = a["process_ram_bytes"]
     store_disk = sum(rows[s] * (a["store_bytes_per_snippet"][s] + 8) for s in rows)
-    store_ram = 8 * n  # offsets, if every page of them is touched; the texts stay on disk (mmap)
+    store_ram = 8 * n  # offsets, if every page of them is touched; the texts stay on disk (read by row)
     encode_s = n / a["encode_snippets_per_s_per_gpu"]
     opts: list[Option] = []
     if dense:
@@ -145,7 +147,7 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
         bm = nnz * a["bm25_bytes_per_nnz"] + 8 * (n + 1)
         opts.append(Option("BM25 (bm25s sparse, memory-mapped)", "cpu", 0, 0, proc + store_ram + bm, bm + store_disk,
                            n / a["bm25_tokenize_per_s"], "exact BM25"))
-    opts.append(Option("document store (memory-mapped)", "cpu", 0, 0, store_ram, store_disk,
+    opts.append(Option("document store (on disk, read by row)", "cpu", 0, 0, store_ram, store_disk,
                        n / a["store_build_per_s"], "-", notes=["needed by every option; included in their RAM/disk"]))
     for o in opts:
         o.notes = [x for x in o.notes if x]
@@ -196,8 +198,8 @@ def format_plan(p: dict[str, Any]) -> str:
     lines += ["", "Estimates, not measurements. Build time = encoding at "
               f"{a['encode_snippets_per_s_per_gpu']:,} snippets/s per GPU (MedCPT, 256 tokens, one H200) plus index "
               "construction; CPU options encode queries on the CPU (or need the encoder's GPU memory); GPU memory includes the query encoder "
-              f"({_fmt(a['gpu_model_bytes'])}) and search scratch ({_fmt(a['gpu_search_temp_bytes'])}); RAM includes "
-              f"{_fmt(a['process_ram_bytes'])} for the process and the store offsets (texts stay memory-mapped)."]
+              f"({_fmt(a['gpu_model_bytes'])}), the CUDA context ({_fmt(a['gpu_context_bytes'])}) and search scratch ({_fmt(a['gpu_search_temp_bytes'])}); RAM includes "
+              f"{_fmt(a['process_ram_bytes'])} for the process and the store offsets (texts stay on disk)."]
     return "\n".join(lines)
 
 

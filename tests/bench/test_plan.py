@@ -28,7 +28,8 @@ def test_parse_size_units():
 def test_medcorp_medcpt_flat_sizes_and_build_time():
     p = plan("MedCorp", "MedCPT", "80G", "256G")
     assert p["n"] == MEDCORP == 54_238_952
-    overhead = ASSUMPTIONS["gpu_model_bytes"] + ASSUMPTIONS["gpu_search_temp_bytes"]
+    overhead = (ASSUMPTIONS["gpu_model_bytes"] + ASSUMPTIONS["gpu_context_bytes"]
+                + ASSUMPTIONS["gpu_search_temp_bytes"])
     fp16 = opt(p, "flat fp16")
     assert fp16["gpu_bytes_per_gpu"] == 54_238_952 * 768 * 2 + overhead  # 83,311,030,272 B of vectors = 77.6 GiB
     assert 54_238_952 * 768 * 2 / GiB == pytest.approx(77.59, abs=0.01)
@@ -37,14 +38,17 @@ def test_medcorp_medcpt_flat_sizes_and_build_time():
     assert not fp32["fits"] and "GPU memory" in fp32["why"]
     # 54,238,952 / 8,900 snippets/s = 6,094.3 s = 1.69 GPU-hours
     assert fp16["build_s"] == pytest.approx(6094.27, abs=0.01)
-    assert fp16["fits"]  # 77.6 + 2.0 GiB <= 80 GiB
+    # 77.6 GiB of vectors + 3.0 GiB (encoder, CUDA context, scratch) > 80 GiB: one 80 GB GPU cannot hold it
+    assert not fp16["fits"] and "GPU memory" in fp16["why"]
+    assert opt(plan("MedCorp", "MedCPT", "141G", "256G"), "flat fp16")["fits"]  # one H200
 
 
 def test_sharding_picks_the_fewest_gpus_that_hold_fp16():
     p = plan("MedCorp", "MedCPT", "40G", "256G", gpus=4)
     sh = opt(p, "sharded")
-    usable = 40 * GiB - ASSUMPTIONS["gpu_model_bytes"] - ASSUMPTIONS["gpu_search_temp_bytes"]
-    g = -(-54_238_952 * 768 * 2 // usable)  # ceil: 77.6 GiB over 38 GiB usable = 3 GPUs
+    usable = (40 * GiB - ASSUMPTIONS["gpu_model_bytes"] - ASSUMPTIONS["gpu_context_bytes"]
+              - ASSUMPTIONS["gpu_search_temp_bytes"])
+    g = -(-54_238_952 * 768 * 2 // usable)  # ceil: 77.6 GiB over 37 GiB usable = 3 GPUs
     assert g == 3 and sh["gpus"] == 3 and sh["fits"]
     assert sh["gpu_bytes_per_gpu"] == -(-54_238_952 * 768 * 2 // 3) + 40 * GiB - usable
     assert not opt(plan("MedCorp", "MedCPT", "40G", "256G", gpus=2), "sharded")["fits"]
