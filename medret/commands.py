@@ -1,4 +1,5 @@
-"""Core commands: `medret search`, `medret index build`, `medret corpus info`."""
+"""Core commands: `medret search`, `medret index build`, `medret corpus info` (and `corpus download`, from
+medret.corpus.download_cli)."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,8 @@ def register(sub) -> None:
     add_retriever_flags(b)
     b.add_argument("--index-type", default="flat", help="flat, hnsw, ivfpq, or a faiss factory string")
     b.add_argument("--rebuild", action="store_true", help="rebuild even if a matching index exists")
+    b.add_argument("--fp32", action="store_true", help="encode and store embeddings in float32 (default: fp16 on "
+                   "CUDA, float32 on CPU)")
     b.set_defaults(func=cmd_index_build)
 
     p = sub.add_parser("corpus", help="corpus information and downloads")
@@ -82,7 +85,7 @@ def cmd_search(args) -> int:
 def cmd_index_build(args) -> int:
     from medret.index.builder import build_all
 
-    config = config_from_args(args)
+    config = config_from_args(args, **({"fp16": False} if args.fp32 else {}))
     for line in build_all(config, index_type=args.index_type, rebuild=args.rebuild, progress=True):
         print(line)
     return 0

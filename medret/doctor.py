@@ -387,7 +387,7 @@ def check_store_and_indexes(config: Any) -> tuple[list[Check], list[_Need], bool
         disk = sum(p.stat().st_size for p in src.store_dir.iterdir() if p.is_file())
         needs_.append(_Need(f"document store {src.name}", disk, "host"))
         checks.append(Check("store", OK, f"document store of {src.name}: {len(store):,} rows, matches the chunk files",
-                            f"{src.store_dir} ({_gb(disk)}, memory-mapped)"))
+                            f"{src.store_dir} ({_gb(disk)} on disk, read by row)"))
     if not ready:
         for s in stores:
             s.close()

@@ -61,7 +61,7 @@ def format_info(info: dict[str, Any]) -> str:
     for s in info["sources"]:
         rows = s["rows"] if s["rows"] is not None else f"store not built (MedRAG lists {s['expected_rows'] or '?'})"
         lines.append(f"  source {s['name']}: {s['chunk_files']} chunk files, {human(s['chunk_bytes'])}, rows: {rows}"
-                     + (f", store {human(s['store_bytes'])} on disk (memory-mapped, not loaded)"
+                     + (f", store {human(s['store_bytes'])} on disk (read by row, not loaded)"
                         if s["store_bytes"] else ""))
         for ix in s["indexes"]:
             lines.append(f"    index {ix['kind']} {ix['name']}: {human(ix['disk_bytes'])} ({ix['path']})")

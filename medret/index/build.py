@@ -258,7 +258,7 @@ def build_dense_index(
                 if peak > FP16_MAX:
                     raise IndexBuildError(
                         f"embedding values up to {peak:.3g} overflow fp16 storage (max {FP16_MAX}); rebuild with "
-                        "fp16_storage=False (--no-fp16-storage)"
+                        "fp16=False (`medret index build ... --fp32`)"
                     )
             _write_npy_atomic(work / chunk_name(i), emb.astype(dtype, copy=False))
             done_rows += e - s

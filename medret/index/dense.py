@@ -31,13 +31,13 @@ from typing import Any, Iterable, Iterator, Sequence, Union
 import numpy as np
 
 from medret.errors import ConfigError, IndexBuildError
+from medret.index.gpu_topk import DEFAULT_TEMP_BYTES
 
 logger = logging.getLogger(__name__)
 
 DESCRIPTOR = "dense.json"
 FAISS_FILE = "faiss.index"
 ROW_MAP_FILE = "row_map.npy"
-DEFAULT_TEMP_BYTES = 256 << 20
 NAMED_TYPES = ("flat", "hnsw", "ivfpq")
 
 Embeddings = Union[np.ndarray, Sequence[np.ndarray]]

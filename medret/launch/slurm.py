@@ -320,7 +320,7 @@ def _trainer_command(spec: JobSpec, plan: Plan) -> str:
     else:
         lines += ["+retriever.backend=ray", f"+retriever.corpus_name={_q(spec.corpus)}",
                   f"+retriever.retriever_name={_q(spec.retriever)}", "+retriever.ray_placement=retriever-node",
-                  '+retriever.ray_address="$RAY_ADDRESS"',
+                  '+retriever.ray_address="$RAY_ADDRESS"', '+retriever.ray_job="$MEDRET_RAY_JOB"',
                   '${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}']
         if plan.shards > 1:
             lines.append(f"+retriever.ray_shards={plan.shards}")

@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 RESOURCE = "medret_retriever"
 # settings that change which documents come back; they make the actor's name (and nothing else does)
+# what changes results, and what changes where and how the actor runs (a sharded or GPU actor is another actor)
 _IDENTITY_FIELDS = ("corpus_name", "retriever_name", "db_dir", "query_model", "doc_model", "pooling", "rrf_k",
-                    "fusion_depth")
+                    "fusion_depth", "device", "fp16", "ray_num_gpus", "ray_shards")
 
 
 def job_id() -> str:

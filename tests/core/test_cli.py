@@ -57,3 +57,21 @@ def test_index_build_dense_then_search(toy_corpus, tiny_bert_dir, capsys):
     assert "index (flat) for toy" in capsys.readouterr().out
     assert main(["search", "sepsis", *args, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["result"][0]) == 3
+
+
+def test_cli_logs_nothing_below_warning_by_default(toy_corpus, tmp_path):
+    # bm25s sets its own logger to DEBUG; the CLI must still print only warnings and errors without -v
+    env = dict(__import__("os").environ, MEDRET_CACHE=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-m", "medret", "search", "sepsis", "--corpus", str(toy_corpus)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and "toy_a_0" in out.stdout
+    assert "DEBUG" not in out.stderr and "INFO" not in out.stderr, out.stderr
+
+
+def test_index_build_fp32_stores_float32(toy_corpus, tiny_bert_dir):
+    import numpy as np
+
+    args = ["--corpus", str(toy_corpus), "--retriever", str(tiny_bert_dir), "--pooling", "cls"]
+    assert main(["index", "build", *args, "--fp32"]) == 0
+    chunks = sorted((toy_corpus / "medret" / "index").rglob("emb_*.npy"))
+    assert chunks and all(np.load(c).dtype == np.float32 for c in chunks)
