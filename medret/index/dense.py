@@ -237,6 +237,16 @@ def metric_of_faiss(index: Any) -> str:
 # ================================================================================================ index
 
 
+def map_rows(rows: np.ndarray, row_map: np.ndarray | None) -> np.ndarray:
+    """Index positions → store rows through ``row_map`` (if any); -1 ("nothing found") stays -1."""
+    if row_map is None:
+        return rows
+    mapped = np.full_like(rows, -1)
+    valid = rows >= 0
+    mapped[valid] = row_map[rows[valid]]
+    return mapped
+
+
 class DenseIndex:
     """A dense index over ``ntotal`` vectors; see the module docstring for conventions.
 
@@ -388,12 +398,7 @@ class DenseIndex:
                 self.embeddings, q, kk, self.metric, chunk_rows=self.chunk_rows,
                 device=self.device if self.device != "cpu" else None,
             )
-        if self.row_map is not None:
-            valid = rows >= 0
-            mapped = np.full_like(rows, -1)
-            mapped[valid] = self.row_map[rows[valid]]
-            rows = mapped
-        return scores, rows
+        return scores, map_rows(rows, self.row_map)
 
     def set_search_params(self, **params: Any) -> None:
         self.search_params.update({k: v for k, v in params.items() if v is not None})

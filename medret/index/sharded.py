@@ -294,13 +294,10 @@ class ShardedDenseIndex:
             parts = ray.get([s.search.remote(q_ref, int(k)) for s in self.shards])
         else:
             parts = [s.search(q, int(k)) for s in self.shards]
+        from medret.index.dense import map_rows
+
         scores, rows = merge_shard_results(parts, int(k))
-        if self.row_map is not None:
-            valid = rows >= 0
-            mapped = np.full_like(rows, -1)
-            mapped[valid] = self.row_map[rows[valid]]
-            rows = mapped
-        return scores, rows
+        return scores, map_rows(rows, self.row_map)
 
     def describe(self) -> list[dict[str, Any]]:
         if self.shards and not isinstance(self.shards[0], DenseShard):
