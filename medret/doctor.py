@@ -150,7 +150,7 @@ def check_packages(config: Any) -> list[Check]:
     from medret import __version__
 
     core = ["numpy", "bm25s", "PyStemmer", "scipy", "pyarrow", "orjson", "tqdm", "PyYAML"]
-    optional = ["torch", "transformers", "faiss-cpu", "faiss-gpu", "huggingface_hub", "fastapi", "uvicorn", "httpx",
+    optional = ["torch", "transformers", "faiss-cpu", "faiss-gpu", "huggingface_hub", "starlette", "uvicorn", "httpx",
                 "ray"]
     missing_core = [d for d in core if _version(d) is None]
     wanted = needs(config)

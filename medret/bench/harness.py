@@ -199,7 +199,7 @@ def available(backend: str) -> str | None:
     if backend == "local":
         return None
     if backend == "http":
-        for mod in ("medret.transports.http", "medret.serve.server", "uvicorn", "fastapi", "requests"):
+        for mod in ("medret.transports.http", "medret.serve.server", "uvicorn", "starlette", "requests"):
             if importlib.util.find_spec(mod) is None:
                 return f"{mod} is not installed"
         return None

@@ -71,6 +71,8 @@ def test_startup_probe_and_http_backend(toy_corpus, tmp_path, capsys):
     out = json.loads((tmp_path / "b" / "bench.json").read_text())
     by = {b["backend"]: b for b in out["backends"]}
     assert rc == 0, by
+    for name in ("local", "http"):  # both run on every machine that installed medret[all]
+        assert "skipped" not in by[name] and "error" not in by[name], by[name]
     assert by["local"]["startup_s"] > 0 and by["local"]["startup_peak_rss_bytes"] > 0
     assert by["http"]["startup_s"] > 0 and by["http"]["server_peak_rss_bytes"] > 0
     assert [r["batch"] for r in by["http"]["rows"]] == [1, 3]
