@@ -28,7 +28,9 @@ medret_node_smoke() {
     export RETRIEVER_URL
     medret_build_smoke_cmd
     medret_log "rollout smoke on $MEDRET_NODE against this node's retriever $RETRIEVER_URL"
-    "${SMOKE_CMD[@]}"
+    # each node's transcript goes to its own file; the batch script prints them one after another, so two
+    # nodes' transcripts never interleave in the job's output
+    "${SMOKE_CMD[@]}" >"$RUN_DIR/smoke-$MEDRET_NODE.log" 2>&1
 }
 
 medret_wait_ready() { # node... : every node's server healthy, or fail the job
@@ -75,6 +77,10 @@ medret_main() {
         done
         rc=0
         for i in "${smoke_pids[@]}"; do wait "$i" || rc=1; done
+        for node in "${nodes[@]}"; do
+            medret_log "rollout smoke transcript of $node:"
+            cat "$RUN_DIR/smoke-$node.log" 2>/dev/null
+        done
         [ "$rc" = 0 ] || medret_fail "the rollout smoke run failed on a node"
         medret_log "done"
         return 0
