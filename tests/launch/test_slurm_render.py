@@ -261,16 +261,13 @@ def test_terminating_the_job_stops_every_child(tmp_path):
 def test_job_fails_fast_when_its_ray_node_cannot_start(tmp_path):
     """A raylet that dies at start (here: a temp dir too long for Ray's sockets) fails the job at once instead of
     waiting out the timeout."""
-    import time
-
     job = tmp_path / "job.sbatch"
     job.write_text(render_job(spec(layout="local", train_cmd="echo SHOULD-NOT-RUN", health_timeout=300)))
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                MEDRET_RAY_TMP=str(tmp_path / ("x" * 120)))
     env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
-    t0 = time.monotonic()
     r = subprocess.run(["bash", str(job)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     assert "a Ray node of this job exited while the cluster was starting" in r.stderr
     assert "SHOULD-NOT-RUN" not in r.stdout
-    assert time.monotonic() - t0 < 120
+    assert "did not come up" not in r.stderr  # it did not wait out the 300 s timeout
