@@ -124,7 +124,7 @@ class UnionStore:
         for i, store in enumerate(self.stores):
             idx = np.nonzero(which == i)[0]
             if len(idx):
-                for j, d in zip(idx, store.get(rows[idx] - self._starts[i])):
+                for j, d in zip(idx.tolist(), store.get(rows[idx] - self._starts[i])):
                     out[j] = d
         return out
 

@@ -64,8 +64,10 @@ class BM25Index:
         scores = np.zeros((len(queries), kk), dtype=np.float32)
         rows = np.zeros((len(queries), kk), dtype=np.int64)
         for i, ids in enumerate(self.tokenize(queries)):
-            s = self.model.get_scores_from_ids(ids) if ids else np.zeros(n, dtype=np.float32)
-            scores[i], rows[i] = select_topk(np.asarray(s, dtype=np.float32), kk)
+            if ids:
+                scores[i], rows[i] = select_topk(np.asarray(self.model.get_scores_from_ids(ids), dtype=np.float32), kk)
+            else:  # no indexed term: every row scores 0, so the first kk rows win (ties by row), score 0
+                rows[i] = np.arange(kk)
         return scores, rows
 
 

@@ -101,7 +101,7 @@ def exact_search(
         device = str(segs[0].device) if _is_tensor(segs[0]) else "cpu"
     scores, rows = exact_topk(segs, torch.from_numpy(q).to(device), k, chunk_rows, metric=metric,
                               max_temp_bytes=max_temp_bytes)
-    return scores.cpu().numpy().astype(np.float32), rows.cpu().numpy().astype(np.int64)
+    return scores.cpu().numpy().astype(np.float32, copy=False), rows.cpu().numpy().astype(np.int64, copy=False)
 
 
 # ================================================================================================ faiss
@@ -387,8 +387,8 @@ class DenseIndex:
         kk = min(k, self.ntotal)
         if self.faiss_index is not None:
             dist, rows = self.faiss_index.search(q, kk)
-            scores = dist.astype(np.float32)
-            rows = rows.astype(np.int64)
+            scores = dist.astype(np.float32, copy=False)  # faiss hands back fresh arrays: no copy needed
+            rows = rows.astype(np.int64, copy=False)
             if self.metric == "l2":
                 scores = -scores
             scores[rows < 0] = -np.inf

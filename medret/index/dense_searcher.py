@@ -77,7 +77,7 @@ class DenseSearcher:
             s, r = ix.search(q, k)
             r = np.asarray(r, dtype=np.int64)
             # approximate indexes may find fewer than k: those slots are row -1, score -inf; keep them so
-            parts_s.append(np.where(r < 0, -np.inf, np.asarray(s, dtype=np.float32)).astype(np.float32))
+            parts_s.append(np.where(r < 0, np.float32(-np.inf), np.asarray(s, dtype=np.float32)))
             parts_r.append(np.where(r < 0, -1, r + offset))
         if len(parts_s) == 1:
             return parts_s[0], parts_r[0]
