@@ -1,6 +1,6 @@
 """The local two-node SLURM cluster (scripts/slurm-up) for the job tests; skipped, with slurm-up's reason, where
-SLURM cannot start (not root, no apt, no mknod). Never stopped here: slurm-up is idempotent and `make test`
-starts it; stop it with scripts/slurm-down."""
+SLURM cannot start (not root, no apt, no mknod). A cluster this session started is stopped at its end
+(scripts/slurm-down); one that was already running is left as it was."""
 from __future__ import annotations
 
 import os
@@ -27,4 +27,6 @@ def slurm_cluster():
             conf = line.split("=", 1)[1]
     assert conf and Path(conf).is_file(), r.stdout
     state = Path(conf).parent.parent
-    return {"conf": conf, "jobcomp": state / "log" / "jobcomp.txt"}
+    yield {"conf": conf, "jobcomp": state / "log" / "jobcomp.txt"}
+    if "slurm-up: already running" not in r.stdout:
+        subprocess.run(["bash", str(REPO / "scripts" / "slurm-down")], capture_output=True, text=True, timeout=300)
