@@ -183,6 +183,23 @@ medret_start_bg() { # command... ; runs it in the background as a child that cle
     LAST_PID=$!
 }
 
+# The layout's medret_node_smoke on every node given, at once. Each node's transcript goes to its own file and
+# is printed whole, one node after the other, so transcripts never interleave in the job's output.
+medret_smoke_on_nodes() { # node...
+    local node pid rc=0
+    local -a pids=()
+    for node in "$@"; do
+        medret_start_bg medret_on_node "$node" 'medret_node_smoke >"$RUN_DIR/smoke-$MEDRET_NODE.log" 2>&1'
+        pids+=("$LAST_PID")
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    for node in "$@"; do
+        medret_log "rollout smoke transcript of $node:"
+        cat "$RUN_DIR/smoke-$node.log" 2>/dev/null
+    done
+    return "$rc"
+}
+
 RAY_PIDS=()
 medret_start_raylet() { # like medret_start_bg, and medret_wait_ray watches it
     medret_start_bg "$@"

@@ -28,9 +28,7 @@ medret_node_smoke() {
     export RETRIEVER_URL
     medret_build_smoke_cmd
     medret_log "rollout smoke on $MEDRET_NODE against this node's retriever $RETRIEVER_URL"
-    # each node's transcript goes to its own file; the batch script prints them one after another, so two
-    # nodes' transcripts never interleave in the job's output
-    "${SMOKE_CMD[@]}" >"$RUN_DIR/smoke-$MEDRET_NODE.log" 2>&1
+    "${SMOKE_CMD[@]}"
 }
 
 medret_wait_ready() { # node... : every node's server healthy, or fail the job
@@ -51,7 +49,7 @@ medret_wait_ready() { # node... : every node's server healthy, or fail the job
 }
 
 medret_main() {
-    local node i rc
+    local node i
     local -a nodes=("${NODE_NAMES[@]:0:$NODES_PLANNED}")
     medret_log "per-node retrievers on ${nodes[*]} (GPU index ${RETRIEVER_GPU_INDICES:-none: CPU}); training GPU indices $TRAIN_GPU_INDICES on each node"
     if [ "$DRY_RUN" = 1 ]; then
@@ -70,18 +68,7 @@ medret_main() {
     RETRIEVER_URL="$(cat "$RUN_DIR/ready-${nodes[0]}")"
     export RETRIEVER_URL
     if [ "$MEDRET_MODE" = smoke ]; then
-        local -a smoke_pids=()
-        for node in "${nodes[@]}"; do
-            medret_start_bg medret_on_node "$node" medret_node_smoke
-            smoke_pids+=("$LAST_PID")
-        done
-        rc=0
-        for i in "${smoke_pids[@]}"; do wait "$i" || rc=1; done
-        for node in "${nodes[@]}"; do
-            medret_log "rollout smoke transcript of $node:"
-            cat "$RUN_DIR/smoke-$node.log" 2>/dev/null
-        done
-        [ "$rc" = 0 ] || medret_fail "the rollout smoke run failed on a node"
+        medret_smoke_on_nodes "${nodes[@]}" || medret_fail "the rollout smoke run failed on a node"
         medret_log "done"
         return 0
     fi

@@ -9,7 +9,7 @@ medret_node_smoke() {
 }
 
 medret_main() {
-    local n=$NODES_PLANNED i rc raylets
+    local n=$NODES_PLANNED i raylets
     local -a trainers
     if [ "$n" -ge 2 ]; then
         trainers=("${NODE_NAMES[@]:0:$((n - 1))}")
@@ -45,14 +45,7 @@ medret_main() {
         --shards "$SHARDS" --timeout "$HEALTH_TIMEOUT" \
         || medret_fail "the retriever actor did not start on $RETRIEVER_HOST"
     if [ "$MEDRET_MODE" = smoke ]; then
-        local -a smoke_pids=()
-        for node in "${trainers[@]}"; do
-            medret_start_bg medret_on_node "$node" medret_node_smoke
-            smoke_pids+=("$LAST_PID")
-        done
-        rc=0
-        for i in "${smoke_pids[@]}"; do wait "$i" || rc=1; done
-        [ "$rc" = 0 ] || medret_fail "the rollout smoke run failed on a trainer node"
+        medret_smoke_on_nodes "${trainers[@]}" || medret_fail "the rollout smoke run failed on a trainer node"
         medret_log "done"
         return 0
     fi
