@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import orjson
 
 from medret.atomic import atomic_path
 from medret.errors import IndexBuildError
-from medret.index.select import select_topk
+from medret.index.select import select_topk, select_topk_rows
 
 log = logging.getLogger(__name__)
 K1, B, METHOD = 1.2, 0.75, "lucene"
@@ -48,6 +49,11 @@ class BM25Index:
         # query words map to the index's stems; unknown stems are dropped (update_vocab=False)
         self._tok.stem_to_sid = dict(self.model.vocab_dict)
         self._empty = self.model.vocab_dict.get("", -1)
+        sc = self.model.scores  # CSC over terms: term t's postings are indices/data[indptr[t]:indptr[t+1]]
+        # plain ndarray views of the (memory-mapped) arrays: slicing a np.memmap costs ~1 µs of Python per slice
+        self._data, self._indices, self._indptr = (np.asarray(sc[k]) for k in ("data", "indices", "indptr"))
+        self._scorer: PostingScorer | None = None
+        self._lock = threading.Lock()
 
     @property
     def checksum(self) -> str:
@@ -58,17 +64,189 @@ class BM25Index:
         return [[i for i in q if i != self._empty] for q in ids]
 
     def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows), each (len(queries), k'), k' = min(k, n_docs); best first, ties by row."""
+        """(scores, rows), each (len(queries), k'), k' = min(k, n_docs); best first, ties by row.
+
+        Scores equal bm25s's ``get_scores_from_ids`` (the same float32 additions, term by term, in query order)
+        but only the documents in the query terms' posting lists are touched: the cost is the postings' length,
+        not the corpus size (bm25s allocates and partitions an array of every document per query).
+        """
         n = int(self.manifest["rows"])
         kk = min(k, n)
         scores = np.zeros((len(queries), kk), dtype=np.float32)
         rows = np.zeros((len(queries), kk), dtype=np.int64)
-        for i, ids in enumerate(self.tokenize(queries)):
-            if ids:
-                scores[i], rows[i] = select_topk(np.asarray(self.model.get_scores_from_ids(ids), dtype=np.float32), kk)
-            else:  # no indexed term: every row scores 0, so the first kk rows win (ties by row), score 0
-                rows[i] = np.arange(kk)
+        token_ids = self.tokenize(queries)
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = PostingScorer(self._data, self._indices, self._indptr, n)
+            for i, ids in enumerate(token_ids):
+                scores[i], rows[i] = self._scorer.topk(ids, kk)
         return scores, rows
+
+
+# Which way a query is scored (all give bm25s's answer), as fractions of the corpus size: postings up to
+# SPARSE_SHARE: collect the distinct documents; more: MaxScore pruning, unless the terms it must take exceed
+# ESSENTIAL_SHARE: every document (see PostingScorer). Measured on 2 cores: benchmarks/bm25_scoring.py.
+SPARSE_SHARE = 0.25
+ESSENTIAL_SHARE = 0.25
+SPARSE_ALWAYS = 65_536  # this few postings are summed directly whatever the corpus size (pruning costs more)
+_SLACK = 1e-4  # pruning compares float32 partial sums: keep a candidate unless it is clearly out
+
+
+class PostingScorer:
+    """Exact top-k BM25 over the query terms' posting lists, with reusable per-document buffers.
+
+    Scores are bit-identical to bm25s's ``get_scores_from_ids`` (float32 additions term by term in query order;
+    adding a term's 0 to a document it misses changes nothing), and ties go to the lower row. Three ways:
+
+    * few postings: concatenate them in query order, ``np.add.at`` (which adds in that order), and find the
+      distinct documents without sorting: ``stamp[docs] = position`` keeps one position per document,
+      ``stamp[docs] == position`` holds at exactly that one;
+    * many postings (common words): MaxScore. Terms are taken in decreasing order of their largest possible
+      contribution (a term's maximum score, computed once per term). Partial sums of the terms taken so far
+      are lower bounds of the final scores; their k-th largest, θ, is a lower bound of the final k-th score.
+      Once the terms not yet taken could add less than θ together, no document outside the postings taken
+      can reach the top k, and of those only the ones whose partial sum plus that remainder reaches θ can.
+      Their exact scores are then summed in query order from each term's postings (binary search in its
+      sorted document ids), and the k best chosen;
+    * when the terms that must be taken cover a large part of the corpus anyway, bm25s's own way: every term
+      into the whole buffer, top k of all of it.
+
+    Memory: 8 bytes per document, once, plus one float per distinct query term seen. Not thread-safe.
+    """
+
+    def __init__(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, n_docs: int):
+        self.data, self.indices, self.indptr, self.n = data, indices, indptr, n_docs
+        self.acc = np.zeros(n_docs, dtype=data.dtype)
+        self.stamp = np.zeros(n_docs, dtype=np.int64 if len(data) >= 2**31 else np.int32)
+        self._term_max: dict[int, float] = {}  # term -> max score, or -1.0 if its ids are not sorted
+        self.paths = {"distinct": 0, "maxscore": 0, "pruned": 0, "dense": 0}  # queries scored each way
+
+    def topk(self, ids: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        if not ids:  # no indexed term: every row scores 0, so the first k rows win (ties by row), score 0
+            return np.zeros(k, dtype=np.float32), np.arange(k, dtype=np.int64)
+        ptr = self.indptr
+        span = {t: (int(ptr[t]), int(ptr[t + 1])) for t in ids}
+        total = sum(e - s for s, e in (span[t] for t in ids))
+        if total <= max(SPARSE_SHARE * self.n, SPARSE_ALWAYS):
+            self.paths["distinct"] += 1
+            cand, vals = self._distinct_sum([span[t] for t in ids])
+        else:
+            found = self._maxscore(ids, span, k)
+            if found is None:
+                self.paths["dense"] += 1
+                return self._dense_topk([span[t] for t in ids], k)
+            self.paths["maxscore"] += 1
+            cand, vals = found
+        vals = vals.astype(np.float32, copy=False)
+        cand = cand.astype(np.int64)
+        if len(cand) < k:  # fewer matching documents than k: the rest score 0, lowest rows first (as bm25s)
+            free = np.ones(min(self.n, len(cand) + k), dtype=bool)
+            free[cand[cand < len(free)]] = False
+            fill = np.nonzero(free)[0][: k - len(cand)]
+            vals = np.concatenate([vals, np.zeros(len(fill), dtype=np.float32)])
+            cand = np.concatenate([cand, fill])
+        return select_topk_rows(vals, cand, k)
+
+    def _distinct_sum(self, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(documents, their sums over ``spans`` in the given order); leaves the buffers clean."""
+        if len(spans) == 1:  # one term: its postings are the scores (distinct documents)
+            s, e = spans[0]
+            return self.indices[s:e], self.data[s:e]
+        docs = np.concatenate([self.indices[s:e] for s, e in spans])
+        np.add.at(self.acc, docs, np.concatenate([self.data[s:e] for s, e in spans]))
+        pos = np.arange(len(docs), dtype=self.stamp.dtype)
+        self.stamp[docs] = pos
+        cand = docs[self.stamp[docs] == pos]
+        vals = self.acc[cand]
+        self.acc[cand] = 0
+        return cand, vals
+
+    def _max_of(self, t: int, s: int, e: int) -> float:
+        m = self._term_max.get(t)
+        if m is None:
+            docs = self.indices[s:e]
+            ok = e - s < 2 or bool(np.all(docs[1:] > docs[:-1]))
+            m = self._term_max[t] = float(self.data[s:e].max()) if ok and e > s else (-1.0 if not ok else 0.0)
+        return m
+
+    def _maxscore(self, ids: list[int], span: dict[int, tuple[int, int]], k: int):
+        """(candidates, exact scores) holding the top k, or None when pruning would not pay."""
+        mult: dict[int, int] = {}
+        for t in ids:
+            mult[t] = mult.get(t, 0) + 1
+        bound = {}
+        for t in mult:
+            m = self._max_of(t, *span[t])
+            if m < 0:  # unsorted postings (not written by bm25s or medret): no binary search
+                return None
+            bound[t] = m * mult[t]
+        order = sorted(mult, key=lambda t: -bound[t])
+        rest = sum(bound.values())
+        budget = ESSENTIAL_SHARE * self.n
+        acc = self.acc
+        parts: list[np.ndarray] = []  # the distinct documents of the terms taken (a BM25 weight is > 0)
+        used = 0
+        theta = 0.0
+        try:
+            for i, t in enumerate(order):
+                s, e = span[t]
+                used += e - s
+                if used > budget:
+                    return None
+                docs = self.indices[s:e]
+                parts.append(docs[acc[docs] == 0])
+                acc[docs] += self.data[s:e] * mult[t]  # distinct within a term; partial sums bound from below
+                rest -= bound[t]
+                if i == len(order) - 1:  # every term taken: nothing left to look up
+                    rest = 0.0
+                    break
+                n_cand = sum(len(p) for p in parts)
+                if n_cand >= k:
+                    cand = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                    part = acc[cand]
+                    theta = float(np.partition(part, n_cand - k)[n_cand - k])
+                    if rest < theta * (1 - _SLACK):
+                        self.paths["pruned"] += 1
+                        break
+            cand = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            part = acc[cand].astype(np.float64)
+        finally:
+            for p in parts:
+                acc[p] = 0
+        # the terms not taken, largest first: add each to the survivors' partial sums, raise θ, prune again
+        keep = part + rest >= theta * (1 - _SLACK)
+        cand, part = cand[keep], part[keep]
+        order_cand = np.argsort(cand, kind="stable")
+        cand, part = cand[order_cand], part[order_cand]
+        for t in order[i + 1:]:
+            part += self._lookup(span[t], cand) * mult[t]
+            rest -= bound[t]
+            if len(cand) > k:
+                theta = max(theta, float(np.partition(part, len(part) - k)[len(part) - k]))
+            keep = part + rest >= theta * (1 - _SLACK)
+            cand, part = cand[keep], part[keep]
+        exact = np.zeros(len(cand), dtype=acc.dtype)
+        for t in ids:  # query order, as bm25s adds; a term a document lacks adds 0, which changes nothing
+            exact += self._lookup(span[t], cand)
+        return cand, exact
+
+    def _lookup(self, span: tuple[int, int], cand: np.ndarray) -> np.ndarray:
+        """A term's weight (postings ``span``) for each of the sorted documents ``cand``; 0 where it is absent."""
+        s, e = span
+        if e <= s:
+            return np.zeros(len(cand), dtype=self.acc.dtype)
+        docs = self.indices[s:e]
+        at = np.minimum(np.searchsorted(docs, cand), len(docs) - 1)
+        return np.where(docs[at] == cand, self.data[s:e][at], 0).astype(self.acc.dtype, copy=False)
+
+    def _dense_topk(self, spans: list[tuple[int, int]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """bm25s's own algorithm on the reused buffer: every posting into the whole buffer, top k of all."""
+        acc = self.acc
+        for s, e in spans:
+            np.add.at(acc, self.indices[s:e], self.data[s:e])
+        out = select_topk(acc, k)
+        acc.fill(0)
+        return out[0].astype(np.float32, copy=False), out[1]
 
 
 # Streaming builder: tokens go per batch into numpy arrays and two scratch files, never into per-document lists.

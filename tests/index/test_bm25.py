@@ -64,3 +64,48 @@ def test_topk_larger_than_corpus_returns_every_row(bm25):
     index, texts = bm25
     scores, rows = index.search(["sepsis"], 50)
     assert sorted(rows[0].tolist()) == list(range(len(texts)))
+
+
+@pytest.mark.parametrize("path,sparse,essential", [("distinct", 1e9, 0.0), ("maxscore", 0.0, 1e9),
+                                                   ("dense", 0.0, 0.0)])
+def test_posting_scorer_equals_bm25s_full_scores_on_a_tie_heavy_corpus(tmp_path, monkeypatch, path, sparse,
+                                                                       essential):
+    """Each way of scoring (forced by the share thresholds) must give bm25s's float32 scores bit for bit and
+    the full sort's order (score descending, row ascending), including ties at the k-th place, repeated query
+    words, words absent from the index and queries matching fewer than k snippets; and the reused buffers must
+    not leak between queries. The MaxScore way must actually prune some queries here."""
+    import medret.index.bm25 as bm25_mod
+    from tests.conftest import write_chunks
+
+    monkeypatch.setattr(bm25_mod, "SPARSE_SHARE", sparse)
+    monkeypatch.setattr(bm25_mod, "SPARSE_ALWAYS", 0)
+    monkeypatch.setattr(bm25_mod, "ESSENTIAL_SHARE", essential)
+
+    rng = np.random.default_rng(7)
+    vocab = ["sepsis", "lactate", "shock", "kidney", "renal", "insulin", "stroke", "aspirin", "fever", "cough",
+             "anemia", "ferritin", "warfarin", "heparin", "troponin"]
+    # word i is in about 1 in (i + 1) snippets: common and rare words, so MaxScore has something to prune
+    docs = [(f"Doc {i}", " ".join(w for j, w in enumerate(vocab) if rng.random() < 1 / (j + 1)) or "cough")
+            for i in range(1500)]
+    docs.append(("Rare", "quokka"))  # a word only one snippet has: fewer matches than k
+    folder = write_chunks(tmp_path / "c", {"a": docs[:700], "b": docs[700:]})
+    store = open_corpus_store(resolve_corpus(str(folder), None))
+    index = BM25Index(build_bm25(store, folder / "bm25idx"))
+    queries = [" ".join(rng.choice(vocab, size=int(rng.integers(1, 5)))) for _ in range(60)]
+    queries += ["sepsis sepsis shock", "quokka", "quokka zebra", "zebra", "fever"]
+    for k in (1, 10, 37):
+        scores, rows = index.search(queries, k)
+        for q, ids, s, r in zip(queries, index.tokenize(queries), scores, rows):
+            full = (index.model.get_scores_from_ids(ids) if ids else np.zeros(len(store), np.float32))
+            full = np.asarray(full, dtype=np.float32)
+            expected = sorted(range(len(store)), key=lambda i: (-full[i], i))[:k]
+            assert r.tolist() == expected, (q, k)
+            assert s.tobytes() == full[expected].tobytes(), (q, k)
+    counts = index._scorer.paths
+    assert counts[path] > 0 and sum(v for key, v in counts.items() if key != "pruned") == counts[path]
+    if path == "maxscore":
+        assert counts["pruned"] > 0
+    # the same batch again (buffers reused) answers the same
+    again = index.search(queries, 10)
+    first = index.search(queries, 10)
+    assert np.array_equal(again[1], first[1]) and again[0].tobytes() == first[0].tobytes()

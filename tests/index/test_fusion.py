@@ -36,3 +36,17 @@ def test_merge_topk_orders_by_score_then_row():
     r = np.array([[5, 9, 2, 7]])
     ms, mr = merge_topk(s, r, 3)
     assert mr.tolist() == [[2, 9, 7]] and ms.tolist() == [[3.0, 3.0, 2.0]]
+
+
+def test_select_topk_rows_breaks_ties_by_row_whatever_the_candidate_order():
+    from medret.index.select import select_topk_rows
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        n = int(rng.integers(1, 60))
+        rows = rng.permutation(1000)[:n]  # distinct rows, shuffled
+        s = rng.integers(0, 4, size=n).astype(np.float32)  # many ties
+        k = int(rng.integers(1, 65))
+        got_s, got_r = select_topk_rows(s, rows, k)
+        ref = sorted(range(n), key=lambda i: (-s[i], rows[i]))[:k]
+        assert got_r.tolist() == rows[ref].tolist() and got_s.tolist() == s[ref].tolist()
