@@ -46,7 +46,6 @@ class Retriever:
 
         self.config = config
         self.transport = transport if transport is not None else make_transport(config)
-        self._lock = threading.Lock()
 
     def search(self, queries: list[str], k: int = 3) -> list[list[Hit]]:
         """The k best hits of each query, in query order. Identical queries are searched once."""
@@ -55,20 +54,26 @@ class Retriever:
         if not queries:
             return []
         unique, where = dedupe(queries)
-        with self._lock:
-            hits = self.transport.search(unique, k)
+        rows = self.transport.search(unique, k)
+        hits = [[Hit(item["document"], float(item["score"])) for item in row] for row in rows]
         return [hits[i] for i in where]
 
     def retrieve(self, queries: list[str], topk: int = 3, return_scores: bool = True) -> dict:
-        """Search-R1's JSON: {"result": [[{"document": {...}, "score": s}, ...], ...]}; documents alone without scores."""
+        """Search-R1's JSON: {"result": [[{"document": {...}, "score": s}, ...], ...]}; documents alone without scores.
+
+        Every transport answers in this very format (a server's JSON is handed through, not rebuilt).
+        """
         return_scores = check_flag("return_scores", return_scores)
-        passthrough = getattr(self.transport, "retrieve", None)
-        if passthrough is None:
-            return format_result(self.search(queries, topk), return_scores)
-        # a remote server answers in this very format: hand its JSON through instead of rebuilding it
         queries = check_queries(queries, self.config.max_batch, self.config.max_query_chars)
         topk = check_topk(topk, self.config.max_topk)
-        return passthrough(queries, topk, return_scores) if queries else {"result": []}
+        if not queries:
+            return {"result": []}
+        unique, where = dedupe(queries)
+        if hasattr(self.transport, "retrieve"):
+            result = self.transport.retrieve(unique, topk, return_scores)["result"]
+        else:
+            result = without_scores(self.transport.search(unique, topk), drop=not return_scores)
+        return {"result": result if len(unique) == len(queries) else [result[i] for i in where]}
 
     def info(self) -> dict[str, Any]:
         return self.transport.info()
@@ -77,10 +82,9 @@ class Retriever:
         self.transport.close()
 
 
-def format_result(hits: list[list[Hit]], return_scores: bool) -> dict:
-    if return_scores:
-        return {"result": [[{"document": h.document, "score": h.score} for h in row] for row in hits]}
-    return {"result": [[h.document for h in row] for row in hits]}
+def without_scores(rows: list[list[dict]], drop: bool = True) -> list[list[dict]]:
+    """Search-R1's answer without scores is the documents alone; ``drop=False`` keeps the scored items."""
+    return [[item["document"] for item in row] for row in rows] if drop else rows
 
 
 _CACHE: dict[RetrieverConfig, Retriever] = {}

@@ -108,6 +108,13 @@ class Engine:
         return [{"id": d["id"], "title": d["title"], "contents": contents(d["title"], d["content"])}
                 for d in self.store.get(flat[flat >= 0])]
 
+    def scored(self, queries: list[str], k: int) -> list[list[dict]]:
+        """Search-R1's scored items of each query, best first: ``[{"document": {...}, "score": s}, ...]``."""
+        scores, rows = self.search_rows(queries, k)
+        docs = iter(self.documents(rows))
+        return [[{"document": next(docs), "score": s} for s, r in zip(srow, rrow) if r >= 0]
+                for srow, rrow in zip(scores.tolist(), rows.tolist())]
+
     def info(self) -> dict[str, Any]:
         from medret import __version__
 

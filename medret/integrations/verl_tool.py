@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 from uuid import uuid4
 
-from medret.api import format_result
 from medret.errors import ConfigError
 from medret.integrations import protocol, searchr1_runtime
 from medret.validate import check_queries
@@ -221,7 +220,9 @@ def _batcher_for(retriever: Any, max_batch_queries: int, max_wait_ms: float) -> 
     with _EXECUTORS_LOCK:
         entry = _BATCHERS.get(id(retriever))
         if entry is None or entry.retriever is not retriever:
-            batcher = Batcher(lambda: retriever, max_batch_queries=min(max_batch_queries, retriever.config.max_batch),
+            # the transport answers Search-R1's scored items, which are the tool's result as they are
+            batcher = Batcher(lambda: retriever.transport,
+                              max_batch_queries=min(max_batch_queries, retriever.config.max_batch),
                               max_wait_ms=max_wait_ms, name="medret-verl-tool")
             batcher.start()
             entry = _BATCHERS[id(retriever)] = _BatcherEntry(retriever, batcher)
@@ -314,8 +315,7 @@ class MedretSearchTool(_BaseTool):
         retriever = await loop.run_in_executor(_executor(self.settings.num_workers), self._retriever)
         queries = check_queries(query_list, retriever.config.max_batch, retriever.config.max_query_chars)
         batcher = _batcher_for(retriever, self.settings.max_batch_queries, self.settings.max_wait_ms)
-        hits = await self._bounded(batcher.submit(queries, self.settings.topk))
-        return format_result(hits, return_scores=True)["result"]
+        return await self._bounded(batcher.submit(queries, self.settings.topk))
 
     async def _bounded(self, awaitable: Any) -> Any:
         try:

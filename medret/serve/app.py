@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from medret.api import format_result
+from medret.api import without_scores
 from medret.config import RetrieverConfig
 from medret.errors import QueryError
 from medret.serve.batcher import Batcher, SearchBackend
@@ -318,7 +318,7 @@ async def retrieve(request: Request) -> Response:
 
 
 def _render(hits: list[list[Any]], return_scores: bool) -> bytes:
-    return orjson.dumps(format_result(hits, return_scores))
+    return orjson.dumps({"result": without_scores(hits, drop=not return_scores)})
 
 
 async def health(request: Request) -> Response:

@@ -1,11 +1,16 @@
-"""The transport protocol: ``search(queries, k) -> list[list[Hit]]`` plus ``info()`` and ``close()``."""
+"""The transport protocol: ``search(queries, k)`` plus ``info()`` and ``close()``.
+
+``search`` answers, per query, Search-R1's scored items ``[{"document": {...}, "score": s}, ...]`` best first:
+the one shape every transport carries, so nothing is converted on the way (``Hit`` exists only at the API).
+A transport may add ``retrieve(queries, k, return_scores)`` returning Search-R1's whole answer when it can
+produce it cheaper than from ``search`` (the HTTP client hands the server's JSON through).
+"""
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from medret.api import Hit
     from medret.config import RetrieverConfig
 
 # backend name → "module:class"; each class is built as cls(config)
@@ -17,7 +22,7 @@ BACKENDS = {
 
 
 class Transport(Protocol):
-    def search(self, queries: list[str], k: int) -> list[list["Hit"]]: ...
+    def search(self, queries: list[str], k: int) -> list[list[dict]]: ...
 
     def info(self) -> dict[str, Any]: ...
 

@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from medret.api import Hit
 from medret.config import RetrieverConfig
 from medret.errors import QueryError, TransportError
 
@@ -165,12 +164,11 @@ class HttpTransport:
         except (KeyError, TypeError, ValueError) as e:
             raise self._shape_error(e) from None
 
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
+    def search(self, queries: list[str], k: int) -> list[list[dict]]:
         rows = self.retrieve(queries, k, True)["result"]
-        try:
-            return [[Hit(item["document"], float(item["score"])) for item in row] for row in rows]
-        except (KeyError, TypeError, ValueError) as e:
-            raise self._shape_error(e) from None
+        if any("document" not in item or "score" not in item for row in rows for item in row):
+            raise self._shape_error(ValueError("result items lack 'document' or 'score'"))
+        return rows
 
     def _shape_error(self, e: Exception) -> TransportError:
         return TransportError(f"{self._base}/retrieve answered in an unexpected shape ({e}): expected "

@@ -1,22 +1,27 @@
 """In-process transport: the engine runs in the caller's process."""
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from medret.api import Hit
+from medret.api import without_scores
 from medret.config import RetrieverConfig
 from medret.engine import Engine
 
 
 class LocalTransport:
+    """Every transport's ``search`` answers Search-R1's scored items per query: ``[{"document", "score"}, ...]``."""
+
     def __init__(self, config: RetrieverConfig, progress: bool = False):
         self.engine = Engine(config, progress=progress)
+        self._lock = threading.Lock()  # the engine's buffers and encoders are not shared between threads
 
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        scores, rows = self.engine.search_rows(queries, k)
-        docs = iter(self.engine.documents(rows))
-        return [[Hit(next(docs), float(s)) for s, r in zip(srow, rrow) if r >= 0]
-                for srow, rrow in zip(scores.tolist(), rows.tolist())]
+    def search(self, queries: list[str], k: int) -> list[list[dict]]:
+        with self._lock:
+            return self.engine.scored(queries, k)
+
+    def retrieve(self, queries: list[str], k: int, return_scores: bool) -> dict:
+        return {"result": without_scores(self.search(queries, k), drop=not return_scores)}
 
     def info(self) -> dict[str, Any]:
         return self.engine.info()

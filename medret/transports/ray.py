@@ -24,13 +24,10 @@ import logging
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from medret.config import RetrieverConfig
 from medret.errors import ConfigError, TransportError
-
-if TYPE_CHECKING:
-    from medret.api import Hit
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +136,7 @@ class RetrieverActor:
             self.local = LocalTransport(cfg)
         self.where = _node_context(ray)
 
-    def search(self, queries: list[str], k: int) -> list[list["Hit"]]:
+    def search(self, queries: list[str], k: int) -> list[list[dict]]:
         return self.local.search(queries, k)
 
     def info(self) -> dict[str, Any]:
@@ -308,7 +305,7 @@ class RayTransport:
         return handle
 
     # ------------------------------------------------------------------ transport protocol
-    def search(self, queries: list[str], k: int) -> list[list["Hit"]]:
+    def search(self, queries: list[str], k: int) -> list[list[dict]]:
         return self._call("search", queries, k)
 
     def info(self) -> dict[str, Any]:

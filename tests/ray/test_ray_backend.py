@@ -67,7 +67,7 @@ def test_actor_survives_its_creator_and_is_found_by_name(ray_cluster, job, tmp_p
 
     t = RayTransport(ray_config(ray_cluster, job), create=False)
     assert t.info()["ray"]["pid"] == made["actor_pid"]
-    assert [h.id for h in t.search(["sepsis in elderly patients"], 3)[0]] == made["ids"]
+    assert [item["document"]["id"] for item in t.search(["sepsis in elderly patients"], 3)[0]] == made["ids"]
     local = get_retriever("sample", "BM25")
     assert made["ids"] == [h.id for h in local.search(["sepsis in elderly patients"], 3)[0]]
 
