@@ -2,7 +2,8 @@
 
 Layout of a finished index folder ``out_dir``::
 
-    emb_000000.npy ...   embeddings of rows [i*chunk_rows, (i+1)*chunk_rows), fp16 (default) or fp32
+    emb_000000.npy ...   embeddings of rows [i*chunk_rows, (i+1)*chunk_rows), fp16 (default) or fp32; searched
+                         exactly by flat indexes, the re-rank vectors of lossy faiss ones (IVF-PQ)
     faiss.index          only for hnsw / ivfpq / factory-string indexes (flat searches the .npy files exactly)
     dense.json           what DenseIndex.load needs (backend, metric, files, search parameters)
     manifest.json        written last: model names, pooling, dim, count, metric, index type, dtype,
@@ -364,7 +365,8 @@ def load_dense_index(
 
     ``store``: its checksum and row count must match the manifest (else the corpus changed since the
     build). ``spec``: its document encoding must match the one the index was built with.
-    ``device='cuda:N'`` moves exact (flat) embeddings onto that GPU.
+    ``device='cuda:N'`` moves exact (flat) embeddings onto that GPU. ``search_params`` (``nprobe``,
+    ``ef_search``, ``rerank``) override the ones saved with the index.
     """
     index_dir = Path(index_dir)
     name = spec.name if spec is not None else "NAME"

@@ -138,8 +138,8 @@ def test_factory_string_passthrough_and_invalid():
 
 
 def test_ivfpq_factory_parameters():
-    assert factory_string("ivfpq", 768, 54_000_000) == "IVF32768,PQ96x8"
-    assert factory_string("ivfpq", 16, 3000) == "IVF76,PQ4x6"  # 3000 // 39 lists, 4-d sub-vectors
+    assert factory_string("ivfpq", 768, 54_000_000) == "IVF32768,PQ96x8np"
+    assert factory_string("ivfpq", 16, 3000) == "IVF76,PQ4x6np"  # 3000 // 39 lists, 4-d sub-vectors
     assert factory_string("flat", 10, 10) == "Flat"
     assert factory_string("hnsw", 10, 10) == "HNSW32,Flat"
 
