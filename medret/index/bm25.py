@@ -83,12 +83,12 @@ class BM25Index:
         return scores, rows
 
 
-# Which way a query is scored (all give bm25s's answer), as fractions of the corpus size: postings up to
-# SPARSE_SHARE: collect the distinct documents; more: MaxScore pruning, unless the terms it must take exceed
-# ESSENTIAL_SHARE: every document (see PostingScorer). Measured on 2 cores: benchmarks/bm25_scoring.py.
-SPARSE_SHARE = 0.25
+# Which way a query is scored (all give bm25s's answer; see PostingScorer): up to SPARSE_POSTINGS postings,
+# sum them (~27 ns a posting here; below that MaxScore's per-query overhead costs more than it saves); more:
+# MaxScore pruning (~2.6x cheaper per posting on the 1M synthetic corpus), unless the terms it must take exceed
+# ESSENTIAL_SHARE of the corpus: then bm25s's whole-corpus way. Measured with benchmarks/bm25_scoring.py.
+SPARSE_POSTINGS = 262_144
 ESSENTIAL_SHARE = 0.25
-SPARSE_ALWAYS = 65_536  # this few postings are summed directly whatever the corpus size (pruning costs more)
 _SLACK = 1e-4  # pruning compares float32 partial sums: keep a candidate unless it is clearly out
 
 
@@ -98,9 +98,9 @@ class PostingScorer:
     Scores are bit-identical to bm25s's ``get_scores_from_ids`` (float32 additions term by term in query order;
     adding a term's 0 to a document it misses changes nothing), and ties go to the lower row. Three ways:
 
-    * few postings: concatenate them in query order, ``np.add.at`` (which adds in that order), and find the
-      distinct documents without sorting: ``stamp[docs] = position`` keeps one position per document,
-      ``stamp[docs] == position`` holds at exactly that one;
+    * few postings (``SPARSE_POSTINGS``): concatenate them in query order, ``np.add.at`` (which adds in that
+      order), and find the distinct documents without sorting: ``stamp[docs] = position`` keeps one position
+      per document, ``stamp[docs] == position`` holds at exactly that one;
     * many postings (common words): MaxScore. Terms are taken in decreasing order of their largest possible
       contribution (a term's maximum score, computed once per term). Partial sums of the terms taken so far
       are lower bounds of the final scores; their k-th largest, θ, is a lower bound of the final k-th score.
@@ -127,7 +127,7 @@ class PostingScorer:
         ptr = self.indptr
         span = {t: (int(ptr[t]), int(ptr[t + 1])) for t in ids}
         total = sum(e - s for s, e in (span[t] for t in ids))
-        if total <= max(SPARSE_SHARE * self.n, SPARSE_ALWAYS):
+        if total <= SPARSE_POSTINGS:
             self.paths["distinct"] += 1
             cand, vals = self._distinct_sum([span[t] for t in ids])
         else:

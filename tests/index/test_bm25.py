@@ -77,8 +77,7 @@ def test_posting_scorer_equals_bm25s_full_scores_on_a_tie_heavy_corpus(tmp_path,
     import medret.index.bm25 as bm25_mod
     from tests.conftest import write_chunks
 
-    monkeypatch.setattr(bm25_mod, "SPARSE_SHARE", sparse)
-    monkeypatch.setattr(bm25_mod, "SPARSE_ALWAYS", 0)
+    monkeypatch.setattr(bm25_mod, "SPARSE_POSTINGS", sparse)
     monkeypatch.setattr(bm25_mod, "ESSENTIAL_SHARE", essential)
 
     rng = np.random.default_rng(7)
