@@ -6,9 +6,11 @@ copied to a temporary folder and patched there only as far as needed to run on C
 ``sentence-transformers`` and, for BM25, ``pyserini`` (+ Java) for MedRAG) can live in separate folders given with
 ``--ref-site A:B`` (added to their PYTHONPATH only).
 
-    # Search-R1's HTTP server vs medret's, PubMedQA's 3,358 snippets, BERT-base weights, batch 512, top-5
+    # Search-R1's HTTP server vs medret's, PubMedQA's 3,358 snippets, BERT-base weights, batch 512, top-5,
+    # PubMedQA's 1,000 questions as queries (--queries windows: 5-12-word windows of corpus snippets instead),
+    # --dup-ratio 0.8: GRPO-like batches where groups of 5 share one query (medret.bench.harness.make_batch)
     python benchmarks/vs_reference.py searchr1 --searchr1 /work/_ref/Search-R1 --corpus CORPUS_FOLDER \
-        --model BERT_DIR --ref-site /work/_ref/site --out DIR
+        --model BERT_DIR --ref-site /work/_ref/site --pubmedqa shared/datasets/pubmedqa [--dup-ratio 0.8] --out DIR
 
     # MedRAG's RetrievalSystem (MedCPT slot, loop over questions) vs medret (batch), on DB_DIR/pubmed/chunk
     python benchmarks/vs_reference.py medrag --medrag /work/_ref/MedRAG --db-dir DB_DIR --model BERT_DIR \
@@ -18,6 +20,17 @@ Both systems search the *same* vectors: for Search-R1 a faiss IndexFlatIP writte
 corpus; for MedRAG its own layout (``DB_DIR/pubmed/index/ncbi/MedCPT-Article-Encoder/{faiss.index,
 metadatas.jsonl}``), which medret reads directly. The model folder is reached by MedRAG under the hub name
 ``ncbi/MedCPT-Query-Encoder`` through a symlink in the working directory (a relative path wins over the hub).
+
+Search-R1 comparison: both servers (and medret's in-process retriever) are started first, then each run sends the
+*same* query batch to Search-R1, to medret over HTTP and to medret in-process, one after the other, so load from
+other jobs on the machine hits all of them alike; each run's wall times and CPU seconds (of the server process,
+or of this process for the in-process retriever), the medians and the 1-minute load average before and after each
+run are reported. Padding is reported too: the batch's real token count against what Search-R1's encoder computes
+(every query padded to the batch's longest, in chunks of its 512-query encoder batch) and what medret's computes
+(distinct queries only, sorted by length, padded per encoder batch). Search-R1's server always mean-pools: give
+medret ``--pooling mean`` (and an index built for it) so both compute the same query vectors; each run then
+reports the fraction of queries whose top-k ids agree (``same_top_ids``). The query pool defaults to PubMedQA's
+questions for ``searchr1`` and to corpus windows for ``medrag``; ``--queries`` and ``--dup-ratio`` apply to both.
 """
 from __future__ import annotations
 
@@ -70,6 +83,66 @@ def queries_for(corpus: str, n: int) -> list[str]:
     return queries_from_corpus(corpus, None, n, seed=1)
 
 
+def pubmedqa_questions(path: str) -> list[str]:
+    """PubMedQA's questions (PQA-L: 1,000), distinct, in file order."""
+    from medret.eval.pubmedqa import load, queries_and_qrels
+
+    qs, _ = queries_and_qrels(load(path))
+    return list(dict.fromkeys(qs))
+
+
+def query_batches(pool: list[str], batch: int, runs: int, dup_ratio: float) -> list[list[str]]:
+    """``runs`` batches as ``medret bench`` builds them: each moves on by its number of distinct queries."""
+    import math
+
+    from medret.bench.harness import make_batch
+
+    step = max(1, math.ceil(batch * (1.0 - dup_ratio) - 1e-9))
+    if step > len(pool):
+        raise SystemExit(f"--batch {batch} with --dup-ratio {dup_ratio} needs {step} distinct queries per batch; "
+                         f"the query pool has only {len(pool)}: lower --batch or raise --dup-ratio")
+    return [make_batch(pool, batch, dup_ratio, start=i * step) for i in range(runs)]
+
+
+def padding_stats(tokenizer, batch: list[str], ref_max_len: int, ref_batch: int, medret_max_len: int,
+                  medret_batch: int) -> dict:
+    """Token positions the two encoders compute for one request (attention cost aside)."""
+    def lengths(texts: list[str], max_len: int) -> list[int]:
+        return [len(x) for x in tokenizer(texts, max_length=max_len, truncation=True)["input_ids"]]
+
+    ref = lengths(batch, ref_max_len)  # Search-R1: the batch as sent, padding=True within each encoder batch
+    ref_padded = sum(len(ref[i:i + ref_batch]) * max(ref[i:i + ref_batch]) for i in range(0, len(ref), ref_batch))
+    uniq = sorted(lengths(list(dict.fromkeys(batch)), medret_max_len), reverse=True)  # medret: dedupe, sort
+    med_padded = sum(len(uniq[i:i + medret_batch]) * uniq[i] for i in range(0, len(uniq), medret_batch))
+    return {"queries": len(batch), "distinct": len(uniq), "tokens_sum": sum(ref), "tokens_mean": sum(ref) / len(ref),
+            "tokens_max": max(ref), "searchr1_padded_tokens": ref_padded, "medret_padded_tokens": med_padded,
+            "searchr1_padding_waste": 1 - sum(ref) / ref_padded, "padded_ratio": ref_padded / med_padded}
+
+
+def same_ids(ref: list, med: list) -> float:
+    """Fraction of queries whose top-k ids (as a set) agree: 1.0 only when both compute the same query vectors
+    (Search-R1 always mean-pools, so run medret with ``--pooling mean`` for a meaningful check)."""
+    ids = [[{h["document"]["id"] for h in hits} for hits in res] for res in (ref, med)]
+    return sum(x == y for x, y in zip(*ids)) / max(1, len(ids[0]))
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads): less sensitive than wall time to
+    other jobs on a shared machine."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def median(v: list[float]) -> float:
+    return float(np.median(v))
+
+
 def post(url: str, queries: list[str], topk: int, timeout: float = 3600) -> tuple[float, dict]:
     import requests
 
@@ -102,22 +175,14 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def measure_server(url: str, batches: list[list[str]], topk: int) -> dict:
-    lat = []
-    for b in batches:
-        dt, res = post(url, b, topk)
-        assert len(res["result"]) == len(b)
-        lat.append(dt)
-    n = sum(len(b) for b in batches)
-    return {"batch": len(batches[0]), "runs": len(lat), "latencies_s": lat, "qps": n / sum(lat)}
-
-
 # ---------------------------------------------------------------------------------------------- Search-R1
 
 
 def run_searchr1(a) -> dict:
     import faiss
+    from transformers import AutoTokenizer
 
+    from medret.config import RetrieverConfig
     from medret.corpus.registry import resolve_corpus
     from medret.corpus.store import open_corpus_store
     from medret.encoders.specs import resolve_spec
@@ -128,7 +193,6 @@ def run_searchr1(a) -> dict:
         if old not in src:
             raise SystemExit(f"Search-R1's retrieval_server.py has no {old!r}: the patch list needs updating")
         src = src.replace(old, new)
-    (work / "retrieval_server.py").write_text(src)
     corpus = resolve_corpus(a.corpus, None)
     store = open_corpus_store(corpus)
     spec = resolve_spec(a.model, pooling=a.pooling)
@@ -143,59 +207,121 @@ def run_searchr1(a) -> dict:
             for d in docs:
                 f.write(json.dumps({"id": d["id"], "contents": f'"{d["title"]}"\n{d["content"]}'}) + "\n")
     store.close()
-    qs = queries_for(a.corpus, a.batch * a.runs + 8)
-    batches = [qs[i * a.batch:(i + 1) * a.batch] for i in range(a.runs)]
-    out: dict = {"corpus": a.corpus, "rows": len(emb), "model": a.model, "batch": a.batch, "topk": a.topk}
+    queries = a.queries or "pubmedqa"
+    if queries == "pubmedqa":
+        if not a.pubmedqa:
+            raise SystemExit("--queries pubmedqa needs --pubmedqa (folder or ori_pqal.json)")
+        pool = pubmedqa_questions(a.pubmedqa)
+    else:
+        pool = queries_for(a.corpus, a.batch * a.runs + 8)
+    batches = query_batches(pool, a.batch, a.runs, a.dup_ratio)
+    warm = pool[-8:]
+    # Search-R1's encoder settings, as its __main__ sets them; medret's from its spec and config defaults
+    ref_max_len = int(_main_setting(src, "retrieval_query_max_length", 256))
+    ref_batch = int(_main_setting(src, "retrieval_batch_size", 512))
+    if _main_setting(src, "retrieval_pooling_method", "mean") != a.pooling:
+        print(f"note: Search-R1's server mean-pools; medret runs with --pooling {a.pooling}, so the two compute "
+              f"different query vectors (same cost) and their top-k ids will differ", file=sys.stderr)
+    med_batch = RetrieverConfig.__dataclass_fields__["batch_size"].default
+    tok = AutoTokenizer.from_pretrained(a.model)
+    pads = [padding_stats(tok, b, ref_max_len, ref_batch, spec.query_max_len, med_batch) for b in batches]
+    out: dict = {"corpus": a.corpus, "rows": len(emb), "model": a.model, "batch": a.batch, "topk": a.topk,
+                 "queries": queries, "query_pool": len(pool), "dup_ratio": a.dup_ratio,
+                 "distinct_per_batch": [len(set(b)) for b in batches],
+                 "searchr1_encoder": {"max_length": ref_max_len, "batch_size": ref_batch},
+                 "medret_encoder": {"max_length": spec.query_max_len, "batch_size": med_batch}, "padding": pads}
 
     port = free_port()
-    src = (work / "retrieval_server.py").read_text().replace("port=8000", f"port={port}")
-    (work / "retrieval_server.py").write_text(src)
-    t0 = time.time()
-    proc = subprocess.Popen([sys.executable, str(work / "retrieval_server.py"), "--index_path", str(work / "flat.index"),
-                             "--corpus_path", str(work / "corpus.jsonl"), "--topk", str(a.topk), "--retriever_name",
-                             "bert", "--retriever_model", a.model], cwd=work, env=env_with(a.ref_site),
-                            stdout=open(work / "searchr1.log", "w"), stderr=subprocess.STDOUT)
+    (work / "retrieval_server.py").write_text(src.replace("port=8000", f"port={port}"))
+    procs: list[subprocess.Popen] = []
     try:
-        url = f"http://127.0.0.1:{port}/retrieve"
-        wait_http(url, proc, 600, qs[-1:])
+        t0 = time.time()
+        ref = subprocess.Popen([sys.executable, str(work / "retrieval_server.py"), "--index_path",
+                                str(work / "flat.index"), "--corpus_path", str(work / "corpus.jsonl"), "--topk",
+                                str(a.topk), "--retriever_name", "bert", "--retriever_model", a.model], cwd=work,
+                               env=env_with(a.ref_site), stdout=open(work / "searchr1.log", "w"),
+                               stderr=subprocess.STDOUT)
+        procs.append(ref)
+        ref_url = f"http://127.0.0.1:{port}/retrieve"
+        try:
+            wait_http(ref_url, ref, 600, warm[-1:])
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {(work / 'searchr1.log').read_text()[-3000:]}") from None
         out["searchr1_startup_s"] = time.time() - t0
-        post(url, qs[-8:], a.topk)
-        out["searchr1"] = measure_server(url, batches, a.topk)
-    finally:
-        stop(proc)
 
-    addr = work / "medret.addr"
-    t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "medret.cli", "serve", "--corpus", a.corpus, "--retriever", a.model,
-                             "--pooling", a.pooling, "--address-file", str(addr), "--log-level", "warning"],
-                            env=env_with(str(ROOT)), stdout=open(work / "medret.log", "w"), stderr=subprocess.STDOUT)
-    try:
+        addr = work / "medret.addr"
+        t0 = time.time()
+        med = subprocess.Popen([sys.executable, "-m", "medret.cli", "serve", "--corpus", a.corpus, "--retriever",
+                                a.model, "--pooling", a.pooling, "--address-file", str(addr), "--log-level",
+                                "warning"], env=env_with(str(ROOT)), stdout=open(work / "medret.log", "w"),
+                               stderr=subprocess.STDOUT)
+        procs.append(med)
         while not addr.exists():
-            if proc.poll() is not None:
+            if med.poll() is not None:
                 raise RuntimeError((work / "medret.log").read_text()[-2000:])
             time.sleep(0.05)
-        url = f"http://{addr.read_text().strip()}/retrieve"
-        wait_http(url, proc, 600, qs[-1:])
+        med_url = f"http://{addr.read_text().strip()}/retrieve"
+        wait_http(med_url, med, 600, warm[-1:])
         out["medret_startup_s"] = time.time() - t0
-        post(url, qs[-8:], a.topk)
-        out["medret_http"] = measure_server(url, batches, a.topk)
-    finally:
-        stop(proc)
-    from medret import get_retriever
 
-    r = get_retriever(a.corpus, a.model, pooling=a.pooling)
-    r.retrieve(qs[-8:], topk=a.topk)
-    lat = []
-    for b in batches:
-        t = time.perf_counter()
-        r.retrieve(b, topk=a.topk)
-        lat.append(time.perf_counter() - t)
-    out["medret_local"] = {"batch": a.batch, "runs": len(lat), "latencies_s": lat,
-                           "qps": a.batch * len(lat) / sum(lat)}
+        from medret import get_retriever
+
+        local = get_retriever(a.corpus, a.model, pooling=a.pooling)
+        post(ref_url, warm, a.topk)
+        post(med_url, warm, a.topk)
+        local.retrieve(warm, topk=a.topk)
+
+        lat: dict[str, list[float]] = {"searchr1": [], "medret_http": [], "medret_local": []}
+        runs = []
+        for i, b in enumerate(batches):  # same batch for every system; systems interleaved within the run
+            row = {"run": i + 1, "load1_before": load1()}
+            c = cpu_s(ref.pid)
+            dt, ref_res = post(ref_url, b, a.topk)
+            assert len(ref_res["result"]) == len(b)
+            row["searchr1_s"], row["searchr1_cpu_s"] = dt, cpu_s(ref.pid) - c
+            c = cpu_s(med.pid)
+            dt, res = post(med_url, b, a.topk)
+            assert len(res["result"]) == len(b)
+            row["medret_http_s"], row["medret_http_cpu_s"] = dt, cpu_s(med.pid) - c
+            row["same_top_ids"] = same_ids(ref_res["result"], res["result"])
+            c = cpu_s(os.getpid())
+            t = time.perf_counter()
+            res = local.retrieve(b, topk=a.topk)
+            assert len(res["result"]) == len(b)
+            row["medret_local_s"] = time.perf_counter() - t
+            row["medret_local_cpu_s"] = cpu_s(os.getpid()) - c
+            row["load1_after"] = load1()
+            for k in lat:
+                lat[k].append(row[f"{k}_s"])
+            runs.append(row)
+            print(json.dumps(row), flush=True)
+        out["runs"] = runs
+        local.close()
+    finally:
+        for p in reversed(procs):
+            stop(p)
+    for k, v in lat.items():
+        cpu = [r[f"{k}_cpu_s"] for r in runs]
+        out[k] = {"batch": a.batch, "runs": len(v), "latencies_s": v, "median_s": median(v),
+                  "qps": a.batch / median(v), "qps_mean": a.batch * len(v) / sum(v), "cpu_s": cpu,
+                  "median_cpu_s": median(cpu)}
     out["ratio_http"] = out["medret_http"]["qps"] / out["searchr1"]["qps"]
     out["ratio_local"] = out["medret_local"]["qps"] / out["searchr1"]["qps"]
+    out["ratio_http_per_run"] = [r["searchr1_s"] / r["medret_http_s"] for r in runs]
+    out["ratio_cpu_http"] = out["searchr1"]["median_cpu_s"] / out["medret_http"]["median_cpu_s"]
+    out["ratio_cpu_local"] = out["searchr1"]["median_cpu_s"] / out["medret_local"]["median_cpu_s"]
+    out["pooling"] = {"searchr1": _main_setting(src, "retrieval_pooling_method", "mean"), "medret": a.pooling}
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def _main_setting(src: str, name: str, default):
+    """The value Search-R1's ``__main__`` gives ``name=`` in its Config(...) call (its defaults otherwise)."""
+    import re
+
+    tail = src[src.index('if __name__ == "__main__":'):] if 'if __name__ == "__main__":' in src else src
+    m = re.search(rf"{name}\s*=\s*(\d+|\"\w+\")", tail)
+    return (m.group(1).strip('"') if m.group(1).startswith('"') else int(m.group(1))) if m else default
 
 
 # ---------------------------------------------------------------------------------------------- MedRAG
@@ -256,9 +382,16 @@ def run_medrag(a) -> dict:
     work = Path(tempfile.mkdtemp(prefix="vs-medrag-"))
     (work / "ncbi").mkdir()
     os.symlink(os.path.abspath(a.model), work / "ncbi" / "MedCPT-Query-Encoder")
-    qs = queries_for(str(db / "pubmed"), max(a.medrag_queries + 1, a.batch * a.runs + 8))
+    if (a.queries or "windows") == "pubmedqa":
+        if not a.pubmedqa:
+            raise SystemExit("--queries pubmedqa needs --pubmedqa (folder or ori_pqal.json)")
+        qs = pubmedqa_questions(a.pubmedqa)
+    else:
+        qs = queries_for(str(db / "pubmed"), max(a.medrag_queries + 1, a.batch * a.runs + 8))
+    batches = query_batches(qs, a.batch, a.runs, a.dup_ratio)
     (work / "q.json").write_text(json.dumps(qs[: a.medrag_queries + 1]))
-    out: dict = {"db_dir": str(db), "model": a.model, "topk": a.topk, "batch": a.batch}
+    out: dict = {"db_dir": str(db), "model": a.model, "topk": a.topk, "batch": a.batch,
+                 "queries": a.queries or "windows", "dup_ratio": a.dup_ratio}
     from medret import get_retriever
 
     for name in names:
@@ -279,7 +412,6 @@ def run_medrag(a) -> dict:
         r = get_retriever("PubMed", "MedCPT" if key == "medcpt" else "BM25", db_dir=str(db), **kwargs)
         r.retrieve(qs[-2:], topk=a.topk)
         out[f"medret_{key}_startup_s"] = time.perf_counter() - t  # includes building medret's BM25 index if absent
-        batches = [qs[i * a.batch:(i + 1) * a.batch] for i in range(a.runs)]
         lat = []
         for b in batches:
             t = time.perf_counter()
@@ -306,11 +438,20 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--topk", type=int, default=5)
+    ap.add_argument("--queries", choices=["windows", "pubmedqa"], default=None,
+                    help="query pool: PubMedQA's questions (default for searchr1; needs --pubmedqa) or 5-12-word "
+                         "windows of corpus snippets (default for medrag)")
+    ap.add_argument("--pubmedqa", default=None, help="PubMedQA folder or ori_pqal.json (for --queries pubmedqa)")
+    ap.add_argument("--dup-ratio", type=float, default=0.0,
+                    help="fraction of repeated queries per batch, in consecutive groups as medret bench builds "
+                         "them (0.8: groups of 5 share a query, like GRPO rollouts)")
     ap.add_argument("--medrag-queries", type=int, default=20)
     ap.add_argument("--retrievers", default="MedCPT,BM25", help="MedRAG retriever names to compare (MedCPT, BM25)")
     ap.add_argument("--tag", default="", help="suffix of the output file name")
     ap.add_argument("--out", default=os.environ.get("OUT", "vs-reference-out"))
     a = ap.parse_args(argv)
+    if not 0.0 <= a.dup_ratio < 1.0:
+        ap.error(f"--dup-ratio {a.dup_ratio} is invalid: a fraction from 0 (all distinct) to below 1")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     res = run_searchr1(a) if a.which == "searchr1" else run_medrag(a)
     res["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
