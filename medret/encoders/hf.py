@@ -174,8 +174,8 @@ class Encoder:
         order = np.argsort(-lengths, kind="stable")  # longest first: a too-large batch fails at once
         out = np.empty((n, part.dim), dtype=np.float32)
         with torch.inference_mode():
-            for s in range(0, n, batch_size):
-                idx = order[s : s + batch_size]
+            for idx in batches(lengths[order], batch_size, str(part.device) == "cpu"):
+                idx = order[idx]
                 width = int(lengths[idx[0]])
                 input_ids = np.full((len(idx), width), part.pad_id, dtype=np.int64)
                 mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -198,6 +198,35 @@ class Encoder:
                     vec = l2_normalize(vec)
                 out[idx] = vec.float().cpu().numpy()
         return out
+
+
+# CPU batches: a new batch starts where a text is this much shorter than the batch's longest (its padding)
+CPU_PAD_SHARE = 0.1
+CPU_MIN_ROWS = 8
+
+
+def batches(sorted_lengths: np.ndarray, batch_size: int, cpu: bool) -> list[slice]:
+    """Batches over texts sorted longest first: ``batch_size`` rows each; on CPU, where a forward pass costs in
+    proportion to its padded positions, also cut where a text's padding would exceed ``CPU_PAD_SHARE`` of the
+    batch's width (after at least ``CPU_MIN_ROWS`` rows). On a GPU a few large batches beat many exact ones:
+    padding there is nearly free next to per-batch launch costs.
+
+    Measured (Search-R1 comparison, PubMedQA questions, BERT-base, 2 cores): padded positions of batch 512 were
+    12.8-13.8k with plain 256-row batches against 9.3k summed lengths.
+    """
+    n = len(sorted_lengths)
+    out, start = [], 0
+    while start < n:
+        stop = min(n, start + batch_size)
+        if cpu:
+            floor = sorted_lengths[start] * (1 - CPU_PAD_SHARE)
+            # first position (after the minimum rows) whose text is shorter than the floor
+            cut = start + CPU_MIN_ROWS + int(np.argmax(sorted_lengths[start + CPU_MIN_ROWS:stop] < floor)) \
+                if stop - start > CPU_MIN_ROWS and sorted_lengths[stop - 1] < floor else stop
+            stop = min(stop, cut)
+        out.append(slice(start, stop))
+        start = stop
+    return out
 
 
 def _tokenize(part: _Part, first: list[str], second: list[str] | None, max_len: int) -> dict[str, list[list[int]]]:

@@ -144,3 +144,37 @@ def test_bad_inputs_and_empty(tiny_bert_dir):
         enc.encode_queries(["a"], batch_size=0)
     with pytest.raises(ConfigError, match=r"queries\[1\]"):
         enc.encode_queries(["a", None])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("cpu", [True, False])
+def test_batches_cover_every_text_once_and_bound_padding_on_cpu(cpu):
+    from medret.encoders.hf import CPU_MIN_ROWS, CPU_PAD_SHARE, batches
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        lengths = np.sort(rng.integers(1, 80, size=int(rng.integers(1, 700))))[::-1]
+        bs = int(rng.integers(1, 300))
+        got = batches(lengths, bs, cpu)
+        assert [i for b in got for i in range(b.start, b.stop)] == list(range(len(lengths)))  # in order, once
+        assert all(0 < b.stop - b.start <= bs for b in got)
+        if not cpu:  # GPU: fixed-size batches
+            assert [b.stop - b.start for b in got[:-1]] == [bs] * (len(got) - 1)
+            continue
+        for b, nxt in zip(got, got[1:] + [None]):
+            width = lengths[b.start]
+            tail = lengths[b.start + CPU_MIN_ROWS:b.stop]
+            assert (tail >= width * (1 - CPU_PAD_SHARE)).all()  # padding bounded past the minimum rows
+            if nxt is not None and b.stop - b.start < bs and b.stop - b.start > CPU_MIN_ROWS:
+                assert lengths[b.stop] < width * (1 - CPU_PAD_SHARE)  # cut only where the next would pad too much
+
+
+def test_cpu_length_cuts_do_not_change_vectors(tiny_bert_dir, hf, monkeypatch):
+    import medret.encoders.hf as hf_mod
+
+    _, hidden = hf
+    enc = make("contriever", tiny_bert_dir)
+    texts = [" ".join(["sepsis"] * n) for n in (1, 2, 3, 5, 8, 13, 21, 30)] + QUERIES
+    monkeypatch.setattr(hf_mod, "CPU_MIN_ROWS", 1)  # cut as often as the padding rule allows
+    got = enc.encode_queries(texts, batch_size=64)
+    for i, q in enumerate(texts):
+        np.testing.assert_allclose(got[i], hidden(q).mean(axis=0), rtol=1e-4, atol=1e-5)
