@@ -112,8 +112,11 @@ def padding_stats(tokenizer, batch: list[str], ref_max_len: int, ref_batch: int,
 
     ref = lengths(batch, ref_max_len)  # Search-R1: the batch as sent, padding=True within each encoder batch
     ref_padded = sum(len(ref[i:i + ref_batch]) * max(ref[i:i + ref_batch]) for i in range(0, len(ref), ref_batch))
+    from medret.encoders.hf import batches
+
     uniq = sorted(lengths(list(dict.fromkeys(batch)), medret_max_len), reverse=True)  # medret: dedupe, sort
-    med_padded = sum(len(uniq[i:i + medret_batch]) * uniq[i] for i in range(0, len(uniq), medret_batch))
+    # medret's own batch rule (CPU: cut where padding would exceed its share)
+    med_padded = sum((b.stop - b.start) * uniq[b.start] for b in batches(np.asarray(uniq), medret_batch, True))
     return {"queries": len(batch), "distinct": len(uniq), "tokens_sum": sum(ref), "tokens_mean": sum(ref) / len(ref),
             "tokens_max": max(ref), "searchr1_padded_tokens": ref_padded, "medret_padded_tokens": med_padded,
             "searchr1_padding_waste": 1 - sum(ref) / ref_padded, "padded_ratio": ref_padded / med_padded}
