@@ -245,6 +245,19 @@ def metric_of_faiss(index: Any) -> str:
     raise IndexBuildError(f"faiss index metric_type={mt!r} is not supported: medret handles inner product and L2")
 
 
+def flat_vectors(index: Any) -> np.ndarray | None:
+    """The ``(ntotal, d)`` float32 vectors of a plain flat faiss index (``IndexFlat``/``IP``/``L2``), in place
+    (memory-mapped when faiss mapped the file); ``None`` for any other index type or an empty one."""
+    faiss = _faiss()
+    ix = faiss.downcast_index(index)
+    if type(ix) not in (faiss.IndexFlat, faiss.IndexFlatIP, faiss.IndexFlatL2) or int(ix.ntotal) == 0:
+        return None
+    if ix.metric_type not in (faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2):
+        return None
+    n, d = int(ix.ntotal), int(ix.d)
+    return faiss.rev_swig_ptr(ix.get_xb(), n * d).reshape(n, d)
+
+
 def faiss_is_lossy(index: Any) -> bool:
     """Whether ``index`` scores candidates from compressed codes rather than the full float32 vectors.
 
@@ -345,6 +358,17 @@ class DenseIndex:
         # the file a memory-mapped faiss index was read from, and its (inode, size, mtime) then
         self._faiss_source: tuple[Path, tuple[int, int, int]] | None = None
         self._rerank_bounds: np.ndarray | None = None
+        self._flat_owner = None
+        flat = flat_vectors(faiss_index) if faiss_index is not None else None
+        if flat is not None:
+            # a plain flat faiss index (MedRAG's, or one written by faiss) is searched by the exact path over its
+            # vectors in place: 3.2x faiss's own flat search on 2 CPU cores (512 x 200k x 768), and it can move
+            # to a GPU or be sharded. The faiss object owns (or maps) that memory: keep it.
+            if metric_of_faiss(faiss_index) != metric:
+                raise IndexBuildError(f"the flat faiss index scores by {metric_of_faiss(faiss_index)!r}, not by "
+                                      f"metric={metric!r}: open it with metric={metric_of_faiss(faiss_index)!r}")
+            self._flat_owner, faiss_index, self.faiss_index = faiss_index, None, None
+            self.embeddings = [flat]
         if faiss_index is not None:
             if int(faiss_index.d) != self.dim:
                 raise IndexBuildError(f"faiss index dim={faiss_index.d} differs from dim={dim}")
@@ -421,13 +445,11 @@ class DenseIndex:
         search_params: dict[str, Any] | None = None,
         train_size: int | None = None,
         seed: int = 0,
-        exact_flat: bool | None = None,
         keep_vectors: bool | None = None,
     ) -> "DenseIndex":
         """Build an index from an in-memory (n, d) array.
 
-        ``flat`` uses faiss ``IndexFlatIP``/``IndexFlatL2`` for float32 arrays and the exact PyTorch path for
-        fp16 arrays (faiss stores float32 only); ``exact_flat`` forces either choice. ``keep_vectors`` (default:
+        ``flat`` is the exact path over ``emb`` itself (no copy). ``keep_vectors`` (default:
         when the faiss index is lossy) keeps a reference to ``emb`` (no copy) as the re-rank vectors.
         """
         if not isinstance(index_type, str) or not index_type.strip():
@@ -437,7 +459,7 @@ class DenseIndex:
             raise ConfigError(f"emb.shape={emb.shape} is invalid: expected a non-empty (n, d) array")
         n, d = emb.shape
         factory = factory_string(index_type, d, n)
-        if factory == "Flat" and (exact_flat or (exact_flat is None and emb.dtype != np.float32)):
+        if factory == "Flat":
             return cls(metric=metric, dim=d, index_type="flat", embeddings=[emb])
         index = new_faiss_index(d, metric, factory)
         train_faiss_index(index, lambda: iter([emb]), n, train_size=train_size, seed=seed)
@@ -451,10 +473,9 @@ class DenseIndex:
                    faiss_index=index, search_params=params, rerank_vectors=[emb] if keep_vectors else None)
 
     # ----------------------------------------------------------------- searching
-    def to(self, device: str) -> "DenseIndex":
-        """Make the exact backend's embeddings resident on ``device`` (one tensor, their dtype kept).
-
-        On ``cpu`` the embeddings stay memory-mapped. faiss indexes stay on CPU.
+    def to(self, device: str, half: bool = False) -> "DenseIndex":
+        """Make the exact backend's embeddings resident on ``device`` as one tensor, in fp16 if ``half``
+        (else their dtype kept). On ``cpu`` the embeddings stay memory-mapped. faiss indexes stay on CPU.
         """
         if self.embeddings is None or str(device) == "cpu":
             self.device = "cpu" if self.embeddings is None else str(device)
@@ -463,6 +484,8 @@ class DenseIndex:
 
         first = self.embeddings[0]
         dt = first.dtype if _is_tensor(first) else torch.from_numpy(np.zeros(0, dtype=first.dtype)).dtype
+        if half:
+            dt = torch.float16
         full = torch.empty((self.ntotal, self.dim), dtype=dt, device=device)
         off = 0
         for e in self.embeddings:

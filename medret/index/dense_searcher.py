@@ -59,7 +59,7 @@ class DenseSearcher:
         if has_medrag_embeddings(medrag) or has_medrag_faiss(medrag):
             log.info("using MedRAG's precomputed index %s", medrag)
             ix = open_medrag_index(medrag, sub, metric=self.spec.metric, cache_dir=own.parent)
-            return ix.to(self.device) if self.device != "cpu" else ix
+            return ix.to(self.device, half=fp16_storage(config, self.device)) if self.device != "cpu" else ix
         if not config.auto_build or len(sub) > AUTO_BUILD_MAX_ROWS:
             raise IndexBuildError(
                 f"no {self.spec.name} index for {source.name!r} (looked in {own} and MedRAG's {medrag}); build it "

@@ -77,10 +77,10 @@ def test_temp_memory_bound_chunking_matches(data):
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_faiss_flat_equals_brute_force_and_l2_is_negative_squared_distance(data, metric):
+def test_flat_equals_brute_force_and_l2_is_negative_squared_distance(data, metric):
     x, q = data
     idx = DenseIndex.build(x, metric, "flat")
-    assert idx.backend == "faiss"
+    assert idx.backend == "exact"
     s, r = idx.search(q, 8)
     bs, br = brute(x, q, 8, metric)
     np.testing.assert_array_equal(r, br)
@@ -89,6 +89,31 @@ def test_faiss_flat_equals_brute_force_and_l2_is_negative_squared_distance(data,
         assert (s <= 0).all()
         d0 = ((q[0] - x[r[0, 0]]) ** 2).sum()
         assert s[0, 0] == pytest.approx(-d0, rel=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_a_flat_faiss_file_is_searched_in_place_by_the_exact_path(data, tmp_path, metric):
+    """MedRAG ships IndexFlatIP files: medret maps them and searches their vectors itself (faster, GPU-able),
+    with faiss's own answer."""
+    import faiss
+
+    from medret.index.dense import read_faiss_index
+
+    x, q = data
+    ref = faiss.IndexFlatIP(x.shape[1]) if metric == "ip" else faiss.IndexFlatL2(x.shape[1])
+    ref.add(x)
+    faiss.write_index(ref, str(tmp_path / "flat.index"))
+    idx = DenseIndex(metric=metric, dim=x.shape[1], index_type="flat",
+                     faiss_index=read_faiss_index(tmp_path / "flat.index"))
+    assert idx.backend == "exact" and idx.faiss_index is None and idx.ntotal == len(x)
+    np.testing.assert_array_equal(idx.embeddings[0], x)
+    s, r = idx.search(q, 6)
+    fd, fr = ref.search(q, 6)
+    np.testing.assert_array_equal(r, fr)
+    np.testing.assert_allclose(s, fd if metric == "ip" else -fd, rtol=1e-4, atol=1e-3)
+    other = "l2" if metric == "ip" else "ip"
+    with pytest.raises(IndexBuildError, match=f"open it with metric='{metric}'"):
+        DenseIndex(metric=other, dim=x.shape[1], index_type="flat", faiss_index=read_faiss_index(tmp_path / "flat.index"))
 
 
 def test_fp16_flat_uses_exact_backend(data):

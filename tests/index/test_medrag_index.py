@@ -100,7 +100,8 @@ def test_faiss_and_embeddings_paths_agree_and_prefer(tmp_path):
     q = np.random.default_rng(1).standard_normal((4, DIM)).astype(np.float32)
     a = open_medrag_index(idx_dir, store, prefer="faiss")
     b = open_medrag_index(idx_dir, store, prefer="embeddings")
-    assert a.backend == "faiss" and b.backend == "exact"
+    # MedRAG's faiss.index is an IndexFlatIP: its vectors are searched in place by the exact path too
+    assert a.backend == b.backend == "exact" and a._flat_owner is not None and b._flat_owner is None
     np.testing.assert_array_equal(a.search(q, 4)[1], b.search(q, 4)[1])
 
 

@@ -121,7 +121,7 @@ def test_shards_as_ray_actors_equal_unsharded_and_dense_index(ray_cluster):
             ss, sr = idx.search(Q, k)
             us, ur = exact_topk_slice(X, Q, k, 0, block=256)
             assert np.array_equal(sr, ur) and np.array_equal(ss, us)
-            ds, dr = DenseIndex.build(X, exact_flat=True).search(Q, k)
+            ds, dr = DenseIndex.build(X).search(Q, k)
             assert np.array_equal(sr, dr)
             np.testing.assert_allclose(ss, ds, rtol=1e-5, atol=1e-5)
         # with ties: still equal to the brute force definition
