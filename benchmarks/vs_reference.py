@@ -339,14 +339,15 @@ t = time.perf_counter()
 rs = RetrievalSystem(sys.argv[4], "PubMed", sys.argv[2])
 startup = time.perf_counter() - t
 rs.retrieve(qs[0], k=int(sys.argv[5]))
-lat, hits = [], []
+lat, hits, ids = [], [], []
 for q in qs[1:]:
     t = time.perf_counter()
     texts, scores = rs.retrieve(q, k=int(sys.argv[5]))
     lat.append(time.perf_counter() - t)
     hits.append(len(texts))
+    ids.append([d["id"] for d in texts])
 print(json.dumps({"startup_s": startup, "n": len(lat), "latencies_s": lat, "qps": len(lat) / sum(lat),
-                  "hits_per_query_min": min(hits), "hits_per_query_mean": sum(hits) / len(hits)}))
+                  "hits_per_query_min": min(hits), "hits_per_query_mean": sum(hits) / len(hits), "ids": ids}))
 """
 
 
@@ -402,6 +403,7 @@ def run_medrag(a) -> dict:
         if key == "medcpt":
             emb_dir = build_placeholder_index(str(db / "pubmed"), a.model, a.pooling)
             write_medrag_index(db, emb_dir)
+        out[f"medrag_{key}_load1_before"] = load1()
         t = time.perf_counter()
         p = subprocess.run([sys.executable, "-c", MEDRAG_LOOP, str(Path(a.medrag) / "src"), str(db),
                             str(work / "q.json"), name, str(a.topk)], cwd=work, env=env_with(a.ref_site),
@@ -410,18 +412,34 @@ def run_medrag(a) -> dict:
             raise SystemExit(f"MedRAG {name} failed: {p.stderr[-3000:]}")
         out[f"medrag_{key}"] = json.loads(p.stdout.strip().splitlines()[-1])
         out[f"medrag_{key}"]["process_s"] = time.perf_counter() - t
+        out[f"medrag_{key}_load1_after"] = load1()
+        ref_ids = out[f"medrag_{key}"].pop("ids")
         t = time.perf_counter()
         kwargs = {"query_model": a.model} if key == "medcpt" else {}
         r = get_retriever("PubMed", "MedCPT" if key == "medcpt" else "BM25", db_dir=str(db), **kwargs)
         r.retrieve(qs[-2:], topk=a.topk)
         out[f"medret_{key}_startup_s"] = time.perf_counter() - t  # includes building medret's BM25 index if absent
-        lat = []
+        out[f"medret_{key}_info"] = r.info()
+        eng = getattr(getattr(r, "transport", None), "engine", None)  # which search path medret took (local only)
+        if eng is not None:
+            out[f"medret_{key}_indexes"] = [{"index_type": getattr(ix, "index_type", None),
+                                             "backend": getattr(ix, "backend", None), "rows": len(ix.row_map)
+                                             if getattr(ix, "row_map", None) is not None else None}
+                                            for s in eng.searchers for _, ix in getattr(s, "indexes", [])]
+        med = r.retrieve(qs[1: len(ref_ids) + 1], topk=a.topk)["result"]  # the questions MedRAG answered
+        med_ids = [[h["document"]["id"] for h in hits] for hits in med]
+        out[f"same_top_ids_{key}"] = sum(set(x) == set(y) for x, y in zip(ref_ids, med_ids)) / max(1, len(ref_ids))
+        out[f"same_top_order_{key}"] = sum(x == y for x, y in zip(ref_ids, med_ids)) / max(1, len(ref_ids))
+        lat, loads = [], []
         for b in batches:
+            l0 = load1()
             t = time.perf_counter()
             r.retrieve(b, topk=a.topk)
             lat.append(time.perf_counter() - t)
-        out[f"medret_{key}"] = {"batch": a.batch, "runs": len(lat), "latencies_s": lat,
-                                "qps": a.batch * len(lat) / sum(lat)}
+            loads.append([l0, load1()])
+            print(json.dumps({"medret": key, "run": len(lat), "s": lat[-1], "load1": loads[-1]}), flush=True)
+        out[f"medret_{key}"] = {"batch": a.batch, "runs": len(lat), "latencies_s": lat, "load1_before_after": loads,
+                                "qps": a.batch * len(lat) / sum(lat), "qps_median": a.batch / median(lat)}
         out[f"ratio_{key}"] = out[f"medret_{key}"]["qps"] / out[f"medrag_{key}"]["qps"]
         r.close()
     shutil.rmtree(work, ignore_errors=True)
