@@ -194,7 +194,9 @@ def _sharded_engine(cfg: RetrieverConfig, name: str, shard_options: list[dict[st
             else:
                 import numpy as np
 
-                emb = np.concatenate([np.asarray(e) for e in ix.embeddings], axis=0)
+                # one segment (e.g. a flat faiss file's vectors, in place) is handed on without a copy
+                emb = (np.asarray(ix.embeddings[0]) if len(ix.embeddings) == 1
+                       else np.concatenate([np.asarray(e) for e in ix.embeddings], axis=0))
                 sh = ShardedDenseIndex.over_actors(emb, cfg.ray_shards, metric=ix.metric, devices=devices,
                                                    actor_options=opts, row_map=ix.row_map, block=block)
             sharded.append(sh)
