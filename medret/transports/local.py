@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from medret.api import without_scores
 from medret.config import RetrieverConfig
 from medret.engine import Engine
 
@@ -19,9 +18,6 @@ class LocalTransport:
     def search(self, queries: list[str], k: int) -> list[list[dict]]:
         with self._lock:
             return self.engine.scored(queries, k)
-
-    def retrieve(self, queries: list[str], k: int, return_scores: bool) -> dict:
-        return {"result": without_scores(self.search(queries, k), drop=not return_scores)}
 
     def info(self) -> dict[str, Any]:
         return self.engine.info()
