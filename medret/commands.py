@@ -23,6 +23,10 @@ def add_retriever_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--doc-model", default=None, help="local path overriding the document encoder")
     g.add_argument("--batch-size", type=int, default=256, help="encoder batch size")
     g.add_argument("--rrf-k", type=int, default=100, help="RRF constant k (MedRAG uses 100)")
+    g.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (faiss IVF indexes)")
+    g.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (faiss HNSW indexes)")
+    g.add_argument("--rerank", type=int, default=None,
+                   help="lossy indexes (IVF-PQ): re-score k x RERANK candidates exactly (default 10; 0 = off)")
 
 
 def config_from_args(args: argparse.Namespace, **extra):
@@ -32,7 +36,7 @@ def config_from_args(args: argparse.Namespace, **extra):
         corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, device=args.device,
         gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback, pooling=args.pooling,
         query_model=args.query_model, doc_model=args.doc_model, batch_size=args.batch_size, rrf_k=args.rrf_k,
-        **extra))
+        nprobe=args.nprobe, ef_search=args.ef_search, rerank=args.rerank, **extra))
 
 
 def register(sub) -> None:

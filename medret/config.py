@@ -37,6 +37,11 @@ class RetrieverConfig:
     pooling: str | None = None
     batch_size: int = 256
     fp16: bool | None = None
+    # approximate dense indexes (faiss): IVF lists probed, HNSW search depth, exact re-rank factor of lossy
+    # indexes (0 = off); None = the index's own defaults (nprobe ~ nlist/16, efSearch 128, rerank 10)
+    nprobe: int | None = None
+    ef_search: int | None = None
+    rerank: int | None = None
     # fusion
     rrf_k: int = 100
     fusion_depth: int | None = None
@@ -66,6 +71,11 @@ class RetrieverConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "retries" else 1):
                 raise ConfigError(f"{name}={v!r} is invalid: it must be a positive whole number")
+        for name in ("nprobe", "ef_search", "rerank"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "rerank" else 1)):
+                raise ConfigError(f"{name}={v!r} is invalid: a {'non-negative' if name == 'rerank' else 'positive'} "
+                                  "whole number, or None for the index's default")
         if self.fusion_depth is not None and (not isinstance(self.fusion_depth, int) or self.fusion_depth < 1):
             raise ConfigError(f"fusion_depth={self.fusion_depth!r} is invalid: a positive whole number or None")
         if self.gpu_id is not None and (not isinstance(self.gpu_id, int) or isinstance(self.gpu_id, bool)

@@ -160,7 +160,7 @@ class Server:
                 "--log-level", "warning", "--corpus", kwargs["corpus_name"], "--retriever", kwargs["retriever_name"]]
         flags = {"db_dir": "--db-dir", "device": "--device", "gpu_id": "--gpu-id", "pooling": "--pooling",
                  "query_model": "--query-model", "doc_model": "--doc-model", "batch_size": "--batch-size",
-                 "rrf_k": "--rrf-k"}
+                 "rrf_k": "--rrf-k", "nprobe": "--nprobe", "ef_search": "--ef-search", "rerank": "--rerank"}
         for key, flag in flags.items():
             if kwargs.get(key) is not None:
                 args += [flag, str(kwargs[key])]

@@ -53,12 +53,14 @@ class DenseSearcher:
         from medret.index.medrag import has_medrag_embeddings, has_medrag_faiss, medrag_index_dir, open_medrag_index
 
         own = source.index_dir(self.spec.slug)
+        params = {"nprobe": config.nprobe, "ef_search": config.ef_search, "rerank": config.rerank}
         if read_manifest(own) is not None:
-            return load_dense_index(own, sub, self.spec, device=self.device, corpus_name=corpus_name)
+            return load_dense_index(own, sub, self.spec, device=self.device, corpus_name=corpus_name, **params)
         medrag = medrag_index_dir(source.root, self.spec)
         if has_medrag_embeddings(medrag) or has_medrag_faiss(medrag):
             log.info("using MedRAG's precomputed index %s", medrag)
             ix = open_medrag_index(medrag, sub, metric=self.spec.metric, cache_dir=own.parent)
+            ix.set_search_params(**params)
             return ix.to(self.device, half=fp16_storage(config, self.device)) if self.device != "cpu" else ix
         if not config.auto_build or len(sub) > AUTO_BUILD_MAX_ROWS:
             raise IndexBuildError(
@@ -68,7 +70,7 @@ class DenseSearcher:
         build_dense_index(sub, self.spec, own, device=self.device, batch_size=self.batch_size,
                           fp16_storage=fp16_storage(config, self.device), progress=progress,
                           encoder=self.encoder, corpus_name=corpus_name)
-        return load_dense_index(own, sub, self.spec, device=self.device, corpus_name=corpus_name)
+        return load_dense_index(own, sub, self.spec, device=self.device, corpus_name=corpus_name, **params)
 
     def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         q = self.encoder.encode_queries(queries, batch_size=self.batch_size)

@@ -35,7 +35,7 @@ RESOURCE = "medret_retriever"
 # settings that change which documents come back; they make the actor's name (and nothing else does)
 # what changes results, and what changes where and how the actor runs (a sharded or GPU actor is another actor)
 _IDENTITY_FIELDS = ("corpus_name", "retriever_name", "db_dir", "query_model", "doc_model", "pooling", "rrf_k",
-                    "fusion_depth", "device", "fp16", "ray_num_gpus", "ray_shards")
+                    "fusion_depth", "device", "fp16", "ray_num_gpus", "ray_shards", "nprobe", "ef_search", "rerank")
 
 
 def job_id() -> str:
