@@ -21,6 +21,8 @@ from medret.index.select import select_topk, select_topk_rows
 
 log = logging.getLogger(__name__)
 K1, B, METHOD = 1.2, 0.75, "lucene"
+# the query tokenizer caches every distinct word it has seen (word -> stem, word -> id); cleared past this size
+WORD_CACHE_MAX = 1_000_000
 
 
 def text_of(doc: dict) -> str:
@@ -46,8 +48,10 @@ class BM25Index:
             raise IndexBuildError(f"BM25 index {self.folder} is missing or damaged ({e}); rebuild it with "
                                   f"`medret index build --retriever BM25 --rebuild`") from None
         self._tok = _tokenizer()
-        # query words map to the index's stems; unknown stems are dropped (update_vocab=False)
-        self._tok.stem_to_sid = dict(self.model.vocab_dict)
+        # query words map to the index's stems; unknown stems are dropped. With update_vocab=False the tokenizer
+        # only reads this dict, so it is the index's own (MedCorp's vocabulary is tens of millions of stems: a
+        # copy would double the largest object of the process)
+        self._tok.stem_to_sid = self.model.vocab_dict
         self._empty = self.model.vocab_dict.get("", -1)
         sc = self.model.scores  # CSC over terms: term t's postings are indices/data[indptr[t]:indptr[t+1]]
         # plain ndarray views of the (memory-mapped) arrays: slicing a np.memmap costs ~1 µs of Python per slice
@@ -60,7 +64,11 @@ class BM25Index:
         return self.manifest["store_checksum"]
 
     def tokenize(self, queries: list[str]) -> list[list[int]]:
-        ids = self._tok.tokenize(queries, update_vocab=False, return_as="ids", show_progress=False)
+        tok = self._tok
+        ids = tok.tokenize(queries, update_vocab=False, return_as="ids", show_progress=False)
+        if len(tok.word_to_stem) > WORD_CACHE_MAX:  # its per-word caches would grow for the whole job
+            tok.word_to_stem.clear()
+            tok.word_to_id.clear()
         return [[i for i in q if i != self._empty] for q in ids]
 
     def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:

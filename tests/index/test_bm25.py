@@ -108,3 +108,20 @@ def test_posting_scorer_equals_bm25s_full_scores_on_a_tie_heavy_corpus(tmp_path,
     again = index.search(queries, 10)
     first = index.search(queries, 10)
     assert np.array_equal(again[1], first[1]) and again[0].tobytes() == first[0].tobytes()
+
+
+def test_query_tokenizer_shares_the_vocabulary_and_bounds_its_word_caches(bm25, monkeypatch):
+    import medret.index.bm25 as bm25_mod
+
+    index, texts = bm25
+    assert index._tok.stem_to_sid is index.model.vocab_dict  # no copy of the index's vocabulary
+    queries = ["sepsis mortality in elderly ICU patients", "kidney injury creatinine"]
+    before = index.search(queries, 5)
+    vocab = dict(index.model.vocab_dict)
+    monkeypatch.setattr(bm25_mod, "WORD_CACHE_MAX", 10)
+    for i in range(30):  # distinct unknown words fill the caches; past the cap they are cleared
+        index.search([f"zzword{i} qqword{i} sepsis"], 3)
+        assert len(index._tok.word_to_stem) <= 10 + 3
+    after = index.search(queries, 5)
+    assert before[1].tolist() == after[1].tolist() and before[0].tobytes() == after[0].tobytes()
+    assert index.model.vocab_dict == vocab  # unknown query words never enter the index's vocabulary
