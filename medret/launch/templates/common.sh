@@ -281,6 +281,11 @@ medret_print_cmd() { # the command, copy-pastable: one --flag value or hydra key
     printf '%s\n' "$line"
 }
 
+medret_print_run_cmd() { # dry run: the smoke or training command this job would run, copy-pastable
+    if [ "$MEDRET_MODE" = smoke ]; then medret_build_smoke_cmd; medret_print_cmd "${SMOKE_CMD[@]}"
+    else medret_build_train_cmd; medret_print_cmd "${TRAIN_CMD[@]}"; fi
+}
+
 # Run the main command in the background and wait, so TERM/INT reach the trap at once.
 medret_run_main() {
     local rc=0

@@ -55,8 +55,7 @@ medret_main() {
     if [ "$DRY_RUN" = 1 ]; then
         RETRIEVER_URL="http://127.0.0.1:<port from $RUN_DIR/ready-${nodes[0]}>"
         medret_log "dry run: would start \`${MEDRET[*]} serve --port 0 --address-file ...\` on each node, wait on /health (${HEALTH_TIMEOUT}s), then run:"
-        if [ "$MEDRET_MODE" = smoke ]; then medret_build_smoke_cmd; medret_print_cmd "${SMOKE_CMD[@]}"
-        else medret_build_train_cmd; medret_print_cmd "${TRAIN_CMD[@]}"; fi
+        medret_print_run_cmd
         return 0
     fi
     SERVE_PIDS=()

@@ -24,8 +24,7 @@ medret_main() {
     if [ "$DRY_RUN" = 1 ]; then
         RAY_ADDRESS="$HEAD_IP:$RAY_PORT"
         medret_log "dry run: would start Ray (head $RAY_ADDRESS, $raylets raylets), \`${MEDRET[*]} ray up\` the retriever actor, then run:"
-        if [ "$MEDRET_MODE" = smoke ]; then medret_build_smoke_cmd; medret_print_cmd "${SMOKE_CMD[@]}"
-        else medret_build_train_cmd; medret_print_cmd "${TRAIN_CMD[@]}"; fi
+        medret_print_run_cmd
         return 0
     fi
     medret_start_raylet medret_ray_trainer_task head 0
