@@ -206,6 +206,16 @@ medret_start_raylet() { # like medret_start_bg, and medret_wait_ray watches it
     RAY_PIDS+=("$LAST_PID")
 }
 
+medret_start_trainer_ray() { # trainer nodes, this one first: Ray head here, a trainer raylet on each of the others
+    local -a tnodes=("$@")
+    local i
+    medret_start_raylet medret_ray_trainer_task head 0
+    medret_wait_ray 1
+    for ((i = 1; i < ${#tnodes[@]}; i++)); do
+        medret_start_raylet medret_on_node "${tnodes[$i]}" "medret_ray_trainer_task worker $i"
+    done
+}
+
 medret_wait_ray() { # expected raylet count; fails at once if a raylet this job started exits
     local wpid pid f
     medret_log "waiting for $1 Ray node(s) at $HEAD_IP:$RAY_PORT"

@@ -71,11 +71,7 @@ medret_main() {
         medret_log "done"
         return 0
     fi
-    medret_start_raylet medret_ray_trainer_task head 0
-    medret_wait_ray 1
-    for ((i = 1; i < ${#nodes[@]}; i++)); do
-        medret_start_raylet medret_on_node "${nodes[$i]}" "medret_ray_trainer_task worker $i"
-    done
+    medret_start_trainer_ray "${nodes[@]}"
     medret_wait_ray "${#nodes[@]}"
     medret_build_train_cmd
     medret_run_main "${TRAIN_CMD[@]}" || medret_fail "training exited with status $?"

@@ -27,11 +27,7 @@ medret_main() {
         medret_print_run_cmd
         return 0
     fi
-    medret_start_raylet medret_ray_trainer_task head 0
-    medret_wait_ray 1
-    for ((i = 1; i < ${#trainers[@]}; i++)); do
-        medret_start_raylet medret_on_node "${trainers[$i]}" "medret_ray_trainer_task worker $i"
-    done
+    medret_start_trainer_ray "${trainers[@]}"
     if [ "$n" -ge 2 ]; then
         medret_start_raylet medret_on_node "$RETRIEVER_HOST" "medret_ray_retriever_task worker $((n - 1))"
     else
