@@ -12,6 +12,7 @@ from medret.errors import MedretError
 # Each module defines register(subparsers); its handlers take the parsed args and return an exit code.
 COMMANDS = [
     "medret.commands",
+    "medret.encoders.models_cli",
     "medret.launch.cli",
     "medret.doctor_cli",
     "medret.recipes.kare.cli",
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # libraries that set their own logger to DEBUG (bm25s) stay quiet
         handler.setLevel(level)
+    # huggingface_hub prints through its own handler and also passes each record up to ours: each warning twice
+    logging.getLogger("huggingface_hub").propagate = False
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

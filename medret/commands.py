@@ -21,6 +21,9 @@ def add_retriever_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pooling", choices=["cls", "mean"], default=None, help="pooling of a local model folder")
     g.add_argument("--query-model", default=None, help="local path overriding the query encoder")
     g.add_argument("--doc-model", default=None, help="local path overriding the document encoder")
+    g.add_argument("--models-dir", default=None, metavar="DIR",
+                   help="folder of models saved by `medret models download` (DIR/<model id>); "
+                        "default $MEDRET_MODELS_DIR, else ~/.cache/medret/models")
     g.add_argument("--batch-size", type=int, default=256, help="encoder batch size")
     g.add_argument("--rrf-k", type=int, default=100, help="RRF constant k (MedRAG uses 100)")
     g.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (faiss IVF indexes)")
@@ -35,8 +38,8 @@ def config_from_args(args: argparse.Namespace, **extra):
     return RetrieverConfig.from_mapping(dict(
         corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, device=args.device,
         gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback, pooling=args.pooling,
-        query_model=args.query_model, doc_model=args.doc_model, batch_size=args.batch_size, rrf_k=args.rrf_k,
-        nprobe=args.nprobe, ef_search=args.ef_search, rerank=args.rerank, **extra))
+        query_model=args.query_model, doc_model=args.doc_model, models_dir=args.models_dir,
+        batch_size=args.batch_size, rrf_k=args.rrf_k, nprobe=args.nprobe, ef_search=args.ef_search, rerank=args.rerank, **extra))
 
 
 def register(sub) -> None:

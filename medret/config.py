@@ -34,6 +34,9 @@ class RetrieverConfig:
     # encoders: local model paths override the hub names of the retriever's spec
     query_model: str | None = None
     doc_model: str | None = None
+    # folder of downloaded models, <models_dir>/<model id> (`medret models download`); None: $MEDRET_MODELS_DIR,
+    # else $MEDRET_CACHE/models. Read when a model is loaded; see medret.encoders.locate
+    models_dir: str | None = None
     pooling: str | None = None
     batch_size: int = 256
     fp16: bool | None = None
@@ -117,8 +120,9 @@ class RetrieverConfig:
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ConfigError(f"unknown retriever option(s) {unknown}: valid options are {sorted(valid)}")
-        if data.get("db_dir") is not None:
-            data["db_dir"] = os.fspath(data["db_dir"])
+        for key in ("db_dir", "models_dir"):
+            if data.get(key) is not None:
+                data[key] = os.fspath(data[key])
         if data.get("gpu_id") is not None and isinstance(data["gpu_id"], str) and data["gpu_id"].isdigit():
             data["gpu_id"] = int(data["gpu_id"])
         return cls(**data)

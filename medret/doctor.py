@@ -70,6 +70,7 @@ class DoctorOptions:
                      "db_dir": (args.db_dir, None), "device": (args.device, None), "gpu_id": (args.gpu_id, None),
                      "allow_cpu_fallback": (args.allow_cpu_fallback, False), "pooling": (args.pooling, None),
                      "query_model": (args.query_model, None), "doc_model": (args.doc_model, None),
+                     "models_dir": (args.models_dir, None),
                      "batch_size": (args.batch_size, 256), "rrf_k": (args.rrf_k, 100),
                      "backend": (args.backend, None), "url": (args.url, None),
                      "address_file": (args.address_file, None)}
@@ -556,7 +557,10 @@ def _cuda_free(idx: int) -> int:
 # Encoder, test query
 
 
-def check_encoder(config: Any) -> list[Check]:
+def check_encoder(config: Any, ready: bool = True) -> list[Check]:
+    """Every model of every dense part: where it would load from, that it loads and encodes. The query model's
+    lines are ``encoder``; a separate document model's are ``doc-encoder`` (needed to build an index, so a missing
+    one fails only while an index still has to be built)."""
     from medret.engine import retriever_parts
 
     if config.backend not in ("local", "ray"):
@@ -567,11 +571,12 @@ def check_encoder(config: Any) -> list[Check]:
         return []
     if not parts:
         return [Check("encoder", OK, "encoder: none needed (BM25)")]
-    from medret.encoders.hf import model_location
+    from medret.encoders.locate import model_location
     from medret.encoders.specs import resolve_spec
 
-    out = []
+    out: list[Check] = []
     device = _device_or_none(config) or "cpu"
+    hub: list[str | None] = []  # the hub's reachability, asked at most once
     for part in parts:
         try:
             spec = resolve_spec(part, pooling=config.pooling)
@@ -579,34 +584,52 @@ def check_encoder(config: Any) -> list[Check]:
             out.append(Check("encoder", FAIL, f"encoder {part!r} cannot be configured", str(e),
                              "give --pooling cls|mean for a local model folder"))
             continue
-        loc = model_location(spec.query_model, config.query_model)
-        state = _model_availability(loc)
-        if state == "missing-offline":
-            out.append(Check("encoder", FAIL, f"encoder {spec.name}: {loc} is not in the Hugging Face cache and "
-                             "HF_HUB_OFFLINE is set", f"cache: {_hf_cache()}",
-                             f"on a node with internet: `hf download {loc}` (same HF_HOME), or give a local folder "
-                             "with --query-model / --doc-model, or set MEDRET_MODELS_DIR"))
-            continue
-        if state == "missing-online":
-            out.append(Check("encoder", WARN, f"encoder {spec.name}: {loc} is not cached yet",
-                             "it will be downloaded on first use; compute nodes without internet need it cached",
-                             f"`hf download {loc}` on a login node (same HF_HOME), then HF_HUB_OFFLINE=1 on jobs"))
-            continue
-        try:
-            from medret.encoders.hf import Encoder
-
-            t0 = time.perf_counter()
-            enc = Encoder(spec, device, fp16=config.fp16, query_model_path=config.query_model,
-                          doc_model_path=config.doc_model)
-            vec = enc.encode_queries(["doctor test"], batch_size=1)
-            dt = time.perf_counter() - t0
-        except Exception as e:  # noqa: BLE001 - report whatever the loader raised
-            out.append(Check("encoder", FAIL, f"encoder {spec.name} does not load from {loc}", str(e),
-                             "fix the model path, or download the model into the cache"))
-            continue
-        out.append(Check("encoder", OK, f"encoder {spec.name} loads from {loc} on {device} (dim {vec.shape[-1]}, "
-                         f"{dt:.1f}s)", state))
+        qloc = model_location(spec.query_model, config.query_model, config.models_dir)
+        dloc = model_location(spec.doc_model, config.doc_model, config.models_dir)
+        roles = [("query", spec.query_model, qloc)] + ([("doc", spec.doc_model, dloc)] if dloc != qloc else [])
+        for role, model, loc in roles:
+            out.append(_model_check(spec, role, model, loc, config, device, ready, hub, shared=len(roles) == 1))
     return out
+
+
+def _model_check(spec: Any, role: str, model: str, loc: str, config: Any, device: str, ready: bool,
+                 hub: list[str | None], shared: bool) -> Check:
+    from medret.encoders.locate import hub_problem, offline_fix
+
+    key = "encoder" if role == "query" else "doc-encoder"
+    what = (f"encoder {spec.name}" if shared else
+            f"{'query' if role == 'query' else 'document'} encoder {spec.name}")
+    # a missing document model matters only while an index still has to be built
+    miss = FAIL if role == "query" or not ready else WARN
+    use = "" if role == "query" else " (needed to build or rebuild an index; searching a built one does not load it)"
+    state = _model_availability(loc)
+    if state == "missing-offline":
+        return Check(key, miss, f"{what}: {loc} is not in the Hugging Face cache and HF_HUB_OFFLINE is set" + use,
+                     f"cache: {_hf_cache()}", offline_fix(spec.name))
+    if state == "missing-online":
+        if not hub:
+            hub.append(hub_problem(loc))
+        if hub[0] is not None:
+            return Check(key, miss, f"{what}: {loc} is not downloaded and the hub cannot be reached" + use,
+                         hub[0], offline_fix(spec.name))
+        return Check(key, WARN, f"{what}: {loc} is not downloaded yet" + use,
+                     "it will be downloaded on first use; compute nodes without internet need it beforehand",
+                     offline_fix(spec.name))
+    try:
+        from medret.encoders.hf import Encoder
+
+        t0 = time.perf_counter()
+        paths = {"query_model_path": loc} if role == "query" else {"doc_model_path": loc}
+        enc = Encoder(spec, device, fp16=config.fp16, load_query=role == "query", **paths)
+        if role == "query":
+            vec = enc.encode_queries(["doctor test"], batch_size=1)
+        else:
+            vec = enc.encode_docs([{"title": "doctor", "content": "test"}], batch_size=1)
+        dt = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - report whatever the loader raised
+        return Check(key, FAIL, f"{what} does not load from {loc}", str(e),
+                     "fix the model path, or download the model again: " + offline_fix(spec.name))
+    return Check(key, OK, f"{what} loads from {loc} on {device} (dim {vec.shape[-1]}, {dt:.1f}s)", state)
 
 
 def _hf_cache() -> str:
@@ -803,7 +826,7 @@ def run_checks(opts: DoctorOptions) -> list[Check]:
         needs_, ready = (res[1], res[2]) if res else ([], False)
         add(check_memory, needs_, key="memory")
         if opts.search:
-            add(check_encoder, config, key="encoder")
+            add(check_encoder, config, ready, key="encoder")
     else:
         ready = True
     add(check_server, config.url if config else None, config.address_file if config else None, key="server")

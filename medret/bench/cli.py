@@ -115,6 +115,7 @@ def cmd_bench(args) -> int:
         queries = read_queries_file(args.queries)
     options = {k: v for k, v in dict(device=args.device, gpu_id=args.gpu_id, pooling=args.pooling,
                                      query_model=args.query_model, doc_model=args.doc_model,
+                                     models_dir=args.models_dir,
                                      batch_size=args.batch_size, rrf_k=args.rrf_k, nprobe=args.nprobe,
                                      ef_search=args.ef_search, rerank=args.rerank).items() if v is not None}
     if args.allow_cpu_fallback:

@@ -159,7 +159,8 @@ class Server:
         args = [sys.executable, "-m", "medret.cli", "serve", "--address-file", self.address_file, "--port", "0",
                 "--log-level", "warning", "--corpus", kwargs["corpus_name"], "--retriever", kwargs["retriever_name"]]
         flags = {"db_dir": "--db-dir", "device": "--device", "gpu_id": "--gpu-id", "pooling": "--pooling",
-                 "query_model": "--query-model", "doc_model": "--doc-model", "batch_size": "--batch-size",
+                 "query_model": "--query-model", "doc_model": "--doc-model", "models_dir": "--models-dir",
+                 "batch_size": "--batch-size",
                  "rrf_k": "--rrf-k", "nprobe": "--nprobe", "ef_search": "--ef-search", "rerank": "--rerank"}
         for key, flag in flags.items():
             if kwargs.get(key) is not None:

@@ -187,14 +187,19 @@ def list_remote_files(repo_id: str, revision: str | None = None, *, token: str |
             continue
         if "/" in e.path[len(CHUNK_DIR) + 1:]:
             continue  # MedRAG's layout is flat: chunk/<file>.jsonl
-        lfs = getattr(e, "lfs", None)
-        files.append(RemoteFile(path=e.path, size=int(e.size), sha256=getattr(lfs, "sha256", None) if lfs else None,
-                                blob_id=None if lfs else getattr(e, "blob_id", None)))
+        files.append(remote_file(e))
     if not files:
         raise CorpusError(f"{repo_id} at revision {commit} has no {CHUNK_DIR}/*.jsonl files on {api.endpoint}: "
                           "check HF_ENDPOINT and the revision")
     files.sort(key=lambda f: f.path)
     return commit, files
+
+
+def remote_file(entry: Any) -> RemoteFile:
+    """A file entry of ``HfApi.list_repo_tree`` as a RemoteFile: size, LFS sha256 or git blob id."""
+    lfs = getattr(entry, "lfs", None)
+    return RemoteFile(path=entry.path, size=int(entry.size), sha256=getattr(lfs, "sha256", None) if lfs else None,
+                      blob_id=None if lfs else getattr(entry, "blob_id", None))
 
 
 def _hub_error_text(repo_id: str, e: Exception) -> str:
@@ -320,9 +325,10 @@ def plan_source(source: str, db_dir: str | os.PathLike[str], *, revision: str | 
     return plan
 
 
-def check_disk(plans: list[SourcePlan], extra_bytes: int = 0,
-               free_fn: Callable[[Path], int] | None = None) -> tuple[int, int]:
-    """Raise CorpusError when the target file system lacks room; return (needed, free) otherwise."""
+def check_disk(plans: list[Any], extra_bytes: int = 0, free_fn: Callable[[Path], int] | None = None,
+               flag: str = "--db-dir") -> tuple[int, int]:
+    """Raise CorpusError when the target file system lacks room; return (needed, free) otherwise. ``plans`` are
+    SourcePlans or anything else with ``dest`` and ``bytes_to_fetch``; ``flag`` is the option that moves them."""
     free_fn = free_fn or disk_free
     by_fs: dict[Path, int] = {}
     for p in plans:
@@ -336,7 +342,7 @@ def check_disk(plans: list[SourcePlan], extra_bytes: int = 0,
         where = plans[0].dest.parent
         raise CorpusError(f"not enough disk space in {where}: the download needs {human_bytes(needed)} but only "
                           f"{human_bytes(free)} is free; free {human_bytes(needed - free)} there or choose another "
-                          "--db-dir")
+                          f"{flag}")
     return needed, free
 
 
@@ -679,15 +685,18 @@ def download_statpearls(db_dir: str | os.PathLike[str], *, from_file: str | os.P
     return res
 
 
-def _remote_size(session: Any, url: str) -> int | None:
+_STATPEARLS_FIX = f"download {STATPEARLS_ARCHIVE} where the internet is reachable and pass it with --from FILE"
+
+
+def _remote_size(session: Any, url: str, fix: str = _STATPEARLS_FIX) -> int | None:
+    """The size a server gives for ``url`` (after redirects), None when it gives none; CorpusError (with ``fix``)
+    when it cannot be reached or refuses."""
     try:
         r = session.head(url, headers={"Accept-Encoding": "identity"}, follow_redirects=True)
     except Exception as e:  # noqa: BLE001 - any transport failure gets the same advice
-        raise CorpusError(f"cannot reach {url} ({type(e).__name__}: {e}); download {STATPEARLS_ARCHIVE} where the "
-                          "internet is reachable and pass it with --from FILE") from None
+        raise CorpusError(f"cannot reach {url} ({type(e).__name__}: {e}); {fix}") from None
     if r.status_code >= 400:
-        raise CorpusError(f"HEAD {url} answered HTTP {r.status_code}; download {STATPEARLS_ARCHIVE} by hand and pass "
-                          "it with --from FILE")
+        raise CorpusError(f"HEAD {url} answered HTTP {r.status_code}; {fix}")
     cl = r.headers.get("Content-Length")
     return int(cl) if cl and cl.isdigit() else None
 

@@ -1,11 +1,8 @@
 """Hugging Face transformer encoders for queries and documents.
 
-Models are loaded with ``AutoTokenizer.from_pretrained`` / ``AutoModel.from_pretrained`` from a local
-directory or the Hugging Face cache. Where the weights come from, in order:
-
-1. ``query_model_path`` / ``doc_model_path`` given to :class:`Encoder`;
-2. ``$MEDRET_MODELS_DIR/<model id>`` when that directory exists (e.g. ``$MEDRET_MODELS_DIR/ncbi/MedCPT-Query-Encoder``);
-3. the model id itself (Hugging Face cache, or the Hub when online).
+Models are loaded with ``AutoTokenizer.from_pretrained`` / ``AutoModel.from_pretrained`` from a local directory
+or the Hugging Face cache; where a model is looked for, and how a hub that cannot be reached is detected in one
+request, is :mod:`medret.encoders.locate`.
 
 Within one call texts are tokenized once, sorted by token length and batched so padding is minimal;
 the output rows are returned in the input order.
@@ -14,47 +11,29 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from medret.encoders.locate import (MODELS_DIR_ENV, hub_problem, is_local, is_model_id, model_location,  # noqa: F401
+                                    offline_fix)
 from medret.encoders.pooling import l2_normalize, pool
 from medret.encoders.specs import EncoderSpec, format_docs, format_query
 from medret.errors import ConfigError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
-MODELS_DIR_ENV = "MEDRET_MODELS_DIR"
-
-
-def model_location(model: str, explicit: str | os.PathLike[str] | None = None) -> str:
-    """Where ``model`` is loaded from (see the module docstring)."""
-    if explicit is not None:
-        return str(explicit)
-    root = os.environ.get(MODELS_DIR_ENV)
-    if root:
-        cand = Path(root) / model
-        if cand.is_dir():
-            return str(cand)
-    return model
-
-
 class _Part:
     """One tokenizer + model pair (queries or documents)."""
 
-    def __init__(self, model: str, location: str, role: str, spec_name: str, device: str, fp16: bool):
+    def __init__(self, model: str, location: str, role: str, spec_name: str, device: str, fp16: bool,
+                 models_dir: str | os.PathLike[str] | None = None):
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         self.model_id = model
         self.location = location
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(location)
-            dtype = torch.float16 if fp16 else torch.float32
-            self.model = AutoModel.from_pretrained(location, dtype=dtype)
-        except (OSError, ValueError, EnvironmentError) as e:
-            raise ModelNotFoundError(_not_found_message(model, location, role, spec_name, e)) from e
+        dtype = torch.float16 if fp16 else torch.float32
+        self.tokenizer, self.model = _load(model, location, role, spec_name, dtype, models_dir)
         self.model.to(device)
         self.model.eval()
         self.device = device
@@ -67,19 +46,68 @@ class _Part:
         logger.info("loaded %s encoder %s from %s on %s (%s)", role, model, location, device, dtype)
 
 
-def _not_found_message(model: str, location: str, role: str, spec_name: str, err: BaseException) -> str:
+def _from_pretrained(location: str, dtype: Any, local_only: bool = False) -> tuple[Any, Any]:
+    """``from_pretrained`` of a folder, or of a hub id with the Hugging Face cache as the environment names it now
+    (the hub library reads HF_HOME / HF_HUB_CACHE once, at import) and, with ``local_only``, no network at all."""
+    from transformers import AutoModel, AutoTokenizer
+
+    kw: dict[str, Any] = {}
+    if not is_local(location):
+        from medret.corpus.download import hf_cache_dir
+
+        kw["cache_dir"] = str(hf_cache_dir())
+        if local_only:
+            kw["local_files_only"] = True
+    return AutoTokenizer.from_pretrained(location, **kw), AutoModel.from_pretrained(location, dtype=dtype, **kw)
+
+
+def _load(model: str, location: str, role: str, spec_name: str, dtype: Any,
+          models_dir: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
+    """Tokenizer and model from a folder, from the Hugging Face cache without network, or from the hub, in that
+    order; a hub that cannot be reached is found with one request and reported at once (no retry storm)."""
+    from medret.corpus.download import hf_offline
+
+    if is_local(location) or hf_offline():  # nothing here asks the network
+        try:
+            return _from_pretrained(location, dtype, local_only=True)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise ModelNotFoundError(_not_found_message(model, location, role, spec_name, e, None, models_dir)) from e
+    if not is_model_id(location):  # a path that does not exist: nothing to ask the hub
+        raise ModelNotFoundError(_not_found_message(model, location, role, spec_name,
+                                                    FileNotFoundError("no such folder"), None, models_dir))
+    try:
+        return _from_pretrained(location, dtype, local_only=True)  # the whole model is in the Hugging Face cache
+    except Exception as e:  # noqa: BLE001 - any failure here only means "not (all) cached"
+        logger.debug("%s is not (completely) in the Hugging Face cache: %s", location, e)
+    problem = hub_problem(location)
+    if problem is not None:
+        raise ModelNotFoundError(_not_found_message(model, location, role, spec_name, None, problem, models_dir))
+    try:
+        return _from_pretrained(location, dtype, local_only=False)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise ModelNotFoundError(_not_found_message(model, location, role, spec_name, e, None, models_dir)) from e
+
+
+def _not_found_message(model: str, location: str, role: str, spec_name: str, err: BaseException | None,
+                       hub: str | None = None, models_dir: str | os.PathLike[str] | None = None) -> str:
+    from medret.encoders.locate import search_dirs
+
     where = f"{location!r}" if location == model else f"{location!r} (for {model!r})"
+    if err is not None:
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+    else:
+        first = f"it is not in the Hugging Face cache and the hub is unreachable: {hub}"
+    if is_local(location) or not is_model_id(location):
+        return (f"cannot load the {role} model of retriever {spec_name!r} from {where}: {first}. Fix: give a local "
+                "model directory saved with save_pretrained (config.json, weights, tokenizer files), or download "
+                f"{model} with `medret models download {spec_name}` and leave the path unset")
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface (default)")
     offline = os.environ.get("HF_HUB_OFFLINE", "unset")
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return (
-        f"cannot load the {role} model of retriever {spec_name!r} from {where}: {first}. "
-        f"medret looks in local directories and the Hugging Face cache (HF_HOME={hf_home}, "
-        f"HF_HUB_OFFLINE={offline}). Fix: download it once where there is internet "
-        f"(`huggingface-cli download {model}`) into that cache, or give a local model directory "
-        f"(query_model_path=/doc_model_path=, CLI --query-model/--doc-model), or set {MODELS_DIR_ENV} "
-        f"to a folder containing {model}/."
-    )
+    looked = ", ".join(str(d / model) for d in search_dirs(models_dir))
+    return (f"cannot load the {role} model of retriever {spec_name!r} from {where}: {first}. medret looked in "
+            f"{looked} (--models-dir / {MODELS_DIR_ENV}) and the Hugging Face cache (HF_HOME={hf_home}, "
+            f"HF_HUB_OFFLINE={offline}). Fix: {offline_fix(spec_name)}")
 
 
 class Encoder:
@@ -99,14 +127,16 @@ class Encoder:
         doc_model_path: str | os.PathLike[str] | None = None,
         *,
         load_query: bool = True,
+        models_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.spec = spec
         self.device = str(device)
         self.fp16 = self.device.startswith("cuda") if fp16 is None else bool(fp16)
         if self.fp16 and not self.device.startswith("cuda"):
             logger.warning("fp16 encoding on %s is slow and less precise; it is meant for CUDA", self.device)
-        self._query_loc = model_location(spec.query_model, query_model_path)
-        self._doc_loc = model_location(spec.doc_model, doc_model_path)
+        self._query_loc = model_location(spec.query_model, query_model_path, models_dir)
+        self._doc_loc = model_location(spec.doc_model, doc_model_path, models_dir)
+        self._models_dir = models_dir
         self._parts: dict[str, _Part] = {}
         if load_query:
             self._part("query")
@@ -120,7 +150,7 @@ class Encoder:
             if shared:
                 self._parts[role] = shared[0]
         if role not in self._parts:
-            self._parts[role] = _Part(model, loc, role, self.spec.name, self.device, self.fp16)
+            self._parts[role] = _Part(model, loc, role, self.spec.name, self.device, self.fp16, self._models_dir)
         return self._parts[role]
 
     @property

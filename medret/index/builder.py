@@ -33,12 +33,15 @@ def build_all(config: RetrieverConfig, index_type: str = "flat", rebuild: bool =
         from medret.index.build import build_dense_index
         from medret.index.dense_searcher import fp16_storage, source_stores
 
+        from medret.encoders.locate import model_location
+
         spec = resolve_spec(part, pooling=config.pooling)
         device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
+        doc_model_path = model_location(spec.doc_model, config.doc_model, config.models_dir)
         for (_, sub), source in zip(source_stores(store), corpus.sources):
             out = source.index_dir(spec.slug)
             build_dense_index(sub, spec, out, device=device, batch_size=config.batch_size, index_type=index_type,
                               rebuild=rebuild,
                               fp16_storage=fp16_storage(config, device),
-                              progress=progress, doc_model_path=config.doc_model, corpus_name=corpus.display_name)
+                              progress=progress, doc_model_path=doc_model_path, corpus_name=corpus.display_name)
             yield f"{spec.name} index ({index_type}) for {source.name}: {out}"

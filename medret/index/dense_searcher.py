@@ -42,7 +42,7 @@ class DenseSearcher:
         self.device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
         self.batch_size = config.batch_size
         self.encoder = Encoder(self.spec, self.device, fp16=config.fp16, query_model_path=config.query_model,
-                               doc_model_path=config.doc_model)
+                               doc_model_path=config.doc_model, models_dir=config.models_dir)
         self.indexes = []
         for (offset, sub), source in zip(source_stores(store), corpus.sources):
             self.indexes.append((offset, self._open(source, sub, config, progress, corpus.display_name)))

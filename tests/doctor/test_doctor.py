@@ -202,7 +202,7 @@ def test_encoder_not_in_offline_cache_fails(db, tmp_path, monkeypatch, capsys):
     assert rc == 1
     [fail] = lines(checks, "encoder", "fail")
     assert "ncbi/MedCPT-Query-Encoder" in fail["title"] and "HF_HUB_OFFLINE" in fail["title"]
-    assert "hf download ncbi/MedCPT-Query-Encoder" in fail["fix"]
+    assert "medret models download MedCPT --dir DIR" in fail["fix"] and "HF_HUB_OFFLINE=1" in fail["fix"]
 
 
 def test_searchr1_checkout_not_patched_fails(tmp_path, capsys):

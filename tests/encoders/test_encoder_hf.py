@@ -127,7 +127,7 @@ def test_missing_model_error_names_model_and_fixes(tmp_path):
         Encoder(resolve_spec("MedCPT"), "cpu", query_model_path=missing)
     msg = str(e.value)
     assert "ncbi/MedCPT-Query-Encoder" in msg and str(missing) in msg
-    assert "HF_HOME" in msg and "HF_HUB_OFFLINE" in msg and "local model directory" in msg
+    assert "no such folder" in msg and "local model directory" in msg and "medret models download MedCPT" in msg
 
 
 def test_doc_model_loaded_lazily_and_shared(tiny_bert_dir):
