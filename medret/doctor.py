@@ -485,8 +485,12 @@ def _dense_checks(corpus: Any, stores: list[Any], part: str, config: Any, build:
                                 f"{len(store):,} rows: it will be encoded at {own} on first use", build))
             ready = False
         else:
+            from medret.corpus.embeddings import fetch_hint
+
+            fetch = fetch_hint(src.name, spec.doc_model, config.db_dir)
             checks.append(Check("index", FAIL, f"{spec.name} index of {src.name} is missing",
-                                f"looked in {own} and MedRAG's {medrag}", build + " --device cuda:0"))
+                                f"looked in {own} and MedRAG's {medrag}", build + " --device cuda:0"
+                                + (f"; or MedRAG's precomputed embeddings: {fetch}" if fetch else "")))
             ready = False
     return checks, needs_, ready
 

@@ -5,7 +5,7 @@ medret's downloader call: ``/api/{models|datasets}/{repo}[/revision/{rev}]``, ``
 (recursive or not) and the ``resolve`` URLs (``/{repo}/resolve/...`` for models, ``/datasets/{repo}/resolve/...``),
 where LFS files are redirected to a storage host, as the hub does. ``static`` files are served under ``/mirror/``
 through a redirect to ``/blob/`` (as SharePoint's ``?download=1`` links redirect), with Range support.
-Faults per served path: drop the connection once after N bytes, flip a byte. Every request is logged.
+Faults per served path: drop the connection once after N bytes, flip the first or any byte. Every request is logged.
 
 :class:`DownServer` answers every request with 503 and counts them: a hub behind a proxy that refuses.
 """
@@ -60,6 +60,7 @@ class FakeHub(_Server):
         self.static = dict(static or {})
         self.drop_once: dict[str, int] = {}  # served path -> byte offset after which the connection drops, once
         self.corrupt: set[str] = set()  # served paths sent with their first byte flipped
+        self.flip: dict[str, int] = {}  # served path -> offset of a byte sent flipped
         self.log: list[dict] = []
         hub = self
 
@@ -145,6 +146,9 @@ class FakeHub(_Server):
             def _bytes(self, served: str, data: bytes, head: bool):
                 if served in hub.corrupt:
                     data = bytes([data[0] ^ 0x01]) + data[1:]
+                if served in hub.flip:
+                    i = hub.flip[served]
+                    data = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
                 start = 0
                 rng = self.headers.get("Range")
                 if rng and rng.startswith("bytes="):

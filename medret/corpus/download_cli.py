@@ -28,6 +28,15 @@ def register_corpus(corpus_sub: argparse._SubParsersAction) -> None:
                    help="StatPearls archive URL (default: NCBI's, or MEDRET_STATPEARLS_URL)")
     p.add_argument("--force", action="store_true",
                    help="StatPearls: fetch the archive again and re-chunk it even if nothing changed")
+    p.add_argument("--embeddings", action="append", default=None, metavar="RETRIEVER",
+                   help="also MedRAG's precomputed document embeddings for RETRIEVER (MedCPT, Contriever, SPECTER, "
+                        "RRF-2, RRF-4; repeatable), unpacked into DB_DIR/<source>/index/<doc model>/embedding/ "
+                        "(PubMed, Textbooks, Wikipedia; MedRAG publishes none for StatPearls)")
+    p.add_argument("--embeddings-mirror", default=None, metavar="URL",
+                   help="fetch the embedding archives from URL/<source>/<doc model id>/embedding.zip instead of "
+                        "MedRAG's hosts (default: MEDRET_EMBEDDINGS_MIRROR)")
+    p.add_argument("--keep-archives", action="store_true",
+                   help="keep each embedding.zip after unpacking it (default: delete it)")
     p.add_argument("--retries", type=int, default=5, help="resume attempts without progress before giving up")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the plan / result as JSON")
@@ -39,13 +48,29 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     if args.retries < 0:
         raise ConfigError(f"--retries={args.retries} is invalid: give 0 or more")
+    if args.embeddings:
+        from medret.corpus.embeddings import embedding_specs
+
+        embedding_specs(args.embeddings)  # refuse a bad name before downloading anything
     if args.list:
         return _list(args, dl)
     results = dl.download(args.names, args.db_dir, revision=args.revision, token=args.token,
                           from_file=args.from_file, statpearls_url=args.statpearls_url,
                           progress=not args.no_progress, max_retries=args.retries, force=args.force)
+    embedded = []
+    if args.embeddings:
+        from medret.corpus.embeddings import download_embeddings
+        from medret.encoders.specs import get_spec
+
+        embedded = download_embeddings(dl.resolve_sources(args.names), args.embeddings, args.db_dir,
+                                       mirror=args.embeddings_mirror, progress=not args.no_progress,
+                                       max_retries=args.retries, keep_archive=args.keep_archives)
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=1))
+        if args.embeddings:
+            print(json.dumps({"corpora": [r.to_dict() for r in results],
+                              "embeddings": [e.to_dict() for e in embedded]}, indent=1))
+        else:
+            print(json.dumps([r.to_dict() for r in results], indent=1))
         return 0
     for r in results:
         parts = [f"{len(r.fetched)} fetched ({dl.human_bytes(r.bytes_fetched)})", f"{len(r.already_ok)} already ok"]
@@ -54,6 +79,15 @@ def cmd_download(args: argparse.Namespace) -> int:
         if r.snippets is not None:
             parts.append(f"{r.snippets} snippets")
         print(f"{r.source}: {', '.join(parts)} -> {r.dest}/chunk")
+    for e in embedded:
+        if e.status == "unavailable":
+            name = get_spec(e.doc_model).name
+            print(f"{e.source}: MedRAG publishes no {name} embeddings; build them with `medret index build "
+                  f"--corpus {dl.DISPLAY[e.source]} --retriever {name} --db-dir {args.db_dir} --device cuda:0`")
+            continue
+        what = {"fetched": f"fetched ({dl.human_bytes(e.bytes_fetched)}) and unpacked", "already": "already here",
+                "adopted": "already here (checked)"}[e.status]
+        print(f"{e.source}: {e.doc_model} embeddings {what}: {e.files} files, {e.rows} rows -> {e.dest}")
     return 0
 
 
@@ -61,7 +95,12 @@ def _list(args: argparse.Namespace, dl) -> int:
     sources = dl.resolve_sources(args.names)
     hub = [s for s in sources if s in dl.HUB_REPOS]
     plans = [dl.plan_source(s, args.db_dir, revision=args.revision, token=args.token) for s in hub]
-    needed = sum(p.bytes_to_fetch for p in plans)
+    emb = []
+    if args.embeddings:
+        from medret.corpus.embeddings import plan_embeddings
+
+        emb = plan_embeddings(sources, args.embeddings, args.db_dir, args.embeddings_mirror)
+    needed = sum(p.bytes_to_fetch for p in plans) + sum(e["estimated_bytes"] for e in emb)
     free = dl.disk_free(plans[0].dest) if plans else dl.disk_free(args.db_dir)
     enough = free >= needed
     if args.json:
@@ -70,7 +109,7 @@ def _list(args: argparse.Namespace, dl) -> int:
                             "files": [{"path": f.remote.path, "size": f.remote.size, "status": f.status,
                                        "sha256": f.remote.sha256} for f in p.files],
                             "extra_local": p.extra_local} for p in plans],
-               "statpearls": "statpearls" in sources, "needed_bytes": needed, "free_bytes": free, "enough_space": enough}
+               "statpearls": "statpearls" in sources, "embeddings": emb, "needed_bytes": needed, "free_bytes": free, "enough_space": enough}
         print(json.dumps(out, indent=1))
     else:
         for p in plans:
@@ -83,6 +122,13 @@ def _list(args: argparse.Namespace, dl) -> int:
                 print(f"  warning: local {name} is not on the hub")
         if "statpearls" in sources:
             print(f"StatPearls: NCBI archive {dl.STATPEARLS_URL} (about 3x its size needed), chunked locally")
+        for e in emb:
+            if e["status"] == "unavailable":
+                print(f"{dl.DISPLAY[e['source']]}: MedRAG publishes no {e['doc_model']} embeddings")
+            else:
+                print(f"{dl.DISPLAY[e['source']]}: {e['doc_model']} embeddings -> {e['dest']}: {e['status']}"
+                      + (f", about {dl.human_bytes(e['estimated_bytes'])} with the archive" if e["estimated_bytes"]
+                         else "") + f"\n  {e['url']}")
         print(f"needed {dl.human_bytes(needed)}, free {dl.human_bytes(free)}: "
               + ("enough space" if enough else "NOT ENOUGH SPACE"))
     if not enough:

@@ -63,10 +63,14 @@ class DenseSearcher:
             ix.set_search_params(**params)
             return ix.to(self.device, half=fp16_storage(config, self.device)) if self.device != "cpu" else ix
         if not config.auto_build or len(sub) > AUTO_BUILD_MAX_ROWS:
+            from medret.corpus.embeddings import fetch_hint
+
+            fetch = fetch_hint(source.name, self.spec.doc_model, config.db_dir)
             raise IndexBuildError(
                 f"no {self.spec.name} index for {source.name!r} (looked in {own} and MedRAG's {medrag}); build it "
                 f"with `medret index build --corpus {corpus_name} --retriever {config.retriever_name} "
-                f"--db-dir DIR --device cuda:0`, or unpack MedRAG's precomputed embeddings into {medrag}")
+                f"--db-dir DIR --device cuda:0`"
+                + (f", or fetch MedRAG's precomputed embeddings: `{fetch}`" if fetch else ""))
         build_dense_index(sub, self.spec, own, device=self.device, batch_size=self.batch_size,
                           fp16_storage=fp16_storage(config, self.device), progress=progress,
                           encoder=self.encoder, corpus_name=corpus_name)
