@@ -22,6 +22,7 @@ from medret.encoders.specs import EncoderSpec, format_docs, format_query
 from medret.errors import ConfigError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
+_ROLE = {"doc": "document"}
 
 class _Part:
     """One tokenizer + model pair (queries or documents)."""
@@ -99,13 +100,13 @@ def _not_found_message(model: str, location: str, role: str, spec_name: str, err
     else:
         first = f"it is not in the Hugging Face cache and the hub is unreachable: {hub}"
     if is_local(location) or not is_model_id(location):
-        return (f"cannot load the {role} model of retriever {spec_name!r} from {where}: {first}. Fix: give a local "
+        return (f"cannot load the {_ROLE.get(role, role)} model of retriever {spec_name!r} from {where}: {first}. Fix: give a local "
                 "model directory saved with save_pretrained (config.json, weights, tokenizer files), or download "
                 f"{model} with `medret models download {spec_name}` and leave the path unset")
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface (default)")
     offline = os.environ.get("HF_HUB_OFFLINE", "unset")
     looked = ", ".join(str(d / model) for d in search_dirs(models_dir))
-    return (f"cannot load the {role} model of retriever {spec_name!r} from {where}: {first}. medret looked in "
+    return (f"cannot load the {_ROLE.get(role, role)} model of retriever {spec_name!r} from {where}: {first}. medret looked in "
             f"{looked} (--models-dir / {MODELS_DIR_ENV}) and the Hugging Face cache (HF_HOME={hf_home}, "
             f"HF_HUB_OFFLINE={offline}). Fix: {offline_fix(spec_name)}")
 

@@ -321,3 +321,30 @@ def test_doctor_checks_every_model_of_the_retriever(models, tmp_path, monkeypatc
         [d] = checks["doc-encoder"]
         assert d["status"] == "warn" and "searching a built one does not load it" in d["title"]
         assert [c["status"] for c in checks["search"]] == ["ok"]
+
+
+def test_every_command_that_loads_models_takes_models_dir(models, tmp_path, monkeypatch, capsys):
+    from medret.commands import config_from_args
+    from medret.integrations.cli import rollout_block
+
+    parser = cli.build_parser()
+    for argv in (["search", "q"], ["index", "build"], ["serve"], ["doctor"], ["rollout-smoke", "--backend", "local"],
+                 ["bench"]):
+        assert parser.parse_args(argv + ["--models-dir", "/m"]).models_dir == "/m", argv
+    assert config_from_args(parser.parse_args(["search", "q", "--models-dir", "/m"])).models_dir == "/m"
+    assert rollout_block(parser.parse_args(["rollout-smoke", "--backend", "local", "--models-dir", "/m"]))[
+        "models_dir"] == "/m"
+    # index build loads the article encoder from there: with the hub down and an empty cache nothing else could
+    dest = tmp_path / "models"
+    for mid, folder in models.items():
+        shutil.copytree(folder, dest / mid)
+    corpus = write_chunks(tmp_path / "toy", {"toy": TOY_DOCS})
+    with DownServer() as down:
+        hub_env(monkeypatch, down.endpoint, tmp_path / "hf_home")
+        assert cli.main(["index", "build", "--corpus", str(corpus), "--retriever", "MedCPT", "--device", "cpu",
+                         "--models-dir", str(dest)]) == 0
+        assert down.asked_for(DOC_ID) == down.asked_for(QUERY_ID) == []
+        shutil.rmtree(dest / DOC_ID)
+        assert cli.main(["index", "build", "--corpus", str(corpus), "--retriever", "MedCPT", "--device", "cpu",
+                         "--models-dir", str(dest), "--rebuild"]) == 1
+        assert "document model of retriever 'MedCPT'" in capsys.readouterr().err
