@@ -82,7 +82,7 @@ def test_download_unpack_then_search_matches_brute_force(hosts, vectors, tiny_be
     db = tmp_path / "db"
     assert download(db) == 0
     out = capsys.readouterr().out
-    assert f"ncbi/MedCPT-Article-Encoder embeddings fetched" in out and "3 files, 21 rows" in out
+    assert "ncbi/MedCPT-Article-Encoder embeddings fetched" in out and "3 files, 21 rows" in out
     assert_unpacked(db, vectors)
     query = "sepsis mortality in elderly icu patients"
     rc = cli.main(["search", query, "--corpus", "Textbooks", "--db-dir", str(db), "--retriever", "MedCPT",
