@@ -348,3 +348,14 @@ def test_every_command_that_loads_models_takes_models_dir(models, tmp_path, monk
         assert cli.main(["index", "build", "--corpus", str(corpus), "--retriever", "MedCPT", "--device", "cpu",
                          "--models-dir", str(dest), "--rebuild"]) == 1
         assert "document model of retriever 'MedCPT'" in capsys.readouterr().err
+
+
+def test_hub_warnings_are_printed_once_under_the_cli():
+    """huggingface_hub prints through its own handler and passed each record on to the CLI's too: twice."""
+    code = ("from medret import cli\n"
+            "assert cli.main(['models', 'download', 'BM25']) == 0\n"
+            "from huggingface_hub.utils import logging as hl\n"
+            "hl.get_logger('huggingface_hub.utils._http').warning('retrying in 1s')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("retrying in 1s") == 1
