@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medret.config import RetrieverConfig
-from medret.validate import check_flag, check_queries, check_topk, dedupe
+from medret.validate import check_answer_size, check_flag, check_queries, check_topk, dedupe
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class Retriever:
         k = check_topk(k, self.config.max_topk)
         if not queries:
             return []
+        self._check_answer(len(queries), k)
         unique, where = dedupe(queries)
         rows = self.transport.search(unique, k)
         hits = [[Hit(item["document"], float(item["score"])) for item in row] for row in rows]
@@ -68,12 +69,20 @@ class Retriever:
         topk = check_topk(topk, self.config.max_topk)
         if not queries:
             return {"result": []}
+        self._check_answer(len(queries), topk)
         unique, where = dedupe(queries)
         if hasattr(self.transport, "retrieve"):
             result = self.transport.retrieve(unique, topk, return_scores)["result"]
         else:
             result = without_scores(self.transport.search(unique, topk), drop=not return_scores)
         return {"result": result if len(unique) == len(queries) else [result[i] for i in where]}
+
+    def _check_answer(self, n_queries: int, k: int) -> None:
+        """The answer-size limits (max_answer_docs, max_answer_bytes); the bytes estimate needs a transport that
+        knows the corpus (in-process); a server checks its own limits."""
+        n_docs, doc_bytes = getattr(self.transport, "answer_stats", (None, None))
+        check_answer_size(n_queries, k, self.config.max_answer_docs, self.config.max_answer_bytes, doc_bytes,
+                          n_docs)
 
     def info(self) -> dict[str, Any]:
         return self.transport.info()

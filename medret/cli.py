@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from medret import __version__
@@ -33,6 +34,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code. Output cut short by the reader (``medret ... | head``) ends quietly."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # flush here, inside the handler: a failed flush at interpreter exit would print a traceback
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return 141  # 128 + SIGPIPE, what a tool killed by SIGPIPE reports to the shell
+
+
+def _discard_stdout() -> None:
+    """The reader of stdout went away: send what is still buffered (and the final flush) to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured in tests)
+        pass
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)

@@ -12,6 +12,15 @@ from typing import Any, Mapping
 from medret.errors import ConfigError
 
 BACKENDS = ("local", "http", "ray")
+# The request limits above, each declared once: `medret serve --max-topk ...` and the docs come from here.
+LIMITS = {
+    "max_topk": "largest topk a request may ask for",
+    "max_batch": "most queries in one request",
+    "max_query_chars": "longest query, in characters",
+    "max_answer_docs": "most documents one answer may hold (queries x topk); larger requests are refused (413)",
+    "max_answer_bytes": "largest estimated answer in bytes (queries x topk x the corpus's mean document size); "
+                        "larger requests are refused (413)",
+}
 RAY_PLACEMENTS = ("any", "per-node", "retriever-node")
 
 
@@ -29,8 +38,9 @@ class RetrieverConfig:
     url: str | None = None
     address_file: str | None = None
     token: str | None = None
-    timeout: float = 60.0
+    timeout: float = 60.0          # seconds: a total deadline for each attempt (connect, send, whole answer)
     retries: int = 5
+    total_timeout: float | None = None  # seconds across every attempt and backoff; None: no cap beyond those
     # encoders: local model paths override the hub names of the retriever's spec
     query_model: str | None = None
     doc_model: str | None = None
@@ -48,10 +58,12 @@ class RetrieverConfig:
     # fusion
     rrf_k: int = 100
     fusion_depth: int | None = None
-    # limits
+    # ---- limits of one request: in-process calls and `medret serve` (whose flags are made from LIMITS)
     max_topk: int = 1000
     max_batch: int = 16384
     max_query_chars: int = 8192
+    max_answer_docs: int = 524_288            # queries x topk of one request
+    max_answer_bytes: int = 256 * 1024 ** 2   # estimated size of one answer's JSON
     # build what is missing (document store, BM25; dense indexes of small corpora) on first use
     auto_build: bool = True
     # ray backend
@@ -70,10 +82,16 @@ class RetrieverConfig:
         if self.backend == "http" and not (self.url or self.address_file):
             raise ConfigError("backend='http' needs url='http://host:port' (or address_file=PATH written by "
                               "`medret serve --address-file`)")
-        for name in ("rrf_k", "max_topk", "max_batch", "batch_size", "retries", "max_query_chars", "ray_shards"):
+        for name in ("rrf_k", "batch_size", "retries", "ray_shards", *LIMITS):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "retries" else 1):
                 raise ConfigError(f"{name}={v!r} is invalid: it must be a positive whole number")
+        for name in ("timeout", "total_timeout"):
+            v = getattr(self, name)
+            if (v is not None or name == "timeout") and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                          or not 0 < v < float("inf")):
+                raise ConfigError(f"{name}={v!r} is invalid: a number of seconds > 0"
+                                  + (" or None (no overall deadline)" if name == "total_timeout" else ""))
         for name in ("nprobe", "ef_search", "rerank"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "rerank" else 1)):

@@ -14,8 +14,6 @@ import os
 import platform
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -683,6 +681,10 @@ def check_search(config: Any, query: str, ready: bool) -> list[Check]:
     hits = rows[0] if isinstance(rows, list) and rows else []
     bad = [h for h in hits if not {"id", "contents"} <= set(h.get("document", {}))]  # what Search-R1 reads
     scores = [h.get("score") for h in hits]
+    if not hits and not bad and str(config.retriever_name).strip().lower() == "bm25":
+        return [Check("search", WARN, f"test query {query!r} matched no snippet (backend {config.backend})",
+                      "BM25 returns only snippets that hold a query word (as pyserini / Search-R1)",
+                      "run doctor with --query 'words your corpus holds' to test the search")]
     if not hits or bad or scores != sorted(scores, reverse=True):
         return [Check("search", FAIL, "test query returned no results or malformed ones", json.dumps(res)[:300],
                       "check the corpus and the index above")]
@@ -727,27 +729,30 @@ def check_server(url: str | None, address_file: str | None, timeout: float = 5.0
     if err:
         return [Check("server", FAIL, "retrieval server address unknown", err,
                       "start `medret serve ... --address-file FILE` and pass the same FILE")]
-    try:
-        with urllib.request.urlopen(f"{base}/health", timeout=timeout) as resp:
-            body = resp.read(4096).decode("utf-8", "replace")
-            status = resp.status
-    except urllib.error.HTTPError as e:
-        try:
-            body = json.loads(e.read(4096) or b"{}")
-        except ValueError:
-            body = {}
-        state = body.get("status") if isinstance(body, dict) else None
-        if e.code == 503 and state == "loading":
-            return [Check("server", WARN, f"server {base} is still loading its index (/health: 503 loading)",
-                          json.dumps(body), "wait until /health answers 200 (a job script waits for --address-file)")]
-        return [Check("server", FAIL, f"server {base} answered /health with HTTP {e.code}"
-                      + (f" ({state})" if state else ""), json.dumps(body) if body else str(e),
-                      "read the server's log; fix the error it names and restart `medret serve`")]
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return [Check("server", FAIL, f"server {base} does not answer /health", f"{type(e).__name__}: {reason}",
+    import http.client
+
+    from medret.transports.http import request_once
+
+    try:  # `timeout` bounds the whole exchange: a server that trickles its answer cannot hold doctor
+        resp = request_once(f"{base}/health", timeout=timeout)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        return [Check("server", FAIL, f"server {base} does not answer /health", f"{type(e).__name__}: {e}",
                       "start it (`medret serve --corpus ... --port ...`), or fix --url / --address-file; from a "
                       "compute node use the server node's hostname, not localhost")]
+    status = resp.status_code
+    body = resp.content[:4096].decode("utf-8", "replace")
+    if status != 200:
+        try:
+            data = json.loads(body or "{}")
+        except ValueError:
+            data = {}
+        state = data.get("status") if isinstance(data, dict) else None
+        if status == 503 and state == "loading":
+            return [Check("server", WARN, f"server {base} is still loading its index (/health: 503 loading)",
+                          json.dumps(data), "wait until /health answers 200 (a job script waits for --address-file)")]
+        return [Check("server", FAIL, f"server {base} answered /health with HTTP {status}"
+                      + (f" ({state})" if state else ""), json.dumps(data) if data else body[:200],
+                      "read the server's log; fix the error it names and restart `medret serve`")]
     return [Check("server", OK, f"server {base} answers /health (HTTP {status})", body[:200])]
 
 

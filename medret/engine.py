@@ -5,6 +5,7 @@ queries → (each searcher) encode → index search → (fusion) RRF → rows �
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -72,6 +73,7 @@ class Engine:
         self.store = open_corpus_store(self.corpus, build=config.auto_build, progress=progress)
         self.device = "cpu"
         self.searchers = [self._searcher(p, progress) for p in self.parts]
+        self.doc_bytes = _mean_doc_bytes(self.store)
         self.startup_s = time.perf_counter() - t0
         log.info("medret engine ready: corpus %s (%d snippets), retriever %s, device %s, in %.2fs",
                  self.corpus.display_name, len(self.store), config.retriever_name, self.device, self.startup_s)
@@ -121,10 +123,20 @@ class Engine:
         return {"service": "medret", "version": __version__, "corpus": self.corpus.display_name,
                 "retriever": self.config.retriever_name, "n_docs": len(self.store),
                 "index": [s.kind for s in self.searchers], "device": self.device,
-                "startup_s": round(self.startup_s, 3)}
+                "doc_bytes": self.doc_bytes, "startup_s": round(self.startup_s, 3)}
 
     def close(self) -> None:
         self.store.close()
+
+
+def _mean_doc_bytes(store) -> int | None:
+    """Mean stored size of a document (its JSON in ``docs.bin``): what answer-size estimates are made of."""
+    try:
+        parts = getattr(store, "stores", None) or [store]
+        total = sum(os.path.getsize(os.path.join(p.folder, "docs.bin")) for p in parts)
+        return max(1, round(total / max(1, len(store))))
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 class BM25Searcher:

@@ -17,6 +17,10 @@ class QueryError(ConfigError):
     """The queries, topk or another request field is invalid."""
 
 
+class AnswerTooLargeError(QueryError):
+    """One request would produce a larger answer than the limits allow (HTTP 413 from the server)."""
+
+
 class CorpusError(MedretError):
     """A corpus is missing, unknown or malformed."""
 

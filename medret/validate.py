@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from medret.errors import QueryError
+from medret.errors import AnswerTooLargeError, ConfigError, QueryError
+
+# bytes a scored hit adds to its document's stored JSON in an answer ({"document": ..., "score": ...}, the title
+# quoted again at the head of "contents"); the estimate is this plus the corpus's mean stored document size
+HIT_OVERHEAD_BYTES = 64
 
 
 def check_queries(queries: Any, max_batch: int, max_chars: int) -> list[str]:
@@ -32,6 +36,30 @@ def check_topk(topk: Any, max_topk: int) -> int:
     return topk
 
 
+def check_answer_size(n_queries: int, topk: int, max_docs: int, max_bytes: int, doc_bytes: float | None = None,
+                      n_docs: int | None = None) -> None:
+    """Refuse a request whose answer would exceed ``max_docs`` documents (queries x topk, topk capped at the
+    corpus size when known) or an estimated ``max_bytes`` (documents x (mean stored document + per-hit overhead),
+    when the mean document size is known). Raises :class:`AnswerTooLargeError` naming the limit and the fix."""
+    k = min(topk, n_docs) if n_docs else topk
+    docs = n_queries * k
+    if docs > max_docs:
+        raise AnswerTooLargeError(
+            f"queries x topk = {n_queries} x {k} = {docs} documents, more than max_answer_docs={max_docs}: send "
+            f"at most {max(1, max_docs // k)} queries per request at topk {k} (or a smaller topk), or raise "
+            f"max_answer_docs (medret serve --max-answer-docs)")
+    if doc_bytes:
+        per_doc = int(doc_bytes) + HIT_OVERHEAD_BYTES
+        estimate = docs * per_doc
+        if estimate > max_bytes:
+            raise AnswerTooLargeError(
+                f"queries x topk = {n_queries} x {k} = {docs} documents of ~{per_doc} bytes each would make an "
+                f"answer of ~{estimate / 2**20:.0f} MiB, more than max_answer_bytes={max_bytes} "
+                f"({max_bytes / 2**20:.0f} MiB): send at most {max(1, max_bytes // per_doc // k)} queries per "
+                f"request at topk {k} (or a smaller topk), or raise max_answer_bytes (medret serve "
+                f"--max-answer-bytes)")
+
+
 def check_flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise QueryError(f"{name}={_short(value)} is invalid: true or false")
@@ -48,3 +76,25 @@ def dedupe(queries: list[str]) -> tuple[list[str], list[int]]:
 def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 80 else s[:80] + "…"
+
+
+def check_token(token: Any, field: str = "token") -> str | None:
+    """A bearer token: printable ASCII without spaces, or None (no auth). Never echoes the token.
+
+    Non-ASCII is refused rather than sent as UTF-8: a token travels in an HTTP header, and the usual clients
+    (``requests``, ``http.client``, Search-R1's and veRL's) encode header values as latin-1, so a non-ASCII token
+    either fails to encode or arrives as other bytes than the server compares with: it could never work for all
+    of them.
+    """
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token.strip():
+        raise ConfigError(f"{field} is empty: give a non-empty token, or none at all to turn authentication off")
+    for i, c in enumerate(token):
+        if not "!" <= c <= "~":
+            what = "a non-ASCII character" if ord(c) > 127 else "a space or control character"
+            raise ConfigError(
+                f"{field} has {what} at position {i}: a bearer token must be printable ASCII without spaces "
+                "(HTTP clients send headers as latin-1/ASCII, so it could never match); make one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    return token

@@ -72,7 +72,9 @@ class BM25Index:
         return [[i for i in q if i != self._empty] for q in ids]
 
     def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows), each (len(queries), k'), k' = min(k, n_docs); best first, ties by row.
+        """(scores, rows), each (len(queries), k'), k' = min(k, n_docs); best first, ties by row. Only snippets
+        that hold at least one query term are returned (as pyserini's BM25, which Search-R1 uses): the rest of a
+        row is row -1 (score 0), so a query with no indexed term finds nothing.
 
         Scores equal bm25s's ``get_scores_from_ids`` (the same float32 additions, term by term, in query order)
         but only the documents in the query terms' posting lists are touched: the cost is the postings' length,
@@ -130,8 +132,13 @@ class PostingScorer:
         self.paths = {"distinct": 0, "maxscore": 0, "pruned": 0, "dense": 0}  # queries scored each way
 
     def topk(self, ids: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-        if not ids:  # no indexed term: every row scores 0, so the first k rows win (ties by row), score 0
-            return np.zeros(k, dtype=np.float32), np.arange(k, dtype=np.int64)
+        """The k best matching snippets: (scores, rows) of length k; past the matches, row -1 and score 0.
+
+        A snippet matches when it holds a query term; every match scores > 0 (Lucene's idf and a term's count
+        are positive), so bm25s's zero-score rows — arbitrary snippets, the lowest rows first — are not returned,
+        as pyserini/Lucene (Search-R1's BM25) returns only matches."""
+        if not ids:  # no indexed term: nothing matches
+            return np.zeros(k, dtype=np.float32), np.full(k, -1, dtype=np.int64)
         ptr = self.indptr
         span = {t: (int(ptr[t]), int(ptr[t + 1])) for t in ids}
         total = sum(e - s for s, e in (span[t] for t in ids))
@@ -142,18 +149,19 @@ class PostingScorer:
             found = self._maxscore(ids, span, k)
             if found is None:
                 self.paths["dense"] += 1
-                return self._dense_topk([span[t] for t in ids], k)
+                vals, rows = self._dense_topk([span[t] for t in ids], k)
+                rows[vals <= 0] = -1  # not a match: in the top k only because fewer than k snippets match
+                vals[vals <= 0] = 0
+                return vals, rows
             self.paths["maxscore"] += 1
             cand, vals = found
         vals = vals.astype(np.float32, copy=False)
         cand = cand.astype(np.int64)
-        if len(cand) < k:  # fewer matching documents than k: the rest score 0, lowest rows first (as bm25s)
-            free = np.ones(min(self.n, len(cand) + k), dtype=bool)
-            free[cand[cand < len(free)]] = False
-            fill = np.nonzero(free)[0][: k - len(cand)]
-            vals = np.concatenate([vals, np.zeros(len(fill), dtype=np.float32)])
-            cand = np.concatenate([cand, fill])
-        return select_topk_rows(vals, cand, k)
+        vals, rows = select_topk_rows(vals, cand, k)
+        if len(rows) < k:  # fewer matching snippets than k: the rest of the row is "nothing found"
+            vals = np.concatenate([vals, np.zeros(k - len(rows), dtype=np.float32)])
+            rows = np.concatenate([rows, np.full(k - len(rows), -1, dtype=np.int64)])
+        return vals, rows
 
     def _distinct_sum(self, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         """(documents, their sums over ``spans`` in the given order); leaves the buffers clean."""

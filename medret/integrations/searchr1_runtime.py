@@ -254,29 +254,42 @@ def get_searchr1_retriever(block: Mapping[str, Any] | Any, env: MutableMapping[s
 
 
 def http_batch_search(url: str, queries: Sequence[str], topk: int, timeout: float = DEFAULT_HTTP_TIMEOUT) -> dict:
-    """POST exactly what Search-R1 posts ({"queries", "topk", "return_scores": true}) and return the JSON."""
-    import requests
+    """POST exactly what Search-R1 posts ({"queries", "topk", "return_scores": true}) and return the JSON.
+
+    ``timeout`` is a deadline for the whole exchange (connect, send, the entire answer), not per socket read."""
+    import http.client
+
+    import orjson
+
+    from medret.transports.http import answer_shape_problem, is_timeout, request_once
 
     if not url:
         raise ConfigError("retriever.url is empty: give the /retrieve address of the server, e.g. "
                           "http://127.0.0.1:8000/retrieve")
-    payload = {"queries": list(queries), "topk": topk, "return_scores": True}
+    payload = orjson.dumps({"queries": list(queries), "topk": topk, "return_scores": True})
     try:
-        response = requests.post(url, json=payload, timeout=timeout)
-    except requests.RequestException as e:
+        response = request_once(url, "POST", payload, {"Content-Type": "application/json"}, timeout=timeout)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        if is_timeout(e):
+            raise TransportError(f"retriever.url={url!r} sent no complete answer within timeout={timeout:g}s "
+                                 f"({type(e).__name__}: {e}); is the server overloaded or stuck?") from None
         raise TransportError(f"retriever.url={url!r} could not be reached ({type(e).__name__}: {e}); is the "
                              "server running (medret serve / retrieval_launch.sh) and is the address right?") from None
     if response.status_code != 200:
         raise TransportError(f"retriever.url={url!r} answered HTTP {response.status_code}: {response.text[:300]}")
     try:
-        data = response.json()
-    except ValueError:
+        data = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
         raise TransportError(f"retriever.url={url!r} did not answer JSON: {response.text[:200]!r}") from None
     if not isinstance(data, dict) or not isinstance(data.get("result"), list):
         raise TransportError(f"retriever.url={url!r} answered JSON without a 'result' list: {str(data)[:200]}")
     if len(data["result"]) != len(queries):
         raise TransportError(f"retriever.url={url!r} answered {len(data['result'])} result lists for "
                              f"{len(queries)} queries")
+    problem = answer_shape_problem(data, len(queries), topk, True)
+    if problem:
+        raise TransportError(f"retriever.url={url!r} answered in an unexpected shape ({problem}): expected "
+                             '{"result": [[{"document": {"contents": ...}, "score": s}, ...], ...]}')
     return data
 
 

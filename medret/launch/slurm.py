@@ -42,8 +42,52 @@ SPEC_END = "# medret-job-spec-end"
 SPEC_FORMAT = "medret-slurm-job"
 SPEC_VERSION = 1
 RAY_RESOURCE = "medret_retriever"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._+-]+")  # used with fullmatch ("$" would let a trailing newline through)
 _HYDRA_KEY = re.compile(r"^[+~]{0,2}[A-Za-z_][A-Za-z0-9_.\[\]-]*=")
+# Newlines and other control characters (C0, DEL, NEL and the Unicode line/paragraph separators) are refused in
+# every field: in a script a newline ends a comment or an #SBATCH line and starts a command.
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+# Characters that only mean something to a shell; refused in the words of `python` (an interpreter and its
+# arguments, not shell code)
+_SHELL_META = re.compile(r"[$`;|&<>(){}\\!*?\[\]#~'\"]")
+# A shell word with no expansion at all: the only form a user value may take in a rendered script (what
+# shlex.quote writes: bare safe characters, '...' segments, and "..." without $, ` or \)
+LITERAL_WORD = r"(?:[A-Za-z0-9_@%+=:,./-]|'[^']*'|\"[^\"$`\\]*\")+"
+_LITERAL_RE = re.compile(LITERAL_WORD)
+
+# The values sbatch accepts for the #SBATCH options medret writes, checked when rendering and by `slurm check`
+# in any script: (pattern, what to give).
+SBATCH_VALUES: dict[str, tuple[str, str]] = {
+    "job-name": (r"[A-Za-z0-9._+-]+", "letters, digits and . _ + - (e.g. medret-train)"),
+    "partition": (r"[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*", "a partition name, or several separated by commas "
+                  "(e.g. gpu or gpu,gpu-long)"),
+    "account": (r"[A-Za-z0-9._-]+", "an account name: letters, digits and . _ -"),
+    "qos": (r"[A-Za-z0-9._-]+", "a QOS name: letters, digits and . _ - (e.g. normal)"),
+    "time": (r"\d+(?::\d+){0,2}|\d+-\d+(?::\d+){0,2}|UNLIMITED|INFINITE",
+             "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (e.g. 72:00:00 or 3-00:00:00)"),
+    "mem": (r"\d+[KMGTkmgt]?", "a size such as 64G, 512000M, or 0 for all of a node's memory"),
+    "output": (r"[A-Za-z0-9._/%+=,@-]+", "a file name pattern without spaces, quotes or $ (e.g. logs/%x-%j.out)"),
+    "error": (r"[A-Za-z0-9._/%+=,@-]+", "a file name pattern without spaces, quotes or $ (e.g. logs/%x-%j.err)"),
+    "cpus-per-task": (r"\d+", "a whole number"),
+    "nodes": (r"\d+(?:-\d+)?", "a node count such as 2"),
+    "ntasks-per-node": (r"\d+", "a whole number"),
+    "gres": (r"[A-Za-z0-9_.:,-]+", "a GRES list such as gpu:4 or gpu:a100:4"),
+}
+_SBATCH_GENERIC = (r"[A-Za-z0-9._/%+=,:@-]*", "letters, digits and . _ / % + = , : @ - (no spaces, quotes or $)")
+# JobSpec field -> the #SBATCH option it becomes
+_SBATCH_FIELDS = {"job_name": "job-name", "partition": "partition", "account": "account", "qos": "qos",
+                  "time": "time", "mem": "mem", "output": "output"}
+# the command-line flag of a field, where it is not --field-name
+_FLAG_OF = {"output": "--log", "overrides": "--override", "tensor_parallel": "--tp"}
+# Words of the rendered training / smoke commands that expand variables: written by the templates, never from a
+# user value. Any other word of those commands must be a LITERAL_WORD (`slurm check` enforces it).
+TEMPLATE_WORDS = frozenset({
+    'data.train_files="$DATA_DIR/train.parquet"', 'data.val_files="$DATA_DIR/test.parquet"',
+    'actor_rollout_ref.model.path="$MODEL"', 'critic.model.path="$MODEL"', '+retriever.gpu_id="$RETRIEVER_GPU"',
+    '${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}', 'retriever.url="$RETRIEVER_URL/retrieve"',
+    '+retriever.ray_address="$RAY_ADDRESS"', '+retriever.ray_job="$MEDRET_RAY_JOB"', '"${MEDRET[@]}"',
+    '${MEDRET_DB_DIR:+--db-dir "$MEDRET_DB_DIR"}', '"$RETRIEVER_URL/retrieve"',
+})
 
 
 class _Tmpl(Template):
@@ -147,6 +191,75 @@ def parse_gpu_list(value: Any, name: str = "retriever_gpus") -> tuple[int, ...]:
     return tuple(out)
 
 
+def _field(name: str) -> str:
+    flag = _FLAG_OF.get(name, "--" + name.replace("_", "-"))
+    return f"{name} ({flag})"
+
+
+def _no_control(name: str, v: str) -> None:
+    m = _CONTROL.search(v)
+    if m:
+        raise ConfigError(f"{_field(name)}={v!r} is invalid: it holds a control character ({m.group()!r} at "
+                          f"position {m.start()}); a newline would end its line of the job script and run the rest "
+                          "as a command. Give the value on one line")
+
+
+def python_words(python: str) -> list[str]:
+    """The ``python`` option as argv words (an interpreter and its arguments), each refused if it is shell code."""
+    try:
+        words = shlex.split(python)
+    except ValueError as e:
+        raise ConfigError(f"{_field('python')}={python!r} is invalid: {e}; give an interpreter and its arguments, "
+                          "e.g. python3 or '/opt/env/bin/python -X faulthandler'") from None
+    if not words:
+        raise ConfigError(f"{_field('python')}={python!r} is empty: give an interpreter, e.g. python3")
+    for w in words:
+        m = _SHELL_META.search(w)
+        if m:
+            raise ConfigError(f"{_field('python')}={python!r} is invalid: {w!r} holds {m.group()!r}, which only a "
+                              "shell gives meaning to; give the interpreter and its arguments (no $(...), ;, |, "
+                              "quotes), e.g. /opt/env/bin/python. Each word reaches the script quoted")
+    return words
+
+
+def sbatch_value_problem(option: str, value: str) -> str | None:
+    """Why ``value`` is not a valid value of ``#SBATCH --option`` (None when it is)."""
+    pattern, what = SBATCH_VALUES.get(option, _SBATCH_GENERIC)
+    if re.fullmatch(pattern, value):
+        return None
+    return f"--{option}={value!r} is not a valid value: give {what}"
+
+
+def _check_text_fields(spec: "JobSpec") -> None:
+    """Refuse control characters in every text field, and #SBATCH values sbatch would not accept."""
+    for f in fields(spec):
+        v = getattr(spec, f.name)
+        items = v if isinstance(v, tuple) else (v,)
+        for item in items:
+            if isinstance(item, str):
+                _no_control(f.name, item)
+    for name, option in _SBATCH_FIELDS.items():
+        v = getattr(spec, name)
+        if v is not None:
+            problem = sbatch_value_problem(option, v)
+            if problem:
+                raise ConfigError(f"{_field(name)}={v!r} is invalid: #SBATCH {problem}")
+    rendered = {"nodes", "ntasks-per-node", "gres", "cpus-per-task", *_SBATCH_FIELDS.values()}
+    for extra in spec.sbatch_extra:
+        m = re.fullmatch(r"--([a-z][a-z0-9-]*)(?:=(.*))?", extra.strip())
+        if not m:
+            raise ConfigError(f"{_field('sbatch_extra')} entry {extra!r} is invalid: give one sbatch option such as "
+                              "'--exclusive' or '--constraint=a100'")
+        if m.group(1) in rendered:
+            raise ConfigError(f"{_field('sbatch_extra')} entry {extra!r} sets --{m.group(1)}, which medret writes "
+                              f"itself: use the job option for it instead")
+        if m.group(2) is not None:
+            problem = sbatch_value_problem(m.group(1), m.group(2))
+            if problem:
+                raise ConfigError(f"{_field('sbatch_extra')} entry {extra!r} is invalid: {problem}")
+    python_words(spec.python)
+
+
 def _int_field(name: str, v: Any) -> int:
     if isinstance(v, bool):
         raise ConfigError(f"{name}={v!r} is invalid: give a whole number")
@@ -210,10 +323,13 @@ def plan_job(spec: JobSpec) -> Plan:
             raise ConfigError(f"{name}={v!r} is invalid: it must be a whole number >= 1")
     if spec.cpus_per_task is not None and spec.cpus_per_task < 1:
         raise ConfigError(f"cpus_per_task={spec.cpus_per_task!r} is invalid: it must be >= 1")
+    _check_text_fields(spec)
     for name in ("corpus", "retriever", "job_name"):
         v = getattr(spec, name)
-        if not v or not _SAFE_NAME.match(v) and not (name == "corpus" and "/" in v and not any(c in v for c in " '\"$`\\")):
-            raise ConfigError(f"{name}={v!r} is invalid: use letters, digits and . _ + - only (e.g. MedCorp, MedCPT)")
+        if not v or not _SAFE_NAME.fullmatch(v) and not (name == "corpus" and "/" in v
+                                                         and not any(c in v for c in " '\"$`\\")):
+            raise ConfigError(f"{_field(name)}={v!r} is invalid: use letters, digits and . _ + - only (e.g. MedCorp, "
+                              "MedCPT)" + (", or a folder path without spaces or quotes" if name == "corpus" else ""))
     for o in spec.overrides:
         if not _HYDRA_KEY.match(o):
             raise ConfigError(f"overrides entry {o!r} is invalid: give hydra overrides as key=value, "
@@ -297,7 +413,7 @@ def _trainer_command(spec: JobSpec, plan: Plan) -> str:
     if spec.train_cmd:
         return f"bash -c {_q(spec.train_cmd)}"
     lines = [
-        f"{spec.python} -m verl.trainer.main_ppo",
+        " ".join(_q(w) for w in python_words(spec.python)) + " -m verl.trainer.main_ppo",
         'data.train_files="$DATA_DIR/train.parquet"',
         'data.val_files="$DATA_DIR/test.parquet"',
         'actor_rollout_ref.model.path="$MODEL"',
@@ -350,12 +466,8 @@ def render_job(spec: JobSpec) -> str:
         v = getattr(spec, name)
         if v is not None:
             sb.append(f"#SBATCH --{flag}={v}")
-    for extra in spec.sbatch_extra:
-        extra = extra.strip()
-        if not extra.startswith("--") or "\n" in extra:
-            raise ConfigError(f"sbatch_extra entry {extra!r} is invalid: give sbatch options such as "
-                              "'--exclusive' or '--constraint=a100'")
-        sb.append(f"#SBATCH {extra}")
+    for extra in spec.sbatch_extra:  # checked by plan_job: one --option[=value] with a valid value
+        sb.append(f"#SBATCH {extra.strip()}")
     header = plan.header(spec)
     mode = header["mode"]
     body = _template(f"{plan.layout}.sh")
@@ -506,6 +618,8 @@ def check_script(text: str, path: str = "<script>") -> CheckReport:
     else:
         _check_text_only(rep, text, env, tp, n_gpn, nnodes, sb_gpus)
 
+    _check_injection(rep, text, header is not None)
+
     # Generic script hygiene, for any script.
     if re.search(r"^\s*set\s+-[a-zA-Z]*u|set\s+-o\s+nounset", text, re.M):
         rep.errors.append("`set -u` (nounset) breaks `bash job.sbatch` outside SLURM, where SLURM_* variables are "
@@ -621,3 +735,180 @@ def _check_text_only(rep: CheckReport, text: str, env: Mapping[str, str], tp: in
                                   "non-zero")
     elif re.search(r"retrieval_server|medret serve|retriever\.url", text):
         rep.errors.append("health check missing: the job uses a retrieval server but never waits on /health")
+
+
+# ====================================================================================== injected lines and values
+#
+# The rule `slurm check` applies (docs/clusters.md, "What `slurm check` refuses"):
+#
+# any script
+#   1. no control character but tab and newline (a carriage return, escape, ...) anywhere;
+#   2. between the first line and the last #SBATCH line, nothing but comments and blank lines: sbatch stops
+#      reading #SBATCH at the first command, so the options after it are silently ignored, and a command there
+#      is how a newline injected into an #SBATCH value shows;
+#   3. every #SBATCH value valid for its option (SBATCH_VALUES; other options: no spaces, quotes or $).
+# scripts rendered by medret (they carry the job-spec block)
+#   4. nothing but comments and blank lines before `set -eo pipefail` (the template has only #SBATCH lines and
+#      comments there);
+#   5. every line of the "this job" block has the template's shape, with a LITERAL_WORD wherever the template
+#      puts a user value (corpus, retriever, model, data dir, db dir) and a number or GPU list where it puts one;
+#   6. every word of the training and smoke commands is a LITERAL_WORD or one of the template's TEMPLATE_WORDS;
+#      every line of the training command but the last ends in " \"; the smoke command is one line.
+# A LITERAL_WORD is a shell word without any expansion: bare [A-Za-z0-9_@%+=:,./-], '...' or "..." without $, `
+# or \. Commands a user adds elsewhere in a rendered script, and the body of a hand-written one after its #SBATCH
+# lines, are not judged: nothing tells a user value from the author's code there.
+
+_BLOCK_BEGIN = "# ---------------------------------------------------------------- this job"
+_BLOCK_END = "# ---------------------------------------------------------------- helpers"
+_PLACEHOLDER_PATTERNS = {
+    "nodes": r"\d+", "gpus_per_node": r"\d+", "n_train_gpus": r"\d+", "shards": r"\d+", "health_timeout": r"\d+",
+    "train_gpus": r"[\d,]*", "retriever_gpus": r"[\d,]*", "retriever_node": r"\d*", "layout": r"[a-z-]+",
+    "mode": r"[a-z]+", "retriever_device": r"[a-z]+", "ray_resource": r"[A-Za-z0-9_]+",
+}
+
+
+def _is_code(line: str) -> bool:
+    t = line.strip()
+    return bool(t) and not t.startswith("#")
+
+
+def _block_patterns() -> list[re.Pattern]:
+    """One regex per line of the template's "this job" block: literal text, placeholders as their values' form."""
+    text = _template("job.sbatch")
+    lines = text[text.index(_BLOCK_BEGIN) + len(_BLOCK_BEGIN):text.index("@@{common}")].splitlines()
+    out = []
+    for line in lines:
+        code = line.split("  #", 1)[0].strip()  # the template's comments follow two spaces
+        if not code:
+            continue
+        parts = re.split(r"@@\{(\w+)\}", code)
+        rx = "".join(re.escape(p) if i % 2 == 0 else f"(?:{_PLACEHOLDER_PATTERNS.get(p, LITERAL_WORD)})"
+                     for i, p in enumerate(parts))
+        out.append(re.compile(rx + r"(?:\s+#.*)?"))
+    return out
+
+
+def shell_words(text: str) -> list[str]:
+    """Split shell text into words as written (quotes kept): whitespace outside quotes, ${...} and $(...)
+    separates words; a backslash-newline continues the line. Enough to judge words, not a full shell parser."""
+    words: list[str] = []
+    cur = ""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\n":
+            if cur:
+                words.append(cur)
+                cur = ""
+            i += 1
+        elif c == "\\":
+            if text.startswith("\\\n", i):
+                i += 2
+            else:
+                cur += text[i:i + 2]
+                i += 2
+        elif c == "'":
+            j = text.find("'", i + 1)
+            j = n - 1 if j < 0 else j
+            cur += text[i:j + 1]
+            i = j + 1
+        elif c == '"' or text.startswith("${", i) or text.startswith("$(", i):
+            j = _closing(text, i)
+            cur += text[i:j + 1]
+            i = j + 1
+        else:
+            cur += c
+            i += 1
+    if cur:
+        words.append(cur)
+    return words
+
+
+def _closing(text: str, i: int) -> int:
+    """Index of what closes the double quote, ${ or $( that starts at ``i`` (nesting and quotes inside)."""
+    closer = '"' if text[i] == '"' else ("}" if text[i + 1] == "{" else ")")
+    j = i + (1 if closer == '"' else 2)
+    while j < len(text):
+        c = text[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == closer:
+            return j
+        if c == "'" and closer != '"':
+            k = text.find("'", j + 1)
+            j = len(text) if k < 0 else k + 1
+            continue
+        if c == '"' and closer != '"' or text.startswith("${", j) or text.startswith("$(", j):
+            j = _closing(text, j) + 1
+            continue
+        j += 1
+    return len(text) - 1
+
+
+def _check_injection(rep: CheckReport, text: str, rendered: bool) -> None:
+    lines = text.split("\n")
+    for no, line in enumerate(lines, 1):
+        m = re.search("[\x00-\x08\x0b-\x1f\x7f]", line)
+        if m:
+            rep.errors.append(f"line {no} holds the control character {m.group()!r}: job scripts are plain text "
+                              "(a carriage return means Windows line endings: convert with dos2unix)")
+    sbatch_lines = [no for no, line in enumerate(lines, 1) if re.match(r"\s*#SBATCH\b", line)]
+    if sbatch_lines:
+        for no in range(2, sbatch_lines[-1]):
+            if _is_code(lines[no - 1]):
+                rep.errors.append(f"line {no} ({lines[no - 1].strip()[:80]!r}) is a command among the #SBATCH lines: "
+                                  "sbatch stops reading #SBATCH options at the first command, so the ones after it "
+                                  "are ignored, and bash runs it; in a rendered script it can only come from a value "
+                                  "with a newline. Re-render the script (or move the command below the #SBATCH lines)")
+                break
+    for no in sbatch_lines:
+        m = re.match(r"\s*#SBATCH\s+--([A-Za-z][A-Za-z0-9-]*)(?:[= ]\s*(.*?))?\s*$", lines[no - 1])
+        if m and m.group(2) is not None:
+            problem = sbatch_value_problem(m.group(1), m.group(2))
+            if problem:
+                rep.errors.append(f"line {no}: #SBATCH {problem}")
+    if not rendered:
+        return
+    try:
+        first = next(no for no, line in enumerate(lines, 1) if line.strip() == "set -eo pipefail")
+    except StopIteration:
+        first = len(lines) + 1
+    for no in range(2, first):
+        if _is_code(lines[no - 1]) and not re.match(r"\s*#", lines[no - 1]):
+            rep.errors.append(f"line {no} ({lines[no - 1].strip()[:80]!r}) is a command before `set -eo pipefail`, "
+                              "where medret's template has only #SBATCH lines and comments: a value with a newline "
+                              "was rendered into the script, or it was edited. Re-render it")
+            break
+    begin = [no for no, line in enumerate(lines, 1) if line.startswith(_BLOCK_BEGIN)]
+    end = [no for no, line in enumerate(lines, 1) if line.startswith(_BLOCK_END)]
+    if not begin or not end or end[0] < begin[0]:
+        rep.errors.append("the script has no \"this job\" block between its '# ---- this job' and '# ---- helpers' "
+                          "lines: it is not a script medret rendered, or it was edited; re-render it")
+    else:
+        patterns = _block_patterns()
+        for no in range(begin[0] + 1, end[0]):
+            line = lines[no - 1]
+            if _is_code(line) and not any(p.fullmatch(line.strip()) for p in patterns):
+                rep.errors.append(f"line {no} ({line.strip()[:80]!r}) is not in the form medret renders: the job "
+                                  "block holds plain values only (a quoted word, a number, a GPU list); an "
+                                  "unquoted $(...), `...` or ; would run when the script starts. Re-render it")
+    for name, m in (("training", re.search(r"TRAIN_CMD=\((.*?)\n\s*\)", text, re.S)),
+                    ("smoke", re.search(r"SMOKE_CMD=\((.*?)\)\s*\n\}", text, re.S))):
+        if not m:
+            continue
+        cmd_lines = [line for line in m.group(1).strip("\n").split("\n")]
+        if name == "smoke" and len(cmd_lines) > 1:
+            rep.errors.append("the smoke command spans several lines; medret renders it on one: a value with a "
+                              "newline was rendered into it, or it was edited. Re-render the script")
+        for line in cmd_lines[:-1]:
+            if name == "training" and not line.rstrip().endswith(" \\"):
+                rep.errors.append(f"the training command's line {line.strip()[:80]!r} does not end with ' \\' as "
+                                  "every line of it but the last does when medret renders it: a value with a newline "
+                                  "was rendered into it, or it was edited. Re-render the script")
+                break
+        for w in shell_words(m.group(1)):
+            if w not in TEMPLATE_WORDS and not _LITERAL_RE.fullmatch(w):
+                rep.errors.append(f"the {name} command holds the word {w[:80]!r}, which is neither a plain value "
+                                  "(quoted, no $ or `) nor one of medret's template words: it would be expanded or "
+                                  "run by bash. Re-render the script")

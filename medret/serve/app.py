@@ -16,6 +16,7 @@ Wire contract (Search-R1 ``search_r1/search/retrieval_server.py``, veRL ``search
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -24,7 +25,7 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import orjson
@@ -38,7 +39,7 @@ from medret.api import without_scores
 from medret.config import RetrieverConfig
 from medret.errors import QueryError
 from medret.serve.batcher import Batcher, SearchBackend
-from medret.validate import check_flag, check_queries, check_topk
+from medret.validate import check_answer_size, check_flag, check_queries, check_token, check_topk
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +47,53 @@ TOKEN_ENV = "MEDRET_TOKEN"
 KNOWN_FIELDS = frozenset({"queries", "query", "topk", "return_scores"})
 # serialize big answers off the event loop (a 2,560 x 5 answer is ~20 MB of JSON)
 _OFFLOAD_DOCS = 2048
+# distinct unknown field names remembered (and logged once each); beyond it they are only counted
+IGNORED_NAMES_KEPT = 64
+
+
+def _knob(default: Any, flag: str | None, help: str) -> Any:
+    """A server setting with its command-line flag and help: `medret serve` makes its flags from these."""
+    return field(default=default, metadata={"flag": flag, "help": help})
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Server knobs that are not part of the retriever (limits of a request are in :class:`RetrieverConfig`)."""
+    """Server knobs that are not part of the retriever (limits of a request are in :class:`RetrieverConfig`).
 
-    default_topk: int = 3            # Search-R1's retrieval_topk default
-    max_batch_queries: int = 4096    # most queries merged into one engine call
-    max_wait_ms: float = 0.0         # wait for more requests before a batch (0: greedy, no added latency)
-    max_body_bytes: int = 32 * 1024 * 1024
+    Each is declared once, here, with its flag and help; ``medret serve`` derives its flags from the fields."""
+
+    default_topk: int = _knob(3, "--topk", "topk of a request that has none (as Search-R1's)")
+    max_batch_queries: int = _knob(4096, "--max-batch-queries",
+                                   "most queries merged from concurrent requests into one engine call")
+    max_batch_docs: int = _knob(65536, "--max-batch-docs",
+                                "most hits (queries x topk) one engine call computes; a larger request is searched "
+                                "alone, in slices of this size, with other requests served between its slices")
+    max_wait_ms: float = _knob(0.0, "--max-wait-ms",
+                               "milliseconds to wait for more requests before a batch (0: take what is queued)")
+    max_body_bytes: int = _knob(32 * 1024 * 1024, "--max-body-bytes", "largest request body in bytes (413 above)")
+    header_timeout_s: float = _knob(10.0, "--header-timeout",
+                                    "seconds a connection has to send a whole request head (from connecting, or "
+                                    "from the previous answer); then it is closed")
+    body_timeout_s: float = _knob(60.0, "--body-timeout",
+                                  "seconds a client has to send a whole request body (408 after)")
+    keep_alive_s: float = _knob(5.0, "--keep-alive",
+                                "seconds an idle keep-alive connection stays open between requests")
     token: str | None = None         # require "Authorization: Bearer <token>" (all routes but /health)
     latency_window: int = 10000      # requests kept for the latency percentiles
 
     def __post_init__(self) -> None:
-        for name in ("default_topk", "max_batch_queries", "max_body_bytes", "latency_window"):
+        for name in ("default_topk", "max_batch_queries", "max_batch_docs", "max_body_bytes", "latency_window"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise QueryError(f"{name}={v!r} is invalid: a positive whole number")
         if isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, (int, float)) \
                 or not 0 <= self.max_wait_ms <= 10_000:
             raise QueryError(f"max_wait_ms={self.max_wait_ms!r} is invalid: milliseconds from 0 to 10000")
-        if self.token is not None and not self.token.strip():
-            raise QueryError("token='' is invalid: pass a non-empty token or none at all")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400:
+                raise QueryError(f"{name}={v!r} is invalid: seconds, more than 0")
+        check_token(self.token, "token")
 
 
 class BadRequest(Exception):
@@ -84,14 +109,17 @@ class Service:
                  loader: Callable[[], SearchBackend] | None = None):
         self.config = config
         self.settings = settings
-        self.batcher = Batcher(loader or _local_loader(config), settings.max_batch_queries, settings.max_wait_ms)
+        self.batcher = Batcher(loader or _local_loader(config), settings.max_batch_queries, settings.max_wait_ms,
+                               max_batch_docs=settings.max_batch_docs)
         self._token = settings.token.encode() if settings.token else None
         self.started_at = time.time()
         self.requests_ok = 0
         self.requests_rejected = 0
         self.requests_failed = 0
         self.latencies_ms: deque[float] = deque(maxlen=settings.latency_window)
-        self._ignored_logged: set[str] = set()
+        self._ignored_logged: set[str] = set()   # at most IGNORED_NAMES_KEPT names
+        self.ignored_fields = 0                   # unknown fields seen in requests, counted, never stored
+        self._ignored_overflow_logged = False
         self._started = False
         self._lock = threading.Lock()
 
@@ -121,8 +149,11 @@ class Service:
             "device": engine.get("device"),
             "default_topk": self.settings.default_topk, "max_topk": self.config.max_topk,
             "max_batch": self.config.max_batch, "max_query_chars": self.config.max_query_chars,
-            "max_batch_queries": self.settings.max_batch_queries, "max_wait_ms": self.settings.max_wait_ms,
-            "max_body_bytes": self.settings.max_body_bytes, "auth": self._token is not None,
+            "max_answer_docs": self.config.max_answer_docs, "max_answer_bytes": self.config.max_answer_bytes,
+            "max_batch_queries": self.settings.max_batch_queries, "max_batch_docs": self.settings.max_batch_docs,
+            "max_wait_ms": self.settings.max_wait_ms, "max_body_bytes": self.settings.max_body_bytes,
+            "header_timeout_s": self.settings.header_timeout_s, "body_timeout_s": self.settings.body_timeout_s,
+            "keep_alive_s": self.settings.keep_alive_s, "auth": self._token is not None,
             "endpoints": ["POST /retrieve", "GET /health", "GET /", "GET /stats"],
         }
 
@@ -135,7 +166,7 @@ class Service:
             "uptime_s": round(time.time() - self.started_at, 3),
             "load_s": None if b.load_seconds is None else round(b.load_seconds, 3),
             "requests_served": self.requests_ok, "requests_rejected": self.requests_rejected,
-            "requests_failed": self.requests_failed,
+            "requests_failed": self.requests_failed, "ignored_fields": self.ignored_fields,
             "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "p99": _pct(lat, 99),
                            "window": len(lat)},
         }
@@ -143,11 +174,26 @@ class Service:
         return out
 
     def note_ignored(self, names: list[str]) -> None:
-        new = [n for n in names if n not in self._ignored_logged]
+        """Count unknown fields; log each of the first ``IGNORED_NAMES_KEPT`` distinct names once. Memory stays
+        bounded whatever clients send (a request with a million unique keys adds nothing kept)."""
+        self.ignored_fields += len(names)
+        room = IGNORED_NAMES_KEPT - len(self._ignored_logged)
+        new: list[str] = []
+        for n in names:
+            if len(new) >= room:
+                break
+            key = n[:100]  # names are kept short
+            if key not in self._ignored_logged:
+                new.append(key)
+                self._ignored_logged.add(key)
         if new:
-            self._ignored_logged.update(new)
             log.warning("ignoring unknown request field(s) %s: /retrieve reads queries (or query), topk and "
                         "return_scores", sorted(new)[:10])
+        full = len(self._ignored_logged) >= IGNORED_NAMES_KEPT
+        if full and not self._ignored_overflow_logged and any(n[:100] not in self._ignored_logged for n in names):
+            self._ignored_overflow_logged = True
+            log.warning("more than %d distinct unknown request field names: no longer logging them "
+                        "(GET /stats counts every ignored field as ignored_fields)", IGNORED_NAMES_KEPT)
 
 
 def _pct(sorted_values: list[float], p: float) -> float | None:
@@ -262,6 +308,13 @@ def parse_request(body: bytes, service: Service) -> tuple[list[str], int, bool]:
         return_scores = check_flag("return_scores", payload.get("return_scores", False))
     except QueryError as e:
         raise BadRequest(400, str(e), _field_of(str(e), "topk")) from None
+    if queries:
+        info = service.batcher.info  # the engine's corpus size and mean document size, once it is loaded
+        try:
+            check_answer_size(len(queries), topk, config.max_answer_docs, config.max_answer_bytes,
+                              info.get("doc_bytes"), info.get("n_docs"))
+        except QueryError as e:
+            raise BadRequest(413, str(e), field) from None
     return queries, topk, return_scores
 
 
@@ -282,13 +335,18 @@ async def retrieve(request: Request) -> Response:
         svc.requests_rejected += 1
         return _unauthorized()
     try:
-        body = await read_body(request, svc.settings.max_body_bytes)
+        body = await asyncio.wait_for(read_body(request, svc.settings.max_body_bytes), svc.settings.body_timeout_s)
         queries, topk, return_scores = parse_request(body, svc)
     except BadRequest as e:
         svc.requests_rejected += 1
         return error_response(e.status, e.message, e.field)
     except ClientDisconnect:
         return Response(status_code=499)
+    except asyncio.TimeoutError:
+        svc.requests_rejected += 1
+        return error_response(408, f"the request body did not arrive whole within {svc.settings.body_timeout_s:g} s "
+                              "(the server's --body-timeout): send the body at once, or raise --body-timeout",
+                              "body", {"Connection": "close"})
     status = svc.batcher.status
     if status != "ready":
         svc.requests_rejected += 1

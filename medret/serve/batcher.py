@@ -3,13 +3,18 @@
 The owner thread loads the engine (so the whole life of the engine, from construction to close, is on one
 thread: GPU faiss and CUDA streams are not safe to share), then loops: take the oldest request, take every
 request already queued behind it (and, with ``max_wait_ms`` > 0, wait that long for more) up to
-``max_batch_queries`` queries, remove repeated queries across the requests, run **one** search per distinct
-``k`` and hand each request its rows. Futures are resolved on the event loop with ``call_soon_threadsafe``;
-the event loop itself never runs search work.
+``max_batch_queries`` queries and ``max_batch_docs`` hits (queries x k), remove repeated queries across the
+requests, run **one** search per distinct ``k`` and hand each request its rows. Futures are resolved on the
+event loop with ``call_soon_threadsafe``; the event loop itself never runs search work.
 
 With ``max_wait_ms`` = 0 (the default) batching is greedy: nothing waits on purpose, and requests that arrive
 while the engine is busy are merged into the next call — so batch size grows with load and a lone request
 pays no extra latency.
+
+An *oversize* request (more than ``max_batch_docs`` hits) is never merged with others: it is searched alone, in
+slices of at most ``max_batch_docs`` hits, and after each slice the requests queued meanwhile are served, so
+small requests wait for at most one slice of a huge one, never for all of it. (As with merged batches, a dense
+retriever's scores can then differ in the last float bits from one in-process call of the whole request.)
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from medret.validate import dedupe
@@ -45,6 +51,16 @@ class _Job:
 
 
 @dataclass
+class _Oversize:
+    """A request searched alone, slice by slice: its distinct queries, where each input goes, hits so far."""
+
+    job: _Job
+    unique: list[str]
+    where: list[int]
+    hits: list[list[Any]] = field(default_factory=list)
+
+
+@dataclass
 class BatchStats:
     batches: int = 0            # engine search calls
     queries_in: int = 0         # queries received (before dedupe)
@@ -53,12 +69,13 @@ class BatchStats:
     max_batch_seen: int = 0
     search_seconds: float = 0.0
     errors: int = 0
+    oversize_requests: int = 0  # requests searched alone in slices (more than max_batch_docs hits)
 
     def as_dict(self) -> dict[str, Any]:
         return {"batches_run": self.batches, "queries_received": self.queries_in,
                 "queries_searched": self.queries_searched, "requests_batched": self.requests_merged,
                 "largest_batch": self.max_batch_seen, "search_seconds": round(self.search_seconds, 6),
-                "engine_errors": self.errors}
+                "engine_errors": self.errors, "oversize_requests": self.oversize_requests}
 
 
 _STOP = object()
@@ -68,9 +85,11 @@ class Batcher:
     """Owns the engine on one thread; :meth:`submit` from the event loop, await the answer."""
 
     def __init__(self, loader: Callable[[], SearchBackend], max_batch_queries: int = 4096,
-                 max_wait_ms: float = 0.0, name: str = "medret-engine"):
-        if not isinstance(max_batch_queries, int) or max_batch_queries < 1:
-            raise ValueError(f"max_batch_queries={max_batch_queries!r} must be a positive whole number")
+                 max_wait_ms: float = 0.0, name: str = "medret-engine", max_batch_docs: int = 65536):
+        for knob, v in (("max_batch_queries", max_batch_queries), ("max_batch_docs", max_batch_docs)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{knob}={v!r} must be a positive whole number")
+        self.max_batch_docs = max_batch_docs
         if not max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms={max_wait_ms!r} must be >= 0")
         self._loader = loader
@@ -102,6 +121,10 @@ class Batcher:
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join(timeout)
+
+    def queued(self) -> int:
+        """Requests waiting in the queue (not yet taken by the owner thread)."""
+        return self._queue.qsize()
 
     # ---- event loop side -------------------------------------------------------------------------------
     async def submit(self, queries: list[str], k: int) -> list[list[Any]]:
@@ -150,35 +173,106 @@ class Batcher:
             _resolve(job, None, RuntimeError(f"the engine failed to load: {self.error}"))
 
     def _loop(self) -> None:
-        carry: _Job | None = None
+        pending: deque[_Job] = deque()       # taken from the queue, not yet searched, oldest first
+        oversize: deque[_Oversize] = deque()  # searched a slice at a time, the oldest first
+        stopping = False
         while True:
-            first = carry if carry is not None else self._queue.get()
-            carry = None
-            if first is _STOP:
+            idle = not pending and not oversize
+            if idle and stopping:
                 return
-            jobs = [first]
-            n = len(first.queries)
-            stop = False
-            deadline = time.monotonic() + self.max_wait_s
-            while n < self.max_batch_queries:
-                try:
-                    remaining = deadline - time.monotonic()
-                    job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    stop = True
-                    break
-                if n + len(job.queries) > self.max_batch_queries:
-                    carry = job  # first of the next batch: never split a request, never exceed the limit
-                    break
-                jobs.append(job)
-                n += len(job.queries)
-            self._run_jobs(jobs)
-            if stop:
-                if carry is not None:
-                    self._run_jobs([carry])
-                return
+            stopping = self._take(pending, oversize, block=idle) or stopping
+            if pending:
+                jobs = self._next_batch(pending)
+                if self.max_wait_s > 0 and not stopping:
+                    stopping = self._wait_for_more(jobs, pending, oversize)
+                self._run_jobs(jobs)
+            if oversize:
+                if self._run_slice(oversize[0]):
+                    oversize.popleft()
+
+    def _is_oversize(self, job: _Job) -> bool:
+        return len(job.queries) * job.k > self.max_batch_docs
+
+    def _file(self, item: Any, pending: deque, oversize: deque) -> bool:
+        """Put a queue item where it belongs; True for the stop marker."""
+        if item is _STOP:
+            return True
+        if self._is_oversize(item):
+            unique, where = dedupe(item.queries)
+            oversize.append(_Oversize(item, unique, where))
+            self.stats.oversize_requests += 1
+        else:
+            pending.append(item)
+        return False
+
+    def _take(self, pending: deque, oversize: deque, block: bool) -> bool:
+        """Move every queued request into ``pending`` / ``oversize`` (waiting for one if ``block``)."""
+        stop = False
+        if block:
+            stop = self._file(self._queue.get(), pending, oversize)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return stop
+            stop = self._file(item, pending, oversize) or stop
+
+    def _fits(self, jobs: list[_Job], job: _Job) -> bool:
+        n = sum(len(j.queries) for j in jobs) + len(job.queries)
+        docs = sum(len(j.queries) * j.k for j in jobs) + len(job.queries) * job.k
+        return n <= self.max_batch_queries and docs <= self.max_batch_docs
+
+    def _next_batch(self, pending: deque) -> list[_Job]:
+        """The oldest pending request and those after it that fit (in order: a request is never split)."""
+        jobs = [pending.popleft()]
+        while pending and self._fits(jobs, pending[0]):
+            jobs.append(pending.popleft())
+        return jobs
+
+    def _wait_for_more(self, jobs: list[_Job], pending: deque, oversize: deque) -> bool:
+        """``max_wait_ms``: wait that long for requests that still fit this batch; True if a stop arrived."""
+        deadline = time.monotonic() + self.max_wait_s
+        while not pending:  # a request that did not fit is waiting: the batch is as full as it gets
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return False
+            if self._file(item, pending, oversize):
+                return True
+            while pending and self._fits(jobs, pending[0]):
+                jobs.append(pending.popleft())
+        return False
+
+    def _run_slice(self, big: _Oversize) -> bool:
+        """Search the next slice of an oversize request; True when it is answered (or failed)."""
+        k = big.job.k
+        size = max(1, self.max_batch_docs // k)
+        start = len(big.hits)
+        part = big.unique[start:start + size]
+        t0 = time.perf_counter()
+        try:
+            hits = self.backend.search(part, k)
+        except Exception as e:  # noqa: BLE001 - one bad request must not stop the server
+            self.stats.errors += 1
+            log.exception("search of a slice of %d queries (of an oversize request) failed", len(part))
+            _resolve(big.job, None, e)
+            return True
+        s = self.stats
+        s.batches += 1
+        s.queries_searched += len(part)
+        s.max_batch_seen = max(s.max_batch_seen, len(part))
+        s.search_seconds += time.perf_counter() - t0
+        big.hits.extend(hits)
+        if len(big.hits) < len(big.unique):
+            return False
+        s.queries_in += len(big.job.queries)
+        s.requests_merged += 1
+        _resolve(big.job, [big.hits[i] for i in big.where], None)
+        big.hits = []
+        return True
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
         by_k: dict[int, list[_Job]] = {}

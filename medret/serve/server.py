@@ -62,6 +62,86 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], OSError)
 
 
+def head_timeout_protocol(header_timeout: float) -> Any:
+    """uvicorn's h11 protocol, plus: a connection must send a whole request head within ``header_timeout``
+    seconds of connecting (or of its previous answer), else it is closed. uvicorn alone keeps a connection that
+    never finishes its headers open forever (its keep-alive timer stops at the first byte received). Falls back to
+    plain ``"h11"`` (with a warning) if this uvicorn's protocol class lacks the hooks used here."""
+    try:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+    except ImportError:  # pragma: no cover - every supported uvicorn has it
+        log.warning("uvicorn's h11 protocol not found: connections that never finish their headers are not timed out")
+        return "h11"
+    if not all(hasattr(H11Protocol, m) for m in ("connection_made", "data_received", "on_response_complete",
+                                                   "connection_lost")):
+        log.warning("this uvicorn's h11 protocol has other hooks: request heads are not timed out")
+        return "h11"
+
+    class HeadTimeoutH11(H11Protocol):  # type: ignore[misc, valid-type]
+        _head_timer: Any = None
+        _head_cycle: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._head_timer is not None and self.cycle is not self._head_cycle:
+                self._disarm_head_timer()  # a new request's head arrived whole
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            cycle = self.cycle
+            if not self.transport.is_closing() and (cycle is None or cycle.response_complete):
+                self._arm_head_timer()  # waiting for the next request's head
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            self._disarm_head_timer()
+            self._head_cycle = self.cycle
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.cycle is self._head_cycle and not self.transport.is_closing():
+                log.info("closing a connection from %s that sent no whole request head within %gs",
+                         self.client, header_timeout)
+                self.transport.close()
+
+    return HeadTimeoutH11
+
+
+def uvicorn_config(app: Any, settings: ServeSettings, log_level: str = "info", **kwargs: Any) -> uvicorn.Config:
+    """The uvicorn settings of ``medret serve`` (also used by the tests' in-thread servers)."""
+    return uvicorn.Config(app, log_config=None, log_level=log_level.lower(), access_log=False, lifespan="on",
+                          server_header=False, http=head_timeout_protocol(settings.header_timeout_s),
+                          timeout_keep_alive=settings.keep_alive_s, **kwargs)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip().lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+        except (OSError, ValueError):
+            return False
+
+
 def run_server(config: RetrieverConfig, settings: ServeSettings, host: str = "127.0.0.1", port: int = 0,
                address_file: str | os.PathLike[str] | None = None, log_level: str = "info",
                on_address: Callable[[str], None] | None = None) -> int:
@@ -77,8 +157,10 @@ def run_server(config: RetrieverConfig, settings: ServeSettings, host: str = "12
     addr_path = Path(address_file).expanduser().resolve() if address_file else None
     app = create_app(config, settings)
     service = app.state.service
-    uconfig = uvicorn.Config(app, log_config=None, log_level=log_level.lower(), access_log=False,
-                             lifespan="on", timeout_graceful_shutdown=30, server_header=False)
+    if settings.token is None and not is_loopback(host):
+        log.warning("medret serve: listening on %s without a token: anyone who can reach this port can search "
+                    "(and load the server); set MEDRET_TOKEN or --token-file, or bind --host 127.0.0.1", address)
+    uconfig = uvicorn_config(app, settings, log_level, timeout_graceful_shutdown=30)
     server = _Server(uconfig, addr_path, address)
     failed = threading.Event()
 

@@ -7,6 +7,10 @@ timeouts and 5xx answers are retried with exponential backoff (``config.retries`
 (the request itself is wrong) and raise :class:`medret.errors.QueryError` with the server's message. After the
 last try a :class:`medret.errors.TransportError` names the URL, the number of attempts and the last cause.
 
+Deadlines: ``config.timeout`` bounds each attempt as a whole — connecting, sending and reading the entire
+answer — not each socket read (a server trickling one byte a second never holds a client past it); and
+``config.total_timeout`` (optional) bounds all attempts and the waits between them together.
+
 ``url`` may be ``http://host:port`` or ``http://host:port/retrieve`` (or ``host:port``). With
 ``address_file`` the address is read from the file ``medret serve --address-file`` writes (waiting up to
 ``config.timeout`` seconds for it to appear), and read again after a connection error, so a restarted server
@@ -14,8 +18,12 @@ on a new port is found.
 """
 from __future__ import annotations
 
+import functools
 import http.client
+import io
 import logging
+import math
+import socket
 import threading
 import time
 from pathlib import Path
@@ -26,6 +34,7 @@ import orjson
 
 from medret.config import RetrieverConfig
 from medret.errors import QueryError, TransportError
+from medret.validate import check_token
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,87 @@ def base_url(url: str) -> str:
     return u.rstrip("/")
 
 
+class DeadlineExceeded(socket.timeout):
+    """An HTTP exchange did not complete by its deadline (a ``socket.timeout``, so an ``OSError``)."""
+
+
+class _DeadlineSocket:
+    """What http.client's response reads from: each read waits at most until the deadline, so the whole answer
+    (head and body) is bounded, however slowly the server sends it."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        # as socket.makefile does: the file holds a reference, so the connection closing its socket (an answer
+        # with "Connection: close") leaves the descriptor open until the answer has been read
+        self._sock._io_refs += 1  # type: ignore[attr-defined]
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline reached while reading the answer")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer, nbytes, flags)
+
+    def _decref_socketios(self) -> None:  # SocketIO.close calls it
+        self._sock._decref_socketios()  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock: socket.socket, *args: Any, deadline: float = math.inf, **kwargs: Any):
+        super().__init__(_DeadlineSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]
+
+
+def exchange(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
+             headers: dict[str, str], deadline: float) -> "_Response":
+    """One request on ``conn`` that completes (connect, send, the whole answer) by ``deadline`` (a
+    ``time.monotonic()`` value) or raises :class:`DeadlineExceeded`; the connection is closed on any failure."""
+    try:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline reached before the request was sent")
+        conn.timeout = remaining  # connect(), if it is not connected yet
+        if conn.sock is not None:
+            conn.sock.settimeout(remaining)  # sendall: a total limit for the whole send
+        conn.response_class = functools.partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        return _Response(r.status, r.read())
+    except BaseException:
+        conn.close()  # a half-used connection is never reused
+        raise
+
+
+def connection_for(base: str, timeout: float) -> http.client.HTTPConnection:
+    parts = urlsplit(base if "://" in base else "http://" + base)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    return cls(parts.hostname, parts.port, timeout=timeout)
+
+
+def request_once(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
+                 timeout: float = 10.0) -> "_Response":
+    """One HTTP request to ``url`` on a new connection, answered whole within ``timeout`` seconds or
+    :class:`DeadlineExceeded` (connection errors raise ``OSError``, protocol errors ``http.client.HTTPException``).
+    For medret's other HTTP callers (the Search-R1 runtime, doctor's health check)."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    conn = connection_for(f"{parts.scheme}://{parts.netloc}", timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        return exchange(conn, method, path, body, headers or {}, time.monotonic() + timeout)
+    finally:
+        conn.close()
+
+
+def is_timeout(e: BaseException) -> bool:
+    return isinstance(e, (socket.timeout, TimeoutError))
+
+
 class HttpTransport:
     backoff_base = 0.1   # seconds before the first retry; doubles each time
     backoff_max = 5.0
@@ -53,8 +143,9 @@ class HttpTransport:
         self._conn: http.client.HTTPConnection | None = None
         self._conn_base: str | None = None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if config.token:
-            self._headers["Authorization"] = f"Bearer {config.token}"
+        if config.token is not None:
+            # printable ASCII only, refused here at once (not as a UnicodeEncodeError on the first search)
+            self._headers["Authorization"] = f"Bearer {check_token(config.token, 'token')}"
         self._base: str | None = base_url(config.url) if config.url else None
         self._lock = threading.Lock()
 
@@ -93,38 +184,42 @@ class HttpTransport:
             time.sleep(self.address_poll)
 
     # ---- requests -------------------------------------------------------------------------------------
-    def _send(self, base: str, method: str, path: str, body: bytes | None, timeout: float) -> "_Response":
-        """One request on the kept-alive connection to ``base`` (reconnecting when the base changed)."""
+    def _send(self, base: str, method: str, path: str, body: bytes | None, deadline: float) -> "_Response":
+        """One request on the kept-alive connection to ``base`` (reconnecting when the base changed), complete
+        by ``deadline`` (``time.monotonic()``)."""
         if self._conn is None or self._conn_base != base:
             self.close()
-            parts = urlsplit(base)
-            cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(parts.hostname, parts.port, timeout=timeout)
+            self._conn = connection_for(base, max(0.001, deadline - time.monotonic()))
             self._conn_base = base
-        self._conn.timeout = timeout
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(timeout)
         prefix = urlsplit(base).path.rstrip("/")
         try:
-            self._conn.request(method, prefix + path, body=body, headers=self._headers)
-            r = self._conn.getresponse()
-            return _Response(r.status, r.read())
+            return exchange(self._conn, method, prefix + path, body, self._headers, deadline)
         except BaseException:
-            self.close()  # a half-used connection is never reused
+            self._conn = None  # exchange closed it
             raise
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> Any:
-        attempts = 1 + self.config.retries
+        cfg = self.config
+        attempts = 1 + cfg.retries
+        start = time.monotonic()
+        overall = start + cfg.total_timeout if cfg.total_timeout else math.inf
         last: str = ""
         url = ""
+        done = 0
         for attempt in range(1, attempts + 1):
             base = self._resolve(reread=attempt > 1)
             url = base + path
+            deadline = min(time.monotonic() + cfg.timeout, overall)
+            done = attempt
             try:
-                resp = self._send(base, method, path, body, self.config.timeout)
+                resp = self._send(base, method, path, body, deadline)
             except (OSError, http.client.HTTPException) as e:
-                kind = "Timeout" if isinstance(e, TimeoutError) else "ConnectionError"
-                last = f"{kind}: {type(e).__name__}: {e}"
+                if is_timeout(e):
+                    cap = (f"total_timeout={cfg.total_timeout:g}s" if deadline >= overall
+                           else f"timeout={cfg.timeout:g}s")
+                    last = f"Timeout: no complete answer within {cap} ({type(e).__name__}: {e})"
+                else:
+                    last = f"ConnectionError: {type(e).__name__}: {e}"
             else:
                 if resp.status_code == 200:
                     try:
@@ -136,42 +231,38 @@ class HttpTransport:
                     last = f"HTTP {resp.status_code}: {_error_text(resp)}"
                 elif resp.status_code == 401:
                     raise TransportError(f"{url} refused the request (HTTP 401): pass token=... (the server's "
-                                         f"--token or MEDRET_TOKEN)")
+                                         f"--token-file or MEDRET_TOKEN)")
                 elif 400 <= resp.status_code < 500:
                     raise QueryError(f"{url} rejected the request (HTTP {resp.status_code}): {_error_text(resp)}")
                 else:
                     raise TransportError(f"{url} answered HTTP {resp.status_code}: {_error_text(resp)}")
             if attempt < attempts:
                 delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+                if time.monotonic() + delay >= overall:
+                    break  # no time left for another attempt
                 log.warning("medret http: %s %s failed (%s), attempt %d/%d; retrying in %.2fs", method, url, last,
                             attempt, attempts, delay)
                 time.sleep(delay)
-        raise TransportError(f"{method} {url} failed after {attempts} attempt(s); last error: {last}")
+        gave_up = (f" (stopped retrying: total_timeout={cfg.total_timeout:g}s reached)"
+                   if done < attempts else "")
+        raise TransportError(f"{method} {url} failed after {done} attempt(s){gave_up}; last error: {last}")
 
     def retrieve(self, queries: list[str], k: int, return_scores: bool) -> dict:
-        """The server's /retrieve JSON as it sent it (checked for shape)."""
+        """The server's /retrieve JSON as it sent it, checked for shape (one list per query, at most k items,
+        each a scored item ``{"document": {...}, "score": s}`` or, without scores, a document)."""
         body = orjson.dumps({"queries": queries, "topk": k, "return_scores": return_scores})
         with self._lock:
             data = self._request("POST", "/retrieve", body)
-        try:
-            rows = data["result"]
-            if len(rows) != len(queries):
-                raise ValueError(f"{len(rows)} result lists for {len(queries)} queries")
-            for row in rows:
-                if row and not isinstance(row[0], dict):
-                    raise ValueError("result items are not objects")
-            return data
-        except (KeyError, TypeError, ValueError) as e:
-            raise self._shape_error(e) from None
+        problem = answer_shape_problem(data, len(queries), k, return_scores)
+        if problem:
+            raise self._shape_error(problem)
+        return data
 
     def search(self, queries: list[str], k: int) -> list[list[dict]]:
-        rows = self.retrieve(queries, k, True)["result"]
-        if any("document" not in item or "score" not in item for row in rows for item in row):
-            raise self._shape_error(ValueError("result items lack 'document' or 'score'"))
-        return rows
+        return self.retrieve(queries, k, True)["result"]
 
-    def _shape_error(self, e: Exception) -> TransportError:
-        return TransportError(f"{self._base}/retrieve answered in an unexpected shape ({e}): expected "
+    def _shape_error(self, problem: str) -> TransportError:
+        return TransportError(f"{self._base}/retrieve answered in an unexpected shape ({problem}): expected "
                               f'{{"result": [[{{"document": {{...}}, "score": s}}, ...], ...]}}')
 
     def info(self) -> dict[str, Any]:
@@ -182,7 +273,8 @@ class HttpTransport:
         """True when the server answers GET /health with 200 (one try, no retries)."""
         try:
             with self._lock:
-                r = self._send(self._resolve(), "GET", "/health", None, min(10.0, self.config.timeout))
+                r = self._send(self._resolve(), "GET", "/health", None,
+                               time.monotonic() + min(10.0, self.config.timeout))
             return r.status_code == 200
         except (OSError, http.client.HTTPException, TransportError):
             return False
@@ -191,6 +283,34 @@ class HttpTransport:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def answer_shape_problem(data: Any, n_queries: int, k: int, return_scores: bool) -> str | None:
+    """What is wrong with a /retrieve answer's shape, or None: ``{"result": [row per query]}``, each row a list of
+    at most ``k`` items; with scores each item ``{"document": {... "contents": str ...}, "score": number}``,
+    without scores each item the document itself."""
+    if not isinstance(data, dict) or not isinstance(data.get("result"), list):
+        return "no 'result' list"
+    rows = data["result"]
+    if len(rows) != n_queries:
+        return f"{len(rows)} result lists for {n_queries} queries"
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            return f"result[{i}] is a {type(row).__name__}, not a list"
+        if len(row) > k:
+            return f"result[{i}] has {len(row)} items for topk {k}"
+        for j, item in enumerate(row):
+            if not isinstance(item, dict):
+                return f"result[{i}][{j}] is a {type(item).__name__}, not an object"
+            doc = item.get("document") if return_scores else item
+            if return_scores:
+                score = item.get("score")
+                if isinstance(score, bool) or not isinstance(score, (int, float)):
+                    return f"result[{i}][{j}] has no numeric 'score'"
+            if not isinstance(doc, dict) or not isinstance(doc.get("contents"), str):
+                where = f"result[{i}][{j}]" + (".document" if return_scores else "")
+                return f"{where} is not a document with a 'contents' string"
+    return None
 
 
 class _Response:

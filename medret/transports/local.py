@@ -15,6 +15,11 @@ class LocalTransport:
         self.engine = Engine(config, progress=progress)
         self._lock = threading.Lock()  # the engine's buffers and encoders are not shared between threads
 
+    @property
+    def answer_stats(self) -> tuple[int, int | None]:
+        """(documents in the corpus, their mean stored size in bytes) for answer-size limits."""
+        return len(self.engine.store), self.engine.doc_bytes
+
     def search(self, queries: list[str], k: int) -> list[list[dict]]:
         with self._lock:
             return self.engine.scored(queries, k)

@@ -68,3 +68,16 @@ def test_cuda_requested_but_not_visible_is_an_error(toy_corpus, tiny_bert_dir, m
         get_retriever(str(toy_corpus), str(tiny_bert_dir), pooling="cls", device="cuda")
     r = get_retriever(str(toy_corpus), str(tiny_bert_dir), pooling="cls", device="cuda", allow_cpu_fallback=True)
     assert r.info()["device"] == "cpu"
+
+
+def test_rrf_takes_only_bm25_matches_so_a_query_without_indexed_terms_is_the_dense_ranking(toy_corpus,
+                                                                                            tiny_bert_dir):
+    """BM25 returns only snippets holding a query term (as pyserini): with none, it gives RRF nothing, so the
+    fusion is the dense ranking alone with scores 1/(rrf_k + rank) — no arbitrary zero-score BM25 snippets
+    (the lowest rows) pushed up by fusion."""
+    q = ["zebra quokka"]  # no word of the toy corpus
+    assert get_retriever(str(toy_corpus), "BM25").search(q, 5) == [[]]
+    dense = get_retriever(str(toy_corpus), str(tiny_bert_dir), pooling="cls").search(q, 5)[0]
+    fused = get_retriever(str(toy_corpus), f"BM25+{tiny_bert_dir}", pooling="cls", rrf_k=100).search(q, 5)[0]
+    assert [h.id for h in fused] == [h.id for h in dense]
+    np.testing.assert_allclose([h.score for h in fused], [1 / (100 + r) for r in range(1, 6)])

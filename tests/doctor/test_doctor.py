@@ -246,6 +246,9 @@ def test_config_file_and_invalid_config(db, tmp_path, capsys):
     cfg = tmp_path / "ppo.yaml"
     cfg.write_text(f"retriever:\n  corpus_name: Textbooks\n  retriever_name: BM25\n  db_dir: {db}\n  topk: 3\n")
     rc, checks = doctor(capsys, "--config", str(cfg))
+    # BM25 returns only matches: the default test query (diabetes) matches none of these five snippets
+    assert lines(checks, "store", "ok") and "matched no snippet" in lines(checks, "search", "warn")[0]["title"]
+    rc, checks = doctor(capsys, "--config", str(cfg), "--query", "sepsis mortality")
     assert lines(checks, "store", "ok") and lines(checks, "search", "ok")
     bad = tmp_path / "bad.yaml"
     bad.write_text("retriever:\n  corpus_name: Textbooks\n  gpu_idd: 3\n")

@@ -48,22 +48,29 @@ def test_scores_and_ranking_match_the_formula(bm25, query):
     index, texts = bm25
     ref = reference_scores(texts, query)
     scores, rows = index.search([query], len(texts))
-    np.testing.assert_allclose(scores[0], ref[rows[0]], rtol=1e-5, atol=1e-6)
-    # the ranking is the reference order, ties broken by lower row
-    expected = sorted(range(len(texts)), key=lambda i: (-round(ref[i], 5), i))
-    assert rows[0].tolist() == expected
+    found = rows[0][rows[0] >= 0]
+    np.testing.assert_allclose(scores[0][: len(found)], ref[found], rtol=1e-5, atol=1e-6)
+    # the ranking is the reference order of the matching snippets, ties broken by lower row
+    expected = sorted((i for i in range(len(texts)) if ref[i] > 0), key=lambda i: (-round(ref[i], 5), i))
+    assert found.tolist() == expected and len(expected) > 0
 
 
-def test_unknown_words_score_zero_and_order_by_row(bm25):
+def test_a_query_with_no_indexed_term_finds_nothing(bm25):
+    """As pyserini's BM25 (Search-R1's): no snippet holds a query term, so nothing is returned (row -1), not
+    the first k snippets with score 0."""
     index, texts = bm25
-    scores, rows = index.search(["zebra quokka"], 3)
-    assert scores.tolist() == [[0.0, 0.0, 0.0]] and rows.tolist() == [[0, 1, 2]]
+    scores, rows = index.search(["zebra quokka", "the and of"], 3)  # unknown words; stop words only
+    assert rows.tolist() == [[-1, -1, -1]] * 2 and scores.tolist() == [[0.0, 0.0, 0.0]] * 2
 
 
-def test_topk_larger_than_corpus_returns_every_row(bm25):
+def test_only_matching_snippets_are_returned(bm25):
     index, texts = bm25
-    scores, rows = index.search(["sepsis"], 50)
-    assert sorted(rows[0].tolist()) == list(range(len(texts)))
+    ref = reference_scores(texts, "sepsis")
+    matching = sorted((i for i in range(len(texts)) if ref[i] > 0), key=lambda i: (-round(ref[i], 5), i))
+    assert 0 < len(matching) < len(texts)
+    scores, rows = index.search(["sepsis"], 50)  # topk larger than the corpus
+    assert rows[0].tolist() == matching + [-1] * (len(texts) - len(matching))
+    assert (scores[0][: len(matching)] > 0).all() and (scores[0][len(matching):] == 0).all()
 
 
 @pytest.mark.parametrize("path,sparse,essential", [("distinct", 1e9, 0.0), ("maxscore", 0.0, 1e9),
@@ -97,9 +104,11 @@ def test_posting_scorer_equals_bm25s_full_scores_on_a_tie_heavy_corpus(tmp_path,
         for q, ids, s, r in zip(queries, index.tokenize(queries), scores, rows):
             full = (index.model.get_scores_from_ids(ids) if ids else np.zeros(len(store), np.float32))
             full = np.asarray(full, dtype=np.float32)
-            expected = sorted(range(len(store)), key=lambda i: (-full[i], i))[:k]
-            assert r.tolist() == expected, (q, k)
-            assert s.tobytes() == full[expected].tobytes(), (q, k)
+            # bm25s's order, matches only (score > 0), padded with row -1 / score 0 when fewer than k match
+            expected = sorted((i for i in range(len(store)) if full[i] > 0), key=lambda i: (-full[i], i))[:k]
+            pad = k - len(expected)
+            assert r.tolist() == expected + [-1] * pad, (q, k)
+            assert s.tobytes() == np.concatenate([full[expected], np.zeros(pad, np.float32)]).tobytes(), (q, k)
     counts = index._scorer.paths
     assert counts[path] > 0 and sum(v for key, v in counts.items() if key != "pruned") == counts[path]
     if path == "maxscore":

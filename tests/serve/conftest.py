@@ -42,13 +42,13 @@ def start_in_thread(config, settings=None, loader: Callable | None = None, wait_
     import uvicorn
 
     from medret.serve.app import create_app
-    from medret.serve.server import bind_socket
+    from medret.serve.server import bind_socket, uvicorn_config
 
     app = create_app(config, settings, loader)
     sock = bind_socket("127.0.0.1", port)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                                           log_level="warning", timeout_graceful_shutdown=5))
+    # the same uvicorn settings as `medret serve` (request-head timeout, keep-alive)
+    server = uvicorn.Server(uvicorn_config(app, app.state.service.settings, "warning", timeout_graceful_shutdown=5))
     t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="test-uvicorn")
     t.start()
     deadline = time.monotonic() + 30

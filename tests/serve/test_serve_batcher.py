@@ -130,7 +130,68 @@ def test_loader_failure_is_reported():
     b.close()
 
 
-@pytest.mark.parametrize("kwargs", [{"max_batch_queries": 0}, {"max_wait_ms": -1}])
+@pytest.mark.parametrize("kwargs", [{"max_batch_queries": 0}, {"max_wait_ms": -1}, {"max_batch_docs": 0}])
 def test_bad_knobs(kwargs):
     with pytest.raises(ValueError):
         Batcher(lambda: None, **kwargs)
+
+
+def test_an_oversize_request_is_searched_alone_in_slices_and_never_merged():
+    """max_batch_docs=10: a request of 12 queries x k=2 (24 hits) is oversize: it runs alone, in slices of 5
+    queries (10 hits), its repeats searched once; the small requests queued with it are merged together."""
+    backend = Recorder()
+    b = Batcher(lambda: backend, max_batch_queries=100, max_batch_docs=10)
+    b.start()
+    big = [f"big{i}" for i in range(11)] + ["big3"]  # 12 queries, 11 distinct
+
+    async def main():
+        first = asyncio.ensure_future(b.submit(["first"], 2))
+        while not backend.entered.is_set():
+            await asyncio.sleep(0.001)
+        futs = [asyncio.ensure_future(b.submit(qs, 2)) for qs in (["a"], big, ["b"], ["c"])]
+        while b.queued() < 4:  # all four wait behind the held first call
+            await asyncio.sleep(0.001)
+        backend.release.set()
+        await first
+        return await asyncio.gather(*futs)
+
+    a, big_answer, bb, c = run(main())
+    b.close()
+    assert big_answer == [[(q, 2)] for q in big] and (a, bb, c) == ([[("a", 2)]], [[("b", 2)]], [[("c", 2)]])
+    calls = [q for q, _, _ in backend.calls]
+    assert calls == [["first"], ["a", "b", "c"], big[0:5], big[5:10], big[10:11]]
+    for q in calls:  # never a call mixing the oversize request with others, never more than 10 hits
+        assert len(q) * 2 <= 10 and (all(x.startswith("big") for x in q) or not any(x.startswith("big") for x in q))
+    assert b.stats.oversize_requests == 1
+
+
+def test_small_requests_are_served_between_the_slices_of_an_oversize_one():
+    """A small request that arrives while an oversize one is being searched waits for one slice, not for all."""
+    class HoldBigFirstSlice(Recorder):
+        def search(self, queries, k):
+            if queries[0].startswith("big") and not self.entered.is_set():
+                self.calls.append((list(queries), k, threading.current_thread().name))
+                self.entered.set()
+                assert self.release.wait(10)
+                return [[(q, k)] for q in queries]
+            return super().search(queries, k)
+
+    backend = HoldBigFirstSlice(hold_first=False)
+    b = Batcher(lambda: backend, max_batch_docs=4)
+    b.start()
+    big = [f"big{i}" for i in range(12)]
+
+    async def main():
+        big_f = asyncio.ensure_future(b.submit(big, 1))
+        while not backend.entered.is_set():  # the first slice of the big request is being searched
+            await asyncio.sleep(0.001)
+        small = asyncio.ensure_future(b.submit(["small"], 1))
+        while b.queued() < 1:
+            await asyncio.sleep(0.001)
+        backend.release.set()
+        return await small, await big_f
+
+    small, big_answer = run(main())
+    b.close()
+    assert small == [[("small", 1)]] and big_answer == [[(q, 1)] for q in big]
+    assert [q for q, _, _ in backend.calls] == [big[0:4], ["small"], big[4:8], big[8:12]]

@@ -25,9 +25,12 @@ def test_flags_configure_the_server(tmp_path, serve_process, serve_helpers):
     db = tmp_path / "db"
     serve_helpers.write_corpus(db / "textbooks", n_docs=30, seed=3)
     port = free_port()
+    (tmp_path / "token").write_text("tok\n")
     p = serve_process("--corpus", "Textbooks", "--db-dir", str(db), "--retriever", "BM25", "--port", str(port),
                       "--topk", "2", "--max-topk", "4", "--max-batch", "3", "--max-query-chars", "50",
-                      "--max-batch-queries", "64", "--max-wait-ms", "2", "--token", "tok")
+                      "--max-batch-queries", "64", "--max-wait-ms", "2", "--token-file", str(tmp_path / "token"),
+                      "--max-answer-docs", "7", "--max-answer-bytes", "123456", "--max-batch-docs", "99",
+                      "--header-timeout", "4", "--body-timeout", "6", "--keep-alive", "3")
     base = p.wait_address()
     assert base == f"http://127.0.0.1:{port}"
     auth = {"Authorization": "Bearer tok"}
@@ -38,6 +41,8 @@ def test_flags_configure_the_server(tmp_path, serve_process, serve_helpers):
     assert info["n_docs"] == 30 and info["index"] == ["bm25"]
     assert (info["default_topk"], info["max_topk"], info["max_batch"], info["max_query_chars"]) == (2, 4, 3, 50)
     assert (info["max_batch_queries"], info["max_wait_ms"], info["auth"]) == (64, 2.0, True)
+    assert (info["max_answer_docs"], info["max_answer_bytes"], info["max_batch_docs"]) == (7, 123456, 99)
+    assert (info["header_timeout_s"], info["body_timeout_s"], info["keep_alive_s"]) == (4, 6, 3)
 
     local = get_retriever("Textbooks", "BM25", db_dir=str(db))
     url = base + "/retrieve"
@@ -49,6 +54,8 @@ def test_flags_configure_the_server(tmp_path, serve_process, serve_helpers):
     assert r.status_code == 400 and r.json()["field"] == "queries" and "max_batch=3" in r.json()["error"]
     r = requests.post(url, json={"queries": ["x" * 51]}, headers=auth, timeout=30)
     assert r.status_code == 400 and r.json()["field"] == "queries[0]"
+    r = requests.post(url, json={"queries": ["a", "b"], "topk": 4}, headers=auth, timeout=30)  # 2 x 4 > 7
+    assert r.status_code == 413 and "max_answer_docs=7" in r.json()["error"]
     r = requests.post(url, json={"queries": ["sepsis"], "topk": 4, "return_scores": True}, timeout=30)
     assert r.status_code == 401
 

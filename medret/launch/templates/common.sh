@@ -272,8 +272,9 @@ medret_http_ok() { # url: success only for a 2xx answer
     if command -v curl >/dev/null 2>&1; then
         curl --fail --silent --show-error --max-time 5 -o /dev/null "$1" 2>/dev/null
     else
-        "${PYTHON:-python3}" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1" \
-            >/dev/null 2>&1
+        # SIGALRM after 5 s bounds the whole exchange (urlopen's timeout is per socket read)
+        "${PYTHON:-python3}" -c 'import signal, sys, urllib.request; signal.alarm(5); urllib.request.urlopen(sys.argv[1]).read()' \
+            "$1" >/dev/null 2>&1
     fi
 }
 
