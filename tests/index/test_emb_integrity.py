@@ -117,3 +117,17 @@ def test_resident_vectors_are_all_checked_on_the_gpu(tmp_path):
     assert load_dense_index(out, store=store).ntotal == 30
     with pytest.raises(IndexBuildError, match=r"emb_000002.npy row 3 is not finite or is all zero \(checked on cuda"):
         load_dense_index(out, store=store, device="cuda:0")
+
+
+def test_full_scan_finds_the_damaged_row_in_blocks(monkeypatch):
+    """The GPU scan's logic (block by block, first bad row), run on CPU tensors with tiny blocks."""
+    import torch
+
+    monkeypatch.setattr(emb_check, "GPU_SCAN_ROWS", 7)
+    t = torch.from_numpy(np.random.default_rng(1).standard_normal((50, 4)).astype(np.float16))
+    assert emb_check._bad_row_on_device(t) is None
+    t[23] = 0
+    assert emb_check._bad_row_on_device(t) == 23
+    t[9, 2] = float("inf")
+    assert emb_check._bad_row_on_device(t) == 9
+    assert emb_check.first_bad_row(t.numpy()) == 9 and emb_check.first_bad_row(t.numpy(), [0, 23, 49]) == 23
