@@ -441,6 +441,13 @@ def _bm25_check(corpus: Any, store: Any, config: Any, build: str) -> tuple[list[
         return [Check("index", FAIL, f"BM25 index of {corpus.display_name} is stale: the corpus changed since it was "
                       "built", f"index: {manifest.get('rows')} rows; corpus now: {len(store)} rows ({folder})",
                       build + " --rebuild")], [], False
+    from medret.index.bm25 import check_sizes
+
+    try:
+        check_sizes(folder, manifest)
+    except MedretError as e:
+        return [Check("index", FAIL, f"BM25 index of {corpus.display_name} is damaged", str(e), build + " --rebuild")], \
+            [], False
     disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return ([Check("index", OK, f"BM25 index of {corpus.display_name}: {len(store):,} rows, matches the corpus",
                    f"{folder} ({_gb(disk)}, memory-mapped)")], [_Need(f"BM25 {corpus.display_name}", disk, "host")],

@@ -305,3 +305,13 @@ def test_read_only_db_dir_with_artifacts_built_is_served(tmp_path):
         rc, out, err = medret_cli("search", "sepsis", "--corpus", "Textbooks", "--db-dir", str(ro), "--json")
         assert rc == 0 and err == "", err  # no lock, no write, no warning
         assert json.loads(out) == expected
+
+
+def test_doctor_reports_a_truncated_bm25_file(tmp_path):
+    corpus = built(tmp_path / "toy")
+    target = corpus / "medret" / "bm25" / "indices.csc.index.npy"
+    os.truncate(target, target.stat().st_size - 8)
+    rc, out, _ = medret_cli("doctor", "--corpus", str(corpus), "--no-search", "--json")
+    [line] = [c for c in json.loads(out)["checks"] if c["key"] == "index"]
+    assert rc == 1 and line["status"] == "fail" and "damaged" in line["title"]
+    assert str(target) in line["detail"] and line["fix"].endswith("--rebuild")
