@@ -1,7 +1,7 @@
 """Storage failures while writing a store or an index, as one-line errors that name the file and the fix.
 
 A full disk (``ENOSPC``, a quota ``EDQUOT``, a file-size limit ``EFBIG``, or numpy's short-write ``OSError``
-without an errno when the device is full) and a folder medret may not write (``EROFS``, ``EACCES``, ``EPERM``)
+"N requested and M written", which carries no errno) and a folder medret may not write (``EROFS``, ``EACCES``, ``EPERM``)
 become :class:`medret.errors.StorageError`; every other ``OSError`` passes through unchanged. The builds that use
 :func:`writing` write under temporary names, so after such an error nothing half-written is left behind.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +19,7 @@ from medret.errors import StorageError
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
-NEARLY_FULL_BYTES = 1 << 20  # a short write with less free than this is a full disk
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
 WRITABLE_FIX = ("build medret's stores and indexes in a writable folder with --cache-dir DIR (cache_dir=DIR in "
                 "Python, +retriever.cache_dir=DIR for Search-R1)")
 
@@ -50,13 +51,16 @@ def storage_error(e: BaseException, what: str, path: str | os.PathLike[str]) -> 
         return None
     where = e.filename if e.filename else os.fspath(path)
     code = e.errno
-    if code is None and "written" in str(e):  # numpy's tofile: "N requested and M written"
-        free = free_bytes(path)
-        if free is not None and free < NEARLY_FULL_BYTES:
-            code = errno.ENOSPC
     shown = "" if where in what else f" ({where})"
+    if code is None and _SHORT_WRITE.search(str(e)):
+        # numpy's tofile loses fwrite's errno; the temporary files are already removed when this runs, so the
+        # free space now says nothing: a short write is a full disk or the file-size limit (ulimit -f)
+        return StorageError(
+            f"cannot write {what}{shown}: short write ({e}): the disk is full or the file-size limit (`ulimit -f`) "
+            f"was reached ({_human(free_bytes(path))} free there now); free space on that disk, or "
+            f"{WRITABLE_FIX.replace('writable', 'roomier')}")
     if code in NO_SPACE:
-        reason = os.strerror(code) if code is not None else str(e)
+        reason = os.strerror(code)
         return StorageError(
             f"cannot write {what}{shown}: {reason} (errno {code}; {_human(free_bytes(path))} free there); "
             f"free space on that disk, or {WRITABLE_FIX.replace('writable', 'roomier')}")
