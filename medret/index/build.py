@@ -7,13 +7,15 @@ Layout of a finished index folder ``out_dir``::
     faiss.index          only for hnsw / ivfpq / factory-string indexes (flat searches the .npy files exactly)
     dense.json           what DenseIndex.load needs (backend, metric, files, search parameters)
     manifest.json        written last: model names, pooling, dim, count, metric, index type, dtype,
-                         store checksum, medret version, file sizes, "complete": true
+                         store checksum, medret version, file sizes, sha256 of each emb file ("emb_sha256",
+                         see medret.index.emb_check), "complete": true
 
 While building, everything goes to the sibling folder ``.<name>.partial``; each chunk file is written
 under a temporary name and renamed when complete, so an interrupted build resumes at the first missing
-chunk (existing chunks are verified by shape and dtype). Only when every file is written is the partial
-folder renamed onto ``out_dir``: a crash never leaves a half index where the loader looks, and the loader
-checks the manifest anyway.
+chunk (existing chunks are verified by shape, dtype and their sha256). Only when every file is written is the
+partial folder renamed onto ``out_dir``: a crash never leaves a half index where the loader looks, and the loader
+checks the manifest anyway. One process builds a given index at a time (a lock file beside it, medret.locks):
+others wait, then find it complete.
 """
 from __future__ import annotations
 
@@ -30,8 +32,6 @@ import numpy as np
 from medret.encoders.specs import EncoderSpec
 from medret.errors import ConfigError, IndexBuildError
 from medret.index import emb_check
-from medret.leftovers import remove_stale
-from medret.locks import serialized
 from medret.index.dense import (
     DESCRIPTOR,
     FAISS_FILE,
@@ -41,6 +41,8 @@ from medret.index.dense import (
     new_faiss_index,
     train_faiss_index,
 )
+from medret.leftovers import remove_stale
+from medret.locks import serialized
 
 logger = logging.getLogger(__name__)
 
