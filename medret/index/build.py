@@ -267,6 +267,10 @@ def build_dense_index(
                 last_log = time.monotonic()
             if on_chunk is not None:
                 on_chunk(i, done_rows)
+    except BaseException:
+        if bar is not None:  # erased, so that the error is the last line on the terminal (medret.progress)
+            bar.leave = False
+        raise
     finally:
         if bar is not None:
             bar.close()
