@@ -15,6 +15,8 @@ def add_retriever_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retriever", default="BM25", help="BM25, MedCPT, Contriever, SPECTER, e5, RRF-2, RRF-4, "
                    "'A+B', or a local model folder (default: BM25)")
     g.add_argument("--db-dir", default=None, help="folder holding MedRAG's corpora (pubmed/chunk/*.jsonl, ...)")
+    g.add_argument("--cache-dir", default=None, help="build and look for stores and indexes in this folder instead "
+                   "of beside the chunk files (for a read-only --db-dir)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if visible, else cpu)")
     g.add_argument("--gpu-id", type=int, default=None, help="physical GPU number (as nvidia-smi counts)")
     g.add_argument("--allow-cpu-fallback", action="store_true", help="run on CPU (with a warning) if CUDA is absent")
@@ -36,10 +38,11 @@ def config_from_args(args: argparse.Namespace, **extra):
     from medret.config import RetrieverConfig
 
     return RetrieverConfig.from_mapping(dict(
-        corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, device=args.device,
-        gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback, pooling=args.pooling,
+        corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, cache_dir=args.cache_dir,
+        device=args.device, gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback, pooling=args.pooling,
         query_model=args.query_model, doc_model=args.doc_model, models_dir=args.models_dir,
-        batch_size=args.batch_size, rrf_k=args.rrf_k, nprobe=args.nprobe, ef_search=args.ef_search, rerank=args.rerank, **extra))
+        batch_size=args.batch_size, rrf_k=args.rrf_k, nprobe=args.nprobe, ef_search=args.ef_search,
+        rerank=args.rerank, **extra))
 
 
 def register(sub) -> None:
@@ -68,6 +71,7 @@ def register(sub) -> None:
     c = corpus_sub.add_parser("info", help="sizes, which indexes exist, memory each would take")
     c.add_argument("--corpus", default="sample")
     c.add_argument("--db-dir", default=None)
+    c.add_argument("--cache-dir", default=None, help="where the stores and indexes were built, if not beside the data")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_corpus_info)
     register_corpus(corpus_sub)
@@ -101,7 +105,7 @@ def cmd_index_build(args) -> int:
 def cmd_corpus_info(args) -> int:
     from medret.corpus.info import corpus_info, format_info
 
-    info = corpus_info(args.corpus, args.db_dir)
+    info = corpus_info(args.corpus, args.db_dir, args.cache_dir)
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
     else:

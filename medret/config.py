@@ -29,6 +29,9 @@ class RetrieverConfig:
     corpus_name: str = "sample"
     retriever_name: str = "BM25"
     db_dir: str | None = None
+    # build and look for document stores and indexes here instead of beside the chunk files (a read-only db_dir);
+    # None: DB_DIR/<source>/medret/ (the sample corpus: $MEDRET_CACHE). See medret.corpus.registry.artifacts_in
+    cache_dir: str | None = None
     # device: "cpu", "cuda", "cuda:N"; gpu_id: a physical GPU id (as nvidia-smi numbers it)
     device: str | None = None
     gpu_id: int | None = None
@@ -138,7 +141,7 @@ class RetrieverConfig:
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ConfigError(f"unknown retriever option(s) {unknown}: valid options are {sorted(valid)}")
-        for key in ("db_dir", "models_dir"):
+        for key in ("db_dir", "models_dir", "cache_dir"):
             if data.get(key) is not None:
                 data[key] = os.fspath(data[key])
         if data.get("gpu_id") is not None and isinstance(data["gpu_id"], str) and data["gpu_id"].isdigit():

@@ -51,6 +51,7 @@ class DoctorOptions:
     sbatch: str | None = None
     query: str = "What is the first-line treatment of type 2 diabetes?"
     search: bool = True  # load the retriever and run the test query
+    deep: bool = False  # hash every file against its manifest, whatever its size (medret.integrity_checks)
     config_error: str | None = None  # the configuration itself was invalid
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -65,7 +66,8 @@ class DoctorOptions:
             if args.config:
                 data.update(load_config_file(args.config))
             flags = {"corpus_name": (args.corpus, "sample"), "retriever_name": (args.retriever, "BM25"),
-                     "db_dir": (args.db_dir, None), "device": (args.device, None), "gpu_id": (args.gpu_id, None),
+                     "db_dir": (args.db_dir, None), "cache_dir": (args.cache_dir, None),
+                     "device": (args.device, None), "gpu_id": (args.gpu_id, None),
                      "allow_cpu_fallback": (args.allow_cpu_fallback, False), "pooling": (args.pooling, None),
                      "query_model": (args.query_model, None), "doc_model": (args.doc_model, None),
                      "models_dir": (args.models_dir, None),
@@ -79,7 +81,7 @@ class DoctorOptions:
         except MedretError as e:
             config, error = None, str(e)
         return cls(config=config, searchr1=args.searchr1, sbatch=args.sbatch, query=args.query,
-                   search=not args.no_search, config_error=error)
+                   search=not args.no_search, config_error=error, deep=bool(getattr(args, "deep", False)))
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -244,7 +246,7 @@ def _corpus(config: Any) -> tuple[Any, Check | None]:
     from medret.corpus.registry import resolve_corpus
 
     try:
-        return resolve_corpus(config.corpus_name, config.db_dir), None
+        return resolve_corpus(config.corpus_name, config.db_dir, config.cache_dir), None
     except MedretError as e:
         return None, Check("corpus", FAIL, f"corpus {config.corpus_name!r} not found", str(e),
                            _download_fix(config.corpus_name, config.db_dir))
@@ -328,8 +330,8 @@ def _download_mismatch(src: Any) -> str | None:
     """Files listed in ``medret corpus download``'s manifest whose size changed since."""
     from medret.corpus.download import MANIFEST
 
-    path = src.artifact_dir.parent / MANIFEST if src.artifact_dir.name == "medret" else None
-    if path is None or not path.is_file():
+    path = src.root / MANIFEST
+    if not path.is_file():
         return None
     try:
         files = json.loads(path.read_text()).get("files", {})
@@ -438,6 +440,13 @@ def _bm25_check(corpus: Any, store: Any, config: Any, build: str) -> tuple[list[
         return [Check("index", FAIL, f"BM25 index of {corpus.display_name} is stale: the corpus changed since it was "
                       "built", f"index: {manifest.get('rows')} rows; corpus now: {len(store)} rows ({folder})",
                       build + " --rebuild")], [], False
+    from medret.index.bm25 import check_sizes
+
+    try:
+        check_sizes(folder, manifest)
+    except MedretError as e:
+        return [Check("index", FAIL, f"BM25 index of {corpus.display_name} is damaged", str(e), build + " --rebuild")], \
+            [], False
     disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return ([Check("index", OK, f"BM25 index of {corpus.display_name}: {len(store):,} rows, matches the corpus",
                    f"{folder} ({_gb(disk)}, memory-mapped)")], [_Need(f"BM25 {corpus.display_name}", disk, "host")],
@@ -833,6 +842,10 @@ def run_checks(opts: DoctorOptions) -> list[Check]:
         add(check_corpus, config, key="corpus")
         res = add(check_store_and_indexes, config, key="store")
         needs_, ready = (res[1], res[2]) if res else ([], False)
+        from medret.integrity_checks import check_integrity, check_leftovers
+
+        add(check_integrity, config, opts.deep, key="integrity")
+        add(check_leftovers, config, key="leftovers")
         add(check_memory, needs_, key="memory")
         if opts.search:
             add(check_encoder, config, ready, key="encoder")

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="test query for the search check")
     p.add_argument("--no-search", action="store_true",
                    help="skip loading the retriever and the test query (quick check of files only)")
+    p.add_argument("--deep", action="store_true",
+                   help="hash every chunk file, store, BM25 and embedding file against the sha256 recorded when it "
+                        "was built (by default only when they total at most 1 GiB: MedCorp is minutes of reading)")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(func=cmd_doctor)
 

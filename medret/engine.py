@@ -69,7 +69,7 @@ class Engine:
         t0 = time.perf_counter()
         self.config = config
         self.parts = retriever_parts(config.retriever_name)
-        self.corpus: Corpus = resolve_corpus(config.corpus_name, config.db_dir)
+        self.corpus: Corpus = resolve_corpus(config.corpus_name, config.db_dir, config.cache_dir)
         self.store = open_corpus_store(self.corpus, build=config.auto_build, progress=progress)
         self.device = "cpu"
         self.searchers = [self._searcher(p, progress) for p in self.parts]
@@ -148,7 +148,7 @@ class BM25Searcher:
             if not auto_build:
                 raise IndexBuildError(f"no BM25 index for {corpus.display_name} at {folder}; build it with "
                                       f"`medret index build --corpus {corpus.display_name} --retriever BM25`")
-            build_bm25(store, folder, progress=progress)
+            build_bm25(store, folder, progress=progress, only_if_missing=True)  # waits for a concurrent build
         self.index = BM25Index(folder)
         if self.index.checksum != store.checksum or int(self.index.manifest["rows"]) != len(store):
             raise IndexBuildError(

@@ -33,6 +33,10 @@ class IndexBuildError(MedretError):
     """An index is missing, stale, incomplete, or could not be built."""
 
 
+class StorageError(MedretError):
+    """A store or index cannot be written where it belongs: the disk is full, or the folder is read-only."""
+
+
 class DeviceError(MedretError):
     """The requested device is not usable."""
 

@@ -15,8 +15,8 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
-def corpus_info(name: str, db_dir: str | None) -> dict[str, Any]:
-    corpus = resolve_corpus(name, db_dir)
+def corpus_info(name: str, db_dir: str | None, cache_dir: str | None = None) -> dict[str, Any]:
+    corpus = resolve_corpus(name, db_dir, cache_dir)
     sources = []
     for s in corpus.sources:
         manifest = s.store_dir / "manifest.json"

@@ -1,16 +1,14 @@
 """Read snippets from MedRAG chunk files (and Search-R1-style jsonl)."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import orjson
 
 from medret.errors import CorpusError
 
 LFS_MAGIC = b"version https://git-lfs"
-_PROBE = 64 * 1024
 
 
 def check_not_lfs_pointer(path: Path) -> None:
@@ -21,25 +19,6 @@ def check_not_lfs_pointer(path: Path) -> None:
             f"{path} is a git-lfs pointer file, not data: the corpus was cloned with git but its files were never "
             f"fetched. Run `git lfs pull` in that repository, or download it with `medret corpus download NAME "
             f"--db-dir DIR` (no git-lfs needed)")
-
-
-def file_fingerprint(path: Path) -> list:
-    """Cheap identity of a chunk file: name, size and a hash of its first and last 64 KiB."""
-    size = path.stat().st_size
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(_PROBE))
-        if size > _PROBE:
-            f.seek(max(_PROBE, size - _PROBE))
-            h.update(f.read(_PROBE))
-    return [path.name, size, h.hexdigest()[:16]]
-
-
-def sources_fingerprint(files: tuple[Path, ...] | list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in files:
-        h.update(orjson.dumps(file_fingerprint(p)))
-    return h.hexdigest()
 
 
 def parse_line(raw: bytes, path: Path, lineno: int) -> dict:
@@ -69,11 +48,15 @@ def parse_line(raw: bytes, path: Path, lineno: int) -> dict:
     return {"id": doc_id, "title": title, "content": content}
 
 
-def iter_file(path: Path) -> Iterator[tuple[int, dict]]:
+def iter_file(path: Path, digest: Any = None) -> Iterator[tuple[int, dict]]:
+    """(line number, snippet) of each non-blank line; ``digest`` (a hashlib object), if given, is updated with
+    every byte of the file as it is read."""
     check_not_lfs_pointer(path)
     with open(path, "rb") as f:
         lineno = 0
         for raw in f:
+            if digest is not None:
+                digest.update(raw)
             if raw.strip():
                 yield lineno, parse_line(raw, path, lineno)
             lineno += 1

@@ -6,6 +6,7 @@ any custom folder or jsonl file.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,21 +65,42 @@ class Corpus:
         return DISPLAY.get(self.name.lower(), self.name)
 
 
-def cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """Where the shipped sample corpus's artifacts (and benchmarks' work) go: $MEDRET_CACHE, else ~/.cache/medret."""
     return Path(os.environ.get("MEDRET_CACHE", Path.home() / ".cache" / "medret"))
+
+
+cache_dir = default_cache_dir  # the older name (benchmarks use it)
+
+
+def artifacts_in(cache: str | os.PathLike[str] | None, name: str, origin: Path, default: Path) -> Path:
+    """Where the stores and indexes of ``origin`` (a source folder, a jsonl file, or a db_dir for corpus-level
+    artifacts) live: ``default`` (beside the data), or with ``cache_dir`` set, ``<cache_dir>/<name>-<hash of the
+    origin's absolute path>``, so that one cache folder serves several db_dirs without mixing them."""
+    if cache is None:
+        return default
+    key = hashlib.sha256(os.path.abspath(os.path.expanduser(origin)).encode()).hexdigest()[:10]
+    return Path(cache).expanduser() / f"{name.lower()}-{key}"
 
 
 def valid_names() -> list[str]:
     return [DISPLAY[n] for n in SOURCES] + ["sample"]
 
 
-def resolve_corpus(name: str, db_dir: str | os.PathLike[str] | None) -> Corpus:
-    """Resolve a corpus name (or path) to its sources; raise CorpusError naming what is wrong and how to fix it."""
+def resolve_corpus(name: str, db_dir: str | os.PathLike[str] | None,
+                   cache_dir: str | os.PathLike[str] | None = None) -> Corpus:
+    """Resolve a corpus name (or path) to its sources; raise CorpusError naming what is wrong and how to fix it.
+
+    ``cache_dir``: build and look for stores and indexes there instead of beside the chunk files (a read-only
+    db_dir); see :func:`artifacts_in`.
+    """
+    cache = cache_dir  # the setting (this function's argument), not the module's default_cache_dir()
     if not isinstance(name, str) or not name.strip():
         raise CorpusError(f"corpus_name={name!r} is invalid: give one of {', '.join(valid_names())} or a folder path")
     key = name.strip().lower()
     if key == "sample":
-        return Corpus("sample", (_source("sample", SAMPLE_DIR, cache_dir() / "sample"),), cache_dir() / "sample")
+        art = artifacts_in(cache, "sample", SAMPLE_DIR, default_cache_dir() / "sample")
+        return Corpus("sample", (_source("sample", SAMPLE_DIR, art),), art)
     if key in SOURCES:
         if db_dir is None:
             raise CorpusError(f"db_dir=None: corpus {DISPLAY[key]!r} needs db_dir, the folder that holds MedRAG's "
@@ -86,8 +108,9 @@ def resolve_corpus(name: str, db_dir: str | os.PathLike[str] | None) -> Corpus:
         root = Path(db_dir).expanduser()
         if not root.is_dir():
             raise CorpusError(f"db_dir={str(root)!r} does not exist. {WHERE_FROM}")
-        sources = tuple(_source(s, root / s, root / s / "medret") for s in SOURCES[key])
-        art = sources[0].artifact_dir if len(sources) == 1 else root / key / "medret"
+        sources = tuple(_source(s, root / s, artifacts_in(cache, s, root / s, root / s / "medret"))
+                        for s in SOURCES[key])
+        art = sources[0].artifact_dir if len(sources) == 1 else artifacts_in(cache, key, root, root / key / "medret")
         return Corpus(DISPLAY[key], sources, art)
     # A custom corpus: a folder under db_dir, or a path to a folder or a jsonl file.
     candidates = []
@@ -96,11 +119,12 @@ def resolve_corpus(name: str, db_dir: str | os.PathLike[str] | None) -> Corpus:
     candidates.append(Path(name).expanduser())
     for path in candidates:
         if path.is_file() and path.suffix == ".jsonl":
-            art = path.with_name(path.name + ".medret")
+            art = artifacts_in(cache, path.stem, path, path.with_name(path.name + ".medret"))
             src = Source(path.stem, (path.resolve(),), art)
             return Corpus(path.stem, (src,), art)
         if path.is_dir():
-            return Corpus(path.name, (_source(path.name, path, path / "medret"),), path / "medret")
+            art = artifacts_in(cache, path.name, path, path / "medret")
+            return Corpus(path.name, (_source(path.name, path, art),), art)
     raise CorpusError(f"corpus_name={name!r} is unknown: valid names are {', '.join(valid_names())}, "
                       f"or a folder with chunk/*.jsonl, or a .jsonl file"
                       + (f" (looked in db_dir={str(db_dir)!r})" if db_dir is not None else ""))

@@ -4,14 +4,17 @@ Layout of a store folder (one per source)::
 
     docs.bin       each row's {"id","title","content"} as JSON bytes, back to back
     offsets.npy    uint64[n + 1]; row i is docs.bin[offsets[i]:offsets[i+1]]
-    manifest.json  row count, per-file rows, fingerprint of the chunk files, sha256 of the stored bytes
+    manifest.json  row count, per-file rows, the chunk files' records (size, mtime, ctime, inode, sha256 of the
+                   bytes) and the corpus identity derived from them, sha256 of docs.bin and of offsets.npy
 
 Rows are read with ``os.pread`` at their offsets (the offsets themselves are memory-mapped): a memory map of
 ``docs.bin`` would count every touched page in the process's RSS, and after 100,000 random lookups on a
 5M-snippet store that was 3.3 GB of RSS against 46 MB with ``pread``.
 
-The store is built once from the chunk files (atomically: a crash leaves no store that opens) and refused
-with a clear message when the chunk files changed since (their fingerprint differs).
+The store is built once from the chunk files (atomically: a crash leaves no store that opens; one build at a
+time under a lock file, see :mod:`medret.locks`) and refused with a clear message when the chunk files changed
+since (see :mod:`medret.corpus.fingerprint` for what is checked at each open). A damaged store file (a missing or
+zeroed ``docs.bin``, a scrambled ``offsets.npy``) is refused with a message naming the file, not a traceback.
 """
 from __future__ import annotations
 
@@ -25,13 +28,22 @@ from typing import Iterator, Sequence
 import numpy as np
 import orjson
 
-from medret.atomic import atomic_path
-from medret.corpus.reader import iter_file, sources_fingerprint
+from medret.atomic import atomic_path, atomic_write_bytes
+from medret.checksums import HashingWriter
+from medret.corpus import fingerprint as fp
+from medret.corpus.reader import iter_file
 from medret.corpus.registry import Corpus, Source
 from medret.errors import StoreError
+from medret.leftovers import remove_stale
+from medret.locks import artifact_lock
+from medret.progress import closing_bar
+from medret.storage import WRITABLE_FIX, writing
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2
+MANIFEST = "manifest.json"
+# what np.load raises on a damaged .npy header (it parses the header as a Python literal)
+_NPY_ERRORS = (OSError, ValueError, EOFError, MemoryError, SyntaxError, TypeError, KeyError)
 
 
 class DocStore:
@@ -39,39 +51,61 @@ class DocStore:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        self._fd = -1
         try:
-            self.manifest = orjson.loads((self.folder / "manifest.json").read_bytes())
-            self._offsets = np.load(self.folder / "offsets.npy", mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise StoreError(f"document store {self.folder} is missing or damaged ({e}); rebuild it with "
-                             f"`medret index build --corpus NAME --retriever BM25 --rebuild`") from None
-        self._fd = os.open(self.folder / "docs.bin", os.O_RDONLY)
-        size = os.fstat(self._fd).st_size
-        self.checksum: str = self.manifest["fingerprint"]
-        self.files: list[tuple[str, int]] = [(f[0], f[1]) for f in self.manifest["files"]]
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _damaged(self, name: str, what: str) -> StoreError:
+        return StoreError(f"document store file {self.folder / name} {what}; delete {self.folder} and build it "
+                          f"again with `medret index build --corpus NAME --retriever BM25` (the indexes built on "
+                          f"it stay valid: they depend on the chunk files, not on these files)")
+
+    def _open(self) -> None:
+        try:
+            self.manifest = orjson.loads((self.folder / MANIFEST).read_bytes())
+            self.checksum: str = str(self.manifest["fingerprint"])
+            self.files: list[tuple[str, int]] = [(str(f[0]), int(f[1])) for f in self.manifest["files"]]
+            rows = int(self.manifest["rows"])
+        except FileNotFoundError:
+            raise self._damaged(MANIFEST, "is missing") from None
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise self._damaged(MANIFEST, f"is damaged ({type(e).__name__}: {e})") from None
+        try:
+            self._offsets = np.load(self.folder / "offsets.npy", mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise self._damaged("offsets.npy", "is missing") from None
+        except _NPY_ERRORS as e:
+            raise self._damaged("offsets.npy", f"is damaged ({type(e).__name__}: {str(e)[:120]})") from None
+        try:
+            self._fd = os.open(self.folder / "docs.bin", os.O_RDONLY)
+        except OSError as e:
+            raise self._damaged("docs.bin", f"cannot be opened ({e.strerror})") from None
+        self._size = os.fstat(self._fd).st_size
+        o = self._offsets
+        if o.ndim != 1 or o.dtype != np.uint64 or len(o) != rows + 1 or int(o[0]) != 0 or int(o[-1]) != self._size:
+            found = f"{o.dtype} {o.shape}" + (f" from {int(o[0])} to {int(o[-1])}" if o.ndim == 1 and o.size else "")
+            raise self._damaged("offsets.npy", f"does not match docs.bin (found {found}; expected uint64 "
+                                f"({rows + 1},) from 0 to {self._size}, the size of docs.bin)")
         starts = np.cumsum([0] + [n for _, n in self.files])
         self._file_start = {stem: int(s) for (stem, _), s in zip(self.files, starts)}
-        if len(self._offsets) != self.manifest["rows"] + 1 or int(self._offsets[-1]) != size:
-            raise StoreError(f"document store {self.folder} is damaged (offsets do not match docs.bin); "
-                             f"delete the folder and rebuild it")
+        if rows:
+            self.get([0, rows - 1])  # a zeroed or overwritten docs.bin fails here, at open, not at the first search
 
     @classmethod
     def open(cls, source: Source, build: bool = True, progress: bool = False) -> "DocStore":
-        """Open the source's store, building it if absent; refuse a stale store."""
-        fingerprint = sources_fingerprint(source.chunk_files)
+        """Open the source's store, building it if absent (one process builds, others wait); refuse a stale store."""
         folder = source.store_dir
-        if not (folder / "manifest.json").exists():
+        if not (folder / MANIFEST).exists():
             if not build:
                 raise StoreError(f"no document store for {source.name!r} at {folder}; build it with "
                                  f"`medret index build --corpus {source.name} --retriever BM25`")
-            build_store(source, progress=progress)
-        store = cls(folder)
-        if store.checksum != fingerprint:
-            raise StoreError(
-                f"the chunk files of {source.name!r} changed since its document store was built "
-                f"({folder}): indexes built on the old files would return wrong snippets. Rebuild with "
-                f"`medret index build --corpus NAME --retriever NAME --rebuild` (or delete {folder})")
-        return store
+            with artifact_lock(folder, f"the document store of {source.name}"):
+                if not (folder / MANIFEST).exists():  # another process may have built it while this one waited
+                    _build_store(source, progress)
+        return _checked(cls(folder), source)
 
     def __len__(self) -> int:
         return int(self.manifest["rows"])
@@ -82,10 +116,24 @@ class DocStore:
         if len(rows) and (rows.min() < 0 or rows.max() >= n):
             bad = int(rows[(rows < 0) | (rows >= n)][0])
             raise StoreError(f"row {bad} is outside the document store of {n} rows")
-        start = self._offsets[rows].tolist()
-        end = self._offsets[rows + 1].tolist()
+        start = self._offsets[rows]
+        end = self._offsets[rows + 1]
+        if len(rows) and ((end < start).any() or int(end.max()) > self._size):
+            i = int(np.nonzero((end < start) | (end > self._size))[0][0])
+            raise self._damaged("offsets.npy", f"is damaged: row {int(rows[i])} spans bytes {int(start[i])}.."
+                                f"{int(end[i])} of a {self._size}-byte docs.bin")
+        start, end = start.tolist(), end.tolist()
         fd = self._fd
-        return [orjson.loads(os.pread(fd, e - s, s)) for s, e in zip(start, end)]
+        try:
+            return [orjson.loads(os.pread(fd, e - s, s)) for s, e in zip(start, end)]
+        except (ValueError, OSError):  # orjson.JSONDecodeError is a ValueError
+            for r, s, e in zip(rows.tolist(), start, end):
+                try:
+                    orjson.loads(os.pread(fd, e - s, s))
+                except (ValueError, OSError) as err:
+                    raise self._damaged("docs.bin", f"is damaged: row {r} (bytes {s}..{e}) is not a stored snippet "
+                                        f"({type(err).__name__})") from None
+            raise
 
     def iter_batches(self, batch_size: int = 1024, start: int = 0) -> Iterator[tuple[int, list[dict]]]:
         for s in range(start, len(self), batch_size):
@@ -151,22 +199,107 @@ def open_corpus_store(corpus: Corpus, build: bool = True, progress: bool = False
     return stores[0] if len(stores) == 1 else UnionStore(stores)
 
 
-def build_store(source: Source, progress: bool = False) -> Path:
-    """Build the store of one source from its chunk files, atomically."""
-    fingerprint = sources_fingerprint(source.chunk_files)
+def _stale(source: Source, changes: list[str]) -> StoreError:
+    more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+    return StoreError(
+        f"the chunk files of {source.name!r} changed since its document store was built ({changes[0]}{more}): "
+        f"indexes built on the old files would return wrong snippets. Rebuild with `medret index build --corpus "
+        f"NAME --retriever NAME --rebuild` (or delete {source.store_dir})")
+
+
+def _checked(store: DocStore, source: Source) -> DocStore:
+    """``store`` if the source's chunk files are those it was built from (see medret.corpus.fingerprint), else
+    StoreError; refreshes the manifest's records after a copy, upgrades a store built before records existed."""
+    files = list(source.chunk_files)
+    records = store.manifest.get("chunk_files")
+    try:
+        if records is None:
+            if fp.legacy_fingerprint(files) != store.checksum:
+                raise _stale(source, ["a file's name, size, or first or last 64 KiB differ"])
+        else:
+            v = fp.check_files(records, files, hash_suspects=False)
+            if v.stale:
+                raise _stale(source, v.changed)
+            if not v.needs_hash:
+                return store
+            log.warning("%d chunk file(s) of %s have another mtime, ctime or inode than when the store was built "
+                        "(copied, touched or restored?), e.g. %s: checking their content", len(v.needs_hash),
+                        source.name, v.needs_hash[0])
+    except BaseException:
+        store.close()
+        raise
+    store.close()
+    # hash under the build lock: of many processes opening a copied corpus at once, one hashes and records
     folder = source.store_dir
+    with artifact_lock(folder, f"the document store of {source.name}", required=False):
+        store = DocStore(folder)  # as it is now: another process may have refreshed or rebuilt it meanwhile
+        try:
+            records = store.manifest.get("chunk_files")
+            if records is None:
+                return _upgrade(store, source, files)
+            v = fp.check_files(records, files, hash_suspects=True)
+            if v.stale:
+                raise _stale(source, v.changed)
+            if v.refreshed is not None:
+                _rewrite_manifest(store, {**store.manifest, "chunk_files": v.refreshed},
+                                  f"{v.hashed_bytes / 2**20:.1f} MiB")
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def _upgrade(store: DocStore, source: Source, files: list) -> DocStore:
+    """A store built before chunk-file records: record them (hashing every file once), keeping its identity."""
+    if not os.access(store.folder, os.W_OK):
+        log.warning("the document store %s was built by an older medret and cannot be upgraded (not writable): "
+                    "only the size and the first and last 64 KiB of each chunk file are compared at open; rebuild "
+                    "it with `--rebuild` where it can be written, or %s", store.folder, WRITABLE_FIX)
+        return store
+    total = sum(p.stat().st_size for p in files)
+    log.warning("recording the content hashes of %d chunk files of %s (%.1f GiB, once): its store was built by "
+                "an older medret", len(files), source.name, total / 2**30)
+    records = fp.hash_records(files)
+    _rewrite_manifest(store, {**store.manifest, "format": FORMAT, "fingerprint_kind": fp.KIND_LEGACY,
+                              "chunk_files": records}, f"{total / 2**20:.1f} MiB")
+    return store
+
+
+def _rewrite_manifest(store: DocStore, manifest: dict, hashed: str) -> None:
+    try:
+        atomic_write_bytes(store.folder / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        store.manifest = manifest
+    except OSError as e:
+        log.warning("cannot record the chunk files' new timestamps in %s (%s): their content (%s) will be hashed "
+                    "again at every open; make the store writable, or %s", store.folder / MANIFEST, e.strerror,
+                    hashed, WRITABLE_FIX)
+
+
+def build_store(source: Source, progress: bool = False) -> Path:
+    """Build (or rebuild) the store of one source from its chunk files, atomically, holding its build lock."""
+    with artifact_lock(source.store_dir, f"the document store of {source.name}"):
+        return _build_store(source, progress)
+
+
+def _build_store(source: Source, progress: bool = False) -> Path:
+    """Build the store; the caller holds the lock. Each chunk file is hashed as it is read (no second pass)."""
+    folder = source.store_dir
+    remove_stale(folder)
     log.info("building document store for %s (%d chunk files) at %s", source.name, len(source.chunk_files), folder)
     bar = _bar(progress, len(source.chunk_files), f"store {source.name}")
-    with atomic_path(folder) as tmp:
+    with closing_bar(bar), writing(f"the document store of {source.name}", folder), atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         offsets = array("Q", [0])
         digest = hashlib.sha256()
         files = []
+        records = []
         pos = 0
         with open(tmp / "docs.bin", "wb") as out:
             for path in source.chunk_files:
                 n = 0
-                for _, doc in iter_file(path):
+                before = fp.stat_record(path)
+                content = hashlib.sha256()
+                for _, doc in iter_file(path, digest=content):
                     b = orjson.dumps(doc)
                     out.write(b)
                     digest.update(b)
@@ -174,14 +307,16 @@ def build_store(source: Source, progress: bool = False) -> Path:
                     offsets.append(pos)
                     n += 1
                 files.append([path.stem, n])
+                records.append(fp.file_record(path, content.hexdigest(), before))
                 if bar:
                     bar.update(1)
-        np.save(tmp / "offsets.npy", np.frombuffer(offsets, dtype=np.uint64))
+        with open(tmp / "offsets.npy", "wb") as f:
+            hw = HashingWriter(f)
+            np.save(hw, np.frombuffer(offsets, dtype=np.uint64), allow_pickle=False)
         manifest = {"format": FORMAT, "source": source.name, "rows": len(offsets) - 1, "files": files,
-                    "fingerprint": fingerprint, "sha256": digest.hexdigest()}
-        (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    if bar:
-        bar.close()
+                    "fingerprint": fp.identity(records), "fingerprint_kind": fp.KIND_CONTENT,
+                    "chunk_files": records, "sha256": digest.hexdigest(), "offsets_sha256": hw.hexdigest()}
+        (tmp / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return folder
 
 

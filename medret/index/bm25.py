@@ -16,11 +16,18 @@ import numpy as np
 import orjson
 
 from medret.atomic import atomic_path
+from medret.checksums import sha256_file
 from medret.errors import IndexBuildError
 from medret.index.select import select_topk, select_topk_rows
+from medret.leftovers import remove_stale
+from medret.locks import artifact_lock
+from medret.progress import closing_bar
+from medret.storage import preallocate, writing
 
 log = logging.getLogger(__name__)
 K1, B, METHOD = 1.2, 0.75, "lucene"
+DATA, INDICES, INDPTR = "data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"
+_SAMPLE = 4096  # postings checked at each end of data/indices when an index is opened
 # the query tokenizer caches every distinct word it has seen (word -> stem, word -> id); cleared past this size
 WORD_CACHE_MAX = 1_000_000
 
@@ -36,6 +43,50 @@ def _tokenizer():
     return Tokenizer(stemmer=Stemmer.Stemmer("english"), stopwords="en")
 
 
+def damaged_error(folder: Path, e: BaseException, name: str | None = None) -> IndexBuildError:
+    """The one-line error for a damaged BM25 index: names the file (found by loading each in turn)."""
+    if name is None:
+        name = "manifest.json"
+        try:
+            orjson.loads((folder / name).read_bytes())
+            for name in (DATA, INDICES, INDPTR):
+                np.load(folder / name, mmap_mode="r", allow_pickle=False)
+            name = "vocab.index.json / params.index.json"
+        except Exception as err:  # noqa: BLE001
+            e = err
+    target = " or ".join(str(folder / n) for n in name.split(" / "))
+    return IndexBuildError(f"BM25 index file {target} is missing or damaged "
+                           f"({type(e).__name__}: {str(e)[:160]}); rebuild the index with `medret index build "
+                           f"--corpus NAME --retriever BM25 --rebuild`")
+
+
+def check_sizes(folder: Path, manifest: dict) -> None:
+    """Every file the manifest lists has the size it had when built (one stat each)."""
+    for name, size in (manifest.get("files") or {}).items():
+        p = folder / name
+        actual = p.stat().st_size if p.is_file() else None
+        if actual != size:
+            raise damaged_error(folder, ValueError(f"{actual} bytes, {size} when built"), name)
+
+
+def check_arrays(folder: Path, manifest: dict, model) -> None:
+    """Cheap checks at open: array shapes, and the first and last postings (ids in range, weights > 0)."""
+    sc = model.scores
+    data, indices, indptr = (np.asarray(sc[k]) for k in ("data", "indices", "indptr"))
+    n = int(manifest["rows"])
+    if data.ndim != 1 or indices.shape != data.shape or indptr.ndim != 1 or not len(indptr) \
+            or int(indptr[0]) != 0 or int(indptr[-1]) != len(data):
+        raise damaged_error(folder, ValueError(f"data {data.shape}, indices {indices.shape}, indptr ends at "
+                                               f"{int(indptr[-1]) if len(indptr) else None}"), INDPTR)
+    ends = np.r_[0:min(_SAMPLE, len(data)), max(0, len(data) - _SAMPLE):len(data)]
+    ids = indices[ends]
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= n):
+        raise damaged_error(folder, ValueError(f"document ids outside 0..{n - 1}"), INDICES)
+    w = data[ends]
+    if len(w) and not (np.isfinite(w).all() and (w > 0).all()):
+        raise damaged_error(folder, ValueError("weights that are not finite and positive"), DATA)
+
+
 class BM25Index:
     def __init__(self, folder: Path, mmap: bool = True):
         import bm25s
@@ -43,10 +94,14 @@ class BM25Index:
         self.folder = Path(folder)
         try:
             self.manifest = orjson.loads((self.folder / "manifest.json").read_bytes())
-            self.model = bm25s.BM25.load(str(self.folder), mmap=mmap, show_progress=False)
         except (OSError, ValueError) as e:
-            raise IndexBuildError(f"BM25 index {self.folder} is missing or damaged ({e}); rebuild it with "
-                                  f"`medret index build --retriever BM25 --rebuild`") from None
+            raise damaged_error(self.folder, e, "manifest.json") from None
+        check_sizes(self.folder, self.manifest)
+        try:
+            self.model = bm25s.BM25.load(str(self.folder), mmap=mmap, show_progress=False)
+        except Exception as e:  # noqa: BLE001 - a damaged .npy/.json raises many types; name the file instead
+            raise damaged_error(self.folder, e) from None
+        check_arrays(self.folder, self.manifest, self.model)
         self._tok = _tokenizer()
         # query words map to the index's stems; unknown stems are dropped. With update_vocab=False the tokenizer
         # only reads this dict, so it is the index's own (MedCorp's vocabulary is tens of millions of stems: a
@@ -88,8 +143,14 @@ class BM25Index:
         with self._lock:
             if self._scorer is None:
                 self._scorer = PostingScorer(self._data, self._indices, self._indptr, n)
-            for i, ids in enumerate(token_ids):
-                scores[i], rows[i] = self._scorer.topk(ids, kk)
+            try:
+                for i, ids in enumerate(token_ids):
+                    scores[i], rows[i] = self._scorer.topk(ids, kk)
+            except (IndexError, ValueError) as e:  # document ids out of range in indices.csc.index.npy
+                self._scorer = None  # its buffers may hold partial sums
+                raise damaged_error(self.folder, e, INDICES) from None
+        if not np.isfinite(scores).all() or (scores < 0).any():  # a BM25 weight is finite and positive
+            raise damaged_error(self.folder, ValueError("non-finite or negative scores"), DATA)
         return scores, rows
 
 
@@ -273,7 +334,21 @@ _SCRATCH = ("_build.terms.i32", "_build.tfs.i32")
 _WORK = (np.float64(1.0) + np.zeros(1, dtype=np.float32)).dtype
 
 
-def build_bm25(store, folder: Path, progress: bool = False, batch_size: int = 10_000) -> Path:
+def build_bm25(store, folder: Path, progress: bool = False, batch_size: int = 10_000, *,
+               only_if_missing: bool = False) -> Path:
+    """Build the BM25 index of ``store`` at ``folder`` holding its build lock (:mod:`medret.locks`): a second
+    process waits, and with ``only_if_missing`` then finds it built and returns. Leftovers of killed builds are
+    removed first; a full disk or a read-only folder raises :class:`medret.errors.StorageError`."""
+    folder = Path(folder)
+    with artifact_lock(folder, f"the BM25 index {folder}"):
+        if only_if_missing and (folder / "manifest.json").exists():
+            return folder
+        remove_stale(folder)
+        with writing(f"the BM25 index {folder}", folder):
+            return _build_bm25(store, folder, progress, batch_size)
+
+
+def _build_bm25(store, folder: Path, progress: bool = False, batch_size: int = 10_000) -> Path:
     """Tokenize every snippet of the store and write a bm25s index, atomically, with a manifest.
 
     The files are those ``bm25s.BM25(k1=K1, b=B, method="lucene").index(Tokenized(ids, vocab))`` followed by
@@ -309,7 +384,7 @@ def build_bm25(store, folder: Path, progress: bool = False, batch_size: int = 10
         df = np.zeros(1 << 16, dtype=np.int64)
         lengths: list[np.ndarray] = []
         n_terms: list[np.ndarray] = []
-        with open(scratch[0], "wb") as f_terms, open(scratch[1], "wb") as f_tfs:
+        with closing_bar(bar), open(scratch[0], "wb") as f_terms, open(scratch[1], "wb") as f_tfs:
             for _, docs in store.iter_batches(batch_size):
                 ids = tok.tokenize([text_of(d) for d in docs], update_vocab=True, return_as="ids",
                                    show_progress=False)
@@ -326,8 +401,6 @@ def build_bm25(store, folder: Path, progress: bool = False, batch_size: int = 10
                 lengths.append(lens)
                 if bar:
                     bar.update(len(docs))
-        if bar:
-            bar.close()
         doc_len = np.concatenate(lengths)
         doc_terms = np.concatenate(n_terms)
         del lengths, n_terms
@@ -352,9 +425,10 @@ def build_bm25(store, folder: Path, progress: bool = False, batch_size: int = 10
         model.scores = {"data": np.zeros(0, dtype=np.float32), "indices": np.zeros(0, dtype=np.int32),
                         "indptr": indptr, "num_docs": n_docs}
         model.save(str(tmp), show_progress=False)
-        data = np.lib.format.open_memmap(tmp / "data.csc.index.npy", mode="w+", dtype=np.float32, shape=(nnz,))
-        rows = np.lib.format.open_memmap(tmp / "indices.csc.index.npy", mode="w+", dtype=np.int32,
-                                         shape=(nnz,))
+        data = np.lib.format.open_memmap(tmp / DATA, mode="w+", dtype=np.float32, shape=(nnz,))
+        rows = np.lib.format.open_memmap(tmp / INDICES, mode="w+", dtype=np.int32, shape=(nnz,))
+        for name, arr in ((DATA, data), (INDICES, rows)):  # a full disk fails here, not as SIGBUS in a page write
+            preallocate(tmp / name, arr.offset + arr.nbytes)
         avg_len = doc_len.mean(dtype=np.float64)
         heads = indptr[:-1].copy()  # next free slot of every column
         entry_ptr = np.zeros(n_docs + 1, dtype=np.int64)
@@ -403,9 +477,14 @@ def build_bm25(store, folder: Path, progress: bool = False, batch_size: int = 10
         del data, rows
         for p in scratch:
             p.unlink()
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         manifest = {"retriever": "bm25", "rows": n_docs, "store_checksum": store.checksum,
                     "k1": K1, "b": B, "method": METHOD, "tokenizer": "bm25s: lower, \\w\\w+, english stop words, "
-                    "Snowball english stemmer"}
+                    "Snowball english stemmer",
+                    # read once more after writing (data/indices are filled out of order through memory maps);
+                    # `medret doctor` compares sizes at every open, hashes with --deep
+                    "files": {f: (tmp / f).stat().st_size for f in files},
+                    "file_sha256": {f: sha256_file(tmp / f) for f in files}}
         (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     log.info("BM25 index of %d snippets (%d term entries) written to %s", n_docs, nnz, folder)
     return folder

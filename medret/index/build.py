@@ -7,13 +7,15 @@ Layout of a finished index folder ``out_dir``::
     faiss.index          only for hnsw / ivfpq / factory-string indexes (flat searches the .npy files exactly)
     dense.json           what DenseIndex.load needs (backend, metric, files, search parameters)
     manifest.json        written last: model names, pooling, dim, count, metric, index type, dtype,
-                         store checksum, medret version, file sizes, "complete": true
+                         store checksum, medret version, file sizes, sha256 of each emb file ("emb_sha256",
+                         see medret.index.emb_check), "complete": true
 
 While building, everything goes to the sibling folder ``.<name>.partial``; each chunk file is written
 under a temporary name and renamed when complete, so an interrupted build resumes at the first missing
-chunk (existing chunks are verified by shape and dtype). Only when every file is written is the partial
-folder renamed onto ``out_dir``: a crash never leaves a half index where the loader looks, and the loader
-checks the manifest anyway.
+chunk (existing chunks are verified by shape, dtype and their sha256). Only when every file is written is the
+partial folder renamed onto ``out_dir``: a crash never leaves a half index where the loader looks, and the loader
+checks the manifest anyway. One process builds a given index at a time (a lock file beside it, medret.locks):
+others wait, then find it complete.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import numpy as np
 
 from medret.encoders.specs import EncoderSpec
 from medret.errors import ConfigError, IndexBuildError
+from medret.index import emb_check
 from medret.index.dense import (
     DESCRIPTOR,
     FAISS_FILE,
@@ -38,6 +41,8 @@ from medret.index.dense import (
     new_faiss_index,
     train_faiss_index,
 )
+from medret.leftovers import remove_stale
+from medret.locks import serialized
 
 logger = logging.getLogger(__name__)
 
@@ -97,16 +102,6 @@ def _build_params(store: StoreLike, spec: EncoderSpec, index_type: str, dtype: s
             "chunk_rows": chunk_rows}
 
 
-def _write_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    from medret.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def _chunk_ok(path: Path, rows: int, dtype: str) -> int | None:
     """The dim of a valid chunk file with ``rows`` rows of ``dtype``, else None."""
     if not path.is_file():
@@ -120,7 +115,7 @@ def _chunk_ok(path: Path, rows: int, dtype: str) -> int | None:
         logger.warning("chunk %s has shape %s dtype %s, expected (%d, d) %s; re-encoding it",
                        path, arr.shape, arr.dtype, rows, dtype)
         return None
-    return int(arr.shape[1])
+    return int(arr.shape[1]) if emb_check.verified(path, arr) else None  # its sha256, or its vectors if none
 
 
 def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -134,6 +129,7 @@ def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     return m if isinstance(m, dict) else None
 
 
+@serialized("the dense index")  # one build per index at a time: others wait, then find it complete
 def build_dense_index(
     store: StoreLike,
     spec: EncoderSpec,
@@ -192,6 +188,7 @@ def build_dense_index(
         )
 
     work = partial_dir(out_dir)
+    remove_stale(out_dir)  # .<name>.old-PID of a replace that was killed (we hold the lock)
     if work.exists():
         state = None
         try:
@@ -261,7 +258,7 @@ def build_dense_index(
                         f"embedding values up to {peak:.3g} overflow fp16 storage (max {FP16_MAX}); rebuild with "
                         "fp16=False (`medret index build ... --fp32`)"
                     )
-            _write_npy_atomic(work / chunk_name(i), emb.astype(dtype, copy=False))
+            emb_check.write_chunk(work / chunk_name(i), emb.astype(dtype, copy=False))
             done_rows += e - s
             if bar is not None:
                 bar.update(e - s)
@@ -270,6 +267,10 @@ def build_dense_index(
                 last_log = time.monotonic()
             if on_chunk is not None:
                 on_chunk(i, done_rows)
+    except BaseException:
+        if bar is not None:  # erased, so that the error is the last line on the terminal (medret.progress)
+            bar.leave = False
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -303,7 +304,9 @@ def build_dense_index(
                            search_params=sp)
     index.write_into(work, embedding_files=files)
     (work / BUILD_STATE).unlink(missing_ok=True)
-    sizes = {p.name: p.stat().st_size for p in sorted(work.iterdir()) if p.is_file()}
+    emb_sha256 = emb_check.collect(work, files)
+    sizes = {p.name: p.stat().st_size for p in sorted(work.iterdir())
+             if p.is_file() and not p.name.endswith(emb_check.SIDECAR)}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -328,10 +331,12 @@ def build_dense_index(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "build_seconds": round(time.perf_counter() - t0, 3),
         "files": sizes,
+        "emb_sha256": emb_sha256,  # verified on resume and by `medret doctor` (medret.index.emb_check)
     }
     from medret.atomic import atomic_write_text
 
     atomic_write_text(work / MANIFEST, json.dumps(manifest, indent=2))
+    emb_check.drop_sidecars(work)
     _commit(work, out_dir)
     logger.info("dense index %s: %d x %d %s, %s (%s) written in %.1fs", out_dir, n, dim, dtype, index_type,
                 factory, time.perf_counter() - t0)
@@ -413,4 +418,5 @@ def load_dense_index(
                               f"{manifest['count']}; rebuild it with {hint}")
     if device and str(device) != "cpu":
         index.to(str(device))
+    emb_check.check_vectors(index, index_dir, hint, manifest.get("chunk_rows"))  # sampled on CPU, all on a GPU
     return index

@@ -13,7 +13,7 @@ def build_all(config: RetrieverConfig, index_type: str = "flat", rebuild: bool =
               progress: bool = True) -> Iterator[str]:
     """Build what ``config`` needs; yields one line per step for the CLI."""
     parts = retriever_parts(config.retriever_name)
-    corpus = resolve_corpus(config.corpus_name, config.db_dir)
+    corpus = resolve_corpus(config.corpus_name, config.db_dir, config.cache_dir)
     if rebuild:
         for s in corpus.sources:
             build_store(s, progress=progress)
@@ -24,8 +24,7 @@ def build_all(config: RetrieverConfig, index_type: str = "flat", rebuild: bool =
             from medret.index.bm25 import build_bm25
 
             folder = corpus.artifact_dir / "bm25"
-            if rebuild or not (folder / "manifest.json").exists():
-                build_bm25(store, folder, progress=progress)
+            build_bm25(store, folder, progress=progress, only_if_missing=not rebuild)
             yield f"BM25 index: {folder}"
             continue
         from medret.device import resolve_device

@@ -113,7 +113,8 @@ def rollout_block(args: argparse.Namespace) -> dict[str, Any]:
     if args.backend == "http":
         block["url"] = args.url
         return block
-    block.update(corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, device=args.device,
+    block.update(corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, cache_dir=args.cache_dir,
+                 device=args.device,
                  gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback, pooling=args.pooling,
                  query_model=args.query_model, doc_model=args.doc_model, models_dir=args.models_dir,
                  batch_size=args.batch_size,

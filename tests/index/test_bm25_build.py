@@ -136,4 +136,6 @@ def test_failed_build_keeps_the_previous_index_and_leaves_no_scratch(tricky_corp
     with pytest.raises(IndexBuildError, match="disk read failed"):
         build_bm25(_FailingStore(store), folder, batch_size=2)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "tricky"]
+    # the build lock file stays (deleting lock files breaks mutual exclusion), empty once nobody holds it
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx", "tricky"]
+    assert (tmp_path / ".idx.lock").stat().st_size == 0

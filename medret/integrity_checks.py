@@ -1,0 +1,148 @@
+"""`medret doctor`'s content and leftover checks.
+
+**Content** (:func:`check_integrity`): the sha256 recorded at build time of every file the configured retriever
+reads — the corpus's chunk files (store manifest ``chunk_files``), the document store's ``docs.bin`` and
+``offsets.npy`` (``sha256``, ``offsets_sha256``), the BM25 index's files (``file_sha256``) and each dense index's
+``emb_*.npy`` (``emb_sha256``) — are compared with the files as they are now. Hashing reads every byte (MedCorp:
+~100 GB of chunk files, ~80 GB of fp16 embeddings; ~1 GB/s per core for sha256, often less from disk), so by
+default it runs only when the files total at most :data:`DEEP_AUTO_BYTES` (about a second), and always with
+``medret doctor --deep``. The cheap checks that run at every open (chunk files' size/mtime/ctime/inode, store and
+index file sizes and shapes, sampled vectors) run in the doctor's ``store`` and ``index`` lines regardless.
+
+**Leftovers** (:func:`check_leftovers`): temporary folders of interrupted builds (``.store.tmp-PID``,
+``.bm25.tmp-PID``, ``.<name>.old-PID``, a dense index's ``.<name>.partial``) with their size; the ones whose build
+lock is held now belong to a running build and are reported as such.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from medret.checksums import mismatches, total_bytes
+from medret.doctor import FAIL, OK, WARN, Check, _corpus, _gb
+from medret.errors import MedretError
+
+DEEP_AUTO_BYTES = 1 << 30
+HASH_BYTES_PER_S = 1e9  # for the time estimate shown when hashing is skipped
+
+
+def _manifest(path: Path) -> dict | None:
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def _targets(config: Any, corpus: Any) -> list[tuple[str, Path, dict[str, str], str, list[str]]]:
+    """(label, folder, {file: sha256}, fix, notes) for every recorded file the configuration reads."""
+    from medret.engine import retriever_parts
+
+    build = (f"medret index build --corpus {corpus.display_name} --retriever {config.retriever_name}"
+             + (f" --db-dir {config.db_dir}" if config.db_dir else ""))
+    out = []
+    for src in corpus.sources:
+        m = _manifest(src.store_dir / "manifest.json")
+        if m is None:
+            continue
+        records = m.get("chunk_files")
+        if records:
+            out.append((f"chunk files of {src.name}", src.chunk_files[0].parent,
+                        {r["name"]: r["sha256"] for r in records},
+                        f"{build} --rebuild (the chunk files changed), or download them again", []))
+        sums = {k: m[key] for k, key in (("docs.bin", "sha256"), ("offsets.npy", "offsets_sha256")) if m.get(key)}
+        out.append((f"document store of {src.name}", src.store_dir, sums,
+                    f"delete {src.store_dir} and run `{build}`", [] if records else ["built by an older medret"]))
+    try:
+        parts = retriever_parts(config.retriever_name)
+    except MedretError:
+        parts = ()
+    for part in parts:
+        if part == "bm25":
+            folder = corpus.artifact_dir / "bm25"
+            m = _manifest(folder / "manifest.json")
+            if m is not None:
+                out.append((f"BM25 index of {corpus.display_name}", folder, dict(m.get("file_sha256") or {}),
+                            f"{build} --rebuild", [] if m.get("file_sha256") else ["no hashes recorded"]))
+            continue
+        from medret.encoders.specs import resolve_spec
+
+        try:
+            spec = resolve_spec(part, pooling=config.pooling)
+        except MedretError:
+            continue
+        for src in corpus.sources:
+            folder = src.index_dir(spec.slug)
+            m = _manifest(folder / "manifest.json")
+            if m is not None:
+                out.append((f"{spec.name} index of {src.name}", folder, dict(m.get("emb_sha256") or {}),
+                            f"{build} --rebuild", [] if m.get("emb_sha256") else ["no hashes recorded"]))
+    return out
+
+
+def check_integrity(config: Any, deep: bool = False) -> list[Check]:
+    corpus, err = _corpus(config)
+    if err is not None:
+        return []
+    targets = _targets(config, corpus)
+    if not targets:
+        return []
+    total = sum(total_bytes(folder, sums) for _, folder, sums, _, _ in targets)
+    labels = ", ".join(label for label, *_ in targets)
+    if not deep and total > DEEP_AUTO_BYTES:
+        return [Check("integrity", OK, f"content hashes not checked ({_gb(total)} to read, about "
+                      f"{total / HASH_BYTES_PER_S / 60:.0f} min): `medret doctor --deep` checks them", labels)]
+    t0 = time.perf_counter()
+    fails, notes = [], []
+    for label, folder, sums, fix, extra in targets:
+        notes += [f"{label}: {n}" for n in extra]
+        bad = mismatches(folder, sums)
+        if bad:
+            fails.append(Check("integrity", FAIL, f"{label}: {len(bad)} of {len(sums)} files differ from what was "
+                               "built", ", ".join(str(folder / b) for b in bad[:5]), fix))
+    if fails:
+        return fails
+    detail = labels + (f"; not recorded: {'; '.join(notes)}" if notes else "")
+    return [Check("integrity", OK, f"content hashes match: {_gb(total)} read in {time.perf_counter() - t0:.1f}s",
+                  detail)]
+
+
+def check_leftovers(config: Any) -> list[Check]:
+    from medret.leftovers import find_leftovers
+    from medret.locks import holder
+
+    corpus, err = _corpus(config)
+    if err is not None:
+        return []
+    folders = []
+    for src in corpus.sources:
+        folders += [src.artifact_dir, src.artifact_dir / "index"]
+    folders.append(corpus.artifact_dir)
+    seen, found = set(), []
+    for folder in folders:
+        if folder in seen:
+            continue
+        seen.add(folder)
+        found += find_leftovers(folder)
+    if not found:
+        return []
+    running = [(left, holder(left.artifact)) for left in found]
+    busy = [(left, who) for left, who in running if who]
+    stale = [left for left, who in running if not who]
+    out = []
+    if busy:
+        out.append(Check("leftovers", OK, f"{len(busy)} build(s) running now: " + ", ".join(
+            f"{left.artifact.name} by {who}" for left, who in busy[:3]),
+            ", ".join(f"{left.path} ({_gb(left.nbytes)})" for left, _ in busy[:5])))
+    if stale:
+        size = sum(left.nbytes for left in stale)
+        partial = [left for left in stale if left.kind == "partial"]
+        fix = ("the next `medret index build` of the same artifact removes them" +
+               (" (a .partial folder is resumed by it, or discarded when its settings differ)" if partial else "")
+               + "; or delete them: rm -r " + " ".join(str(left.path) for left in stale[:5]))
+        out.append(Check("leftovers", WARN, f"{len(stale)} temporary file(s)/folder(s) left by interrupted builds, "
+                         f"{_gb(size)}", "; ".join(f"{left.path} ({_gb(left.nbytes)})" for left in stale[:5])
+                         + (f" and {len(stale) - 5} more" if len(stale) > 5 else ""), fix))
+    return out
