@@ -492,9 +492,11 @@ def _dense_checks(corpus: Any, stores: list[Any], part: str, config: Any, build:
             needs_.append(_Need(f"{spec.name} MedRAG index {src.name}", nbytes, where))
             checks.append(Check("index", OK, f"{spec.name} index of {src.name}: MedRAG's precomputed index",
                                 f"{folder} ({_gb(nbytes)})"))
-        elif kind == "build":
+        elif kind in ("build", "build_legacy"):
+            aside = " (an index of medret's first layout, which did not record its model, is left aside)" \
+                if kind == "build_legacy" else ""
             checks.append(Check("index", WARN, f"{spec.name} index of {src.name} not built yet",
-                                f"{len(store):,} rows: it will be encoded at {folder} on first use", build))
+                                f"{len(store):,} rows: it will be encoded at {folder} on first use{aside}", build))
             ready = False
         elif kind == "legacy":
             checks.append(Check("index", FAIL, f"{spec.name} index of {src.name} is in medret's first layout",

@@ -40,8 +40,9 @@ def medrag_applies(spec: EncoderSpec) -> bool:
 def locate(source: Any, size: int, spec: EncoderSpec, identity: Any, config: RetrieverConfig) -> tuple[str, Path]:
     """Which index of ``source`` (``size`` rows) serves ``identity``, as ``(kind, folder)``; kinds, in order:
     ``own`` (built for this encoder), ``copy`` (built from the same model files at another path), ``medrag``
-    (MedRAG's precomputed), ``build`` (to be built now; ``legacy`` when an index of the first layout is left
-    aside), ``missing`` (none: build it), ``legacy`` (only an index of medret's first layout: migrate or rebuild)."""
+    (MedRAG's precomputed), ``build`` (to be built now), ``build_legacy`` (to be built now, leaving aside an index
+    of medret's first layout), ``missing`` (none: build it), ``legacy`` (only an index of medret's first layout:
+    migrate or rebuild)."""
     from medret.index.build import read_manifest
     from medret.index.identity import find_copy, keyed_dir, legacy_dir, recorded
     from medret.index.medrag import has_medrag_embeddings, has_medrag_faiss, medrag_index_dir
@@ -60,10 +61,7 @@ def locate(source: Any, size: int, spec: EncoderSpec, identity: Any, config: Ret
     old_manifest = read_manifest(old)
     if old_manifest is not None and recorded(old_manifest) is None:
         if config.auto_build and size <= AUTO_BUILD_MAX_ROWS:
-            log.warning("ignoring the dense index at %s: medret's first layout did not record which model weights "
-                        "built it; building %s for %s (delete the old folder to free its space)", old, own,
-                        identity.describe())
-            return "build", own
+            return "build_legacy", own
         return "legacy", old
     if config.auto_build and size <= AUTO_BUILD_MAX_ROWS:
         return "build", own
@@ -120,6 +118,12 @@ class DenseSearcher:
             ix = open_medrag_index(where, sub, metric=self.spec.metric, cache_dir=Path(source.artifact_dir) / "index")
             ix.set_search_params(**params)
             return ix.to(self.device, half=fp16_storage(config, self.device)) if self.device != "cpu" else ix
+        if kind == "build_legacy":
+            from medret.index.identity import legacy_dir
+
+            log.warning("ignoring the dense index at %s: medret's first layout did not record which model weights "
+                        "built it; building %s for %s (delete the old folder to free its space)",
+                        legacy_dir(source, self.spec), where, self.identity.describe())
         if kind == "legacy":
             raise IndexBuildError(legacy_message(where, self.spec, self.identity, corpus_name, config))
         if kind == "missing":
