@@ -10,7 +10,8 @@ copied to a temporary folder and patched there only as far as needed to run on C
     # PubMedQA's 1,000 questions as queries (--queries windows: 5-12-word windows of corpus snippets instead),
     # --dup-ratio 0.8: GRPO-like batches where groups of 5 share one query (medret.bench.harness.make_batch)
     python benchmarks/vs_reference.py searchr1 --searchr1 /work/_ref/Search-R1 --corpus CORPUS_FOLDER \
-        --model BERT_DIR --ref-site /work/_ref/site --pubmedqa shared/datasets/pubmedqa [--dup-ratio 0.8] --out DIR
+        --model BERT_DIR --ref-site /work/_ref/site --pubmedqa shared/datasets/pubmedqa [--dup-ratio 0.8] --out DIR \
+        [--like e5 | --pooling mean]    # --like e5: Search-R1's default e5 setting on both sides (query: prefix)
 
     # MedRAG's RetrievalSystem (MedCPT slot, loop over questions) vs medret (batch), on DB_DIR/pubmed/chunk
     python benchmarks/vs_reference.py medrag --medrag /work/_ref/MedRAG --db-dir DB_DIR --model BERT_DIR \
@@ -28,7 +29,9 @@ or of this process for the in-process retriever), the medians and the 1-minute l
 run are reported. Padding is reported too: the batch's real token count against what Search-R1's encoder computes
 (every query padded to the batch's longest, in chunks of its 512-query encoder batch) and what medret's computes
 (distinct queries only, sorted by length, padded per encoder batch). Search-R1's server always mean-pools: give
-medret ``--pooling mean`` (and an index built for it) so both compute the same query vectors; each run then
+medret ``--pooling mean`` (and an index built for it) so both compute the same query vectors, or ``--like e5`` to run
+both in Search-R1's default e5 setting (its ``--retriever_name e5`` adds ``query: `` and normalises; medret the
+same recipe; index: ``placeholder_index.py CORPUS MODEL --like e5``); each run then
 reports the fraction of queries whose top-k ids agree (``same_top_ids``). The query pool defaults to PubMedQA's
 questions for ``searchr1`` and to corpus windows for ``medrag``; ``--queries`` and ``--dup-ratio`` apply to both.
 """
@@ -105,16 +108,18 @@ def query_batches(pool: list[str], batch: int, runs: int, dup_ratio: float) -> l
 
 
 def padding_stats(tokenizer, batch: list[str], ref_max_len: int, ref_batch: int, medret_max_len: int,
-                  medret_batch: int) -> dict:
-    """Token positions the two encoders compute for one request (attention cost aside)."""
-    def lengths(texts: list[str], max_len: int) -> list[int]:
-        return [len(x) for x in tokenizer(texts, max_length=max_len, truncation=True)["input_ids"]]
+                  medret_batch: int, ref_prefix: str = "", medret_prefix: str = "") -> dict:
+    """Token positions the two encoders compute for one request (attention cost aside), each query after its
+    system's prefix."""
+    def lengths(texts: list[str], max_len: int, prefix: str = "") -> list[int]:
+        return [len(x) for x in tokenizer([prefix + t for t in texts], max_length=max_len,
+                                          truncation=True)["input_ids"]]
 
-    ref = lengths(batch, ref_max_len)  # Search-R1: the batch as sent, padding=True within each encoder batch
+    ref = lengths(batch, ref_max_len, ref_prefix)  # Search-R1: the batch as sent, padding=True per encoder batch
     ref_padded = sum(len(ref[i:i + ref_batch]) * max(ref[i:i + ref_batch]) for i in range(0, len(ref), ref_batch))
     from medret.encoders.hf import batches
 
-    uniq = sorted(lengths(list(dict.fromkeys(batch)), medret_max_len), reverse=True)  # medret: dedupe, sort
+    uniq = sorted(lengths(list(dict.fromkeys(batch)), medret_max_len, medret_prefix), reverse=True)  # dedupe, sort
     # medret's own batch rule (CPU: cut where padding would exceed its share)
     med_padded = sum((b.stop - b.start) * uniq[b.start] for b in batches(np.asarray(uniq), medret_batch, True))
     return {"queries": len(batch), "distinct": len(uniq), "tokens_sum": sum(ref), "tokens_mean": sum(ref) / len(ref),
@@ -188,7 +193,8 @@ def run_searchr1(a) -> dict:
     from medret.config import RetrieverConfig
     from medret.corpus.registry import resolve_corpus
     from medret.corpus.store import open_corpus_store
-    from medret.encoders.specs import resolve_spec
+    from medret.encoders.specs import spec_for
+    from medret.index.identity import encoder_identity, keyed_dir
 
     work = Path(tempfile.mkdtemp(prefix="vs-searchr1-"))
     src = (Path(a.searchr1) / "search_r1" / "search" / "retrieval_server.py").read_text()
@@ -198,8 +204,12 @@ def run_searchr1(a) -> dict:
         src = src.replace(old, new)
     corpus = resolve_corpus(a.corpus, None)
     store = open_corpus_store(corpus)
-    spec = resolve_spec(a.model, pooling=a.pooling)
-    emb_dir = corpus.sources[0].index_dir(spec.slug)
+    # --like e5: both sides use Search-R1's default e5 setting (its server's `--retriever_name e5`: `query: `
+    # prefix, normalised; medret `--like e5`); otherwise Search-R1's server as `bert` (no prefix) and medret with
+    # --pooling (the earlier series)
+    enc_opts = {"like": a.like} if a.like else {"pooling": a.pooling}
+    spec = spec_for(a.model, RetrieverConfig(**enc_opts))
+    emb_dir = keyed_dir(corpus.sources[0], encoder_identity(spec))
     files = json.loads((emb_dir / "dense.json").read_text())["embedding_files"]
     emb = np.concatenate([np.load(emb_dir / f) for f in files]).astype(np.float32)
     index = faiss.IndexFlatIP(emb.shape[1])
@@ -219,15 +229,18 @@ def run_searchr1(a) -> dict:
         pool = queries_for(a.corpus, a.batch * a.runs + 8)
     batches = query_batches(pool, a.batch, a.runs, a.dup_ratio)
     warm = pool[-8:]
+    ref_name = "e5" if a.like == "e5" else "bert"
     # Search-R1's encoder settings, as its __main__ sets them; medret's from its spec and config defaults
     ref_max_len = int(_main_setting(src, "retrieval_query_max_length", 256))
     ref_batch = int(_main_setting(src, "retrieval_batch_size", 512))
-    if _main_setting(src, "retrieval_pooling_method", "mean") != a.pooling:
+    if _main_setting(src, "retrieval_pooling_method", "mean") != spec.pooling:
         print(f"note: Search-R1's server mean-pools; medret runs with --pooling {a.pooling}, so the two compute "
               f"different query vectors (same cost) and their top-k ids will differ", file=sys.stderr)
     med_batch = RetrieverConfig.__dataclass_fields__["batch_size"].default
     tok = AutoTokenizer.from_pretrained(a.model)
-    pads = [padding_stats(tok, b, ref_max_len, ref_batch, spec.query_max_len, med_batch) for b in batches]
+    ref_prefix = "query: " if "e5" in ref_name.lower() else ""  # Search-R1's rule: by retriever name
+    pads = [padding_stats(tok, b, ref_max_len, ref_batch, spec.query_max_len, med_batch, ref_prefix,
+                          spec.query_prefix) for b in batches]
     out: dict = {"corpus": a.corpus, "rows": len(emb), "model": a.model, "batch": a.batch, "topk": a.topk,
                  "queries": queries, "query_pool": len(pool), "dup_ratio": a.dup_ratio,
                  "distinct_per_batch": [len(set(b)) for b in batches],
@@ -241,7 +254,7 @@ def run_searchr1(a) -> dict:
         t0 = time.time()
         ref = subprocess.Popen([sys.executable, str(work / "retrieval_server.py"), "--index_path",
                                 str(work / "flat.index"), "--corpus_path", str(work / "corpus.jsonl"), "--topk",
-                                str(a.topk), "--retriever_name", "bert", "--retriever_model", a.model], cwd=work,
+                                str(a.topk), "--retriever_name", ref_name, "--retriever_model", a.model], cwd=work,
                                env=env_with(a.ref_site), stdout=open(work / "searchr1.log", "w"),
                                stderr=subprocess.STDOUT)
         procs.append(ref)
@@ -254,8 +267,9 @@ def run_searchr1(a) -> dict:
 
         addr = work / "medret.addr"
         t0 = time.time()
+        flag = ["--like", a.like] if a.like else ["--pooling", a.pooling]
         med = subprocess.Popen([sys.executable, "-m", "medret.cli", "serve", "--corpus", a.corpus, "--retriever",
-                                a.model, "--pooling", a.pooling, "--address-file", str(addr), "--log-level",
+                                a.model, *flag, "--address-file", str(addr), "--log-level",
                                 "warning"], env=env_with(str(ROOT)), stdout=open(work / "medret.log", "w"),
                                stderr=subprocess.STDOUT)
         procs.append(med)
@@ -269,7 +283,7 @@ def run_searchr1(a) -> dict:
 
         from medret import get_retriever
 
-        local = get_retriever(a.corpus, a.model, pooling=a.pooling)
+        local = get_retriever(a.corpus, a.model, **enc_opts)
         post(ref_url, warm, a.topk)
         post(med_url, warm, a.topk)
         local.retrieve(warm, topk=a.topk)
@@ -313,7 +327,9 @@ def run_searchr1(a) -> dict:
     out["ratio_http_per_run"] = [r["searchr1_s"] / r["medret_http_s"] for r in runs]
     out["ratio_cpu_http"] = out["searchr1"]["median_cpu_s"] / out["medret_http"]["median_cpu_s"]
     out["ratio_cpu_local"] = out["searchr1"]["median_cpu_s"] / out["medret_local"]["median_cpu_s"]
-    out["pooling"] = {"searchr1": _main_setting(src, "retrieval_pooling_method", "mean"), "medret": a.pooling}
+    out["pooling"] = {"searchr1": _main_setting(src, "retrieval_pooling_method", "mean"), "medret": spec.pooling}
+    out["encoders"] = {"searchr1_retriever_name": ref_name, "searchr1_query_prefix": ref_prefix,
+                       "medret": enc_opts, "medret_query_prefix": spec.query_prefix, "normalize": spec.normalize}
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -455,6 +471,9 @@ def main(argv=None) -> int:
     ap.add_argument("--db-dir", help="MedRAG-layout folder holding pubmed/chunk for the MedRAG comparison")
     ap.add_argument("--model", required=True, help="local BERT folder used by both systems")
     ap.add_argument("--pooling", default="cls")
+    ap.add_argument("--like", default=None, choices=["e5"],
+                    help="searchr1: both systems in Search-R1's default e5 setting (its server's --retriever_name e5, "
+                    "medret --like e5) instead of `bert` / --pooling")
     ap.add_argument("--ref-site", default=None, help="folder with the reference projects' extra packages")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--runs", type=int, default=2)

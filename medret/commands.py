@@ -20,9 +20,8 @@ def add_retriever_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if visible, else cpu)")
     g.add_argument("--gpu-id", type=int, default=None, help="physical GPU number (as nvidia-smi counts)")
     g.add_argument("--allow-cpu-fallback", action="store_true", help="run on CPU (with a warning) if CUDA is absent")
-    g.add_argument("--pooling", choices=["cls", "mean"], default=None, help="pooling of a local model folder")
-    g.add_argument("--query-model", default=None, help="local path overriding the query encoder")
-    g.add_argument("--doc-model", default=None, help="local path overriding the document encoder")
+    g.add_argument("--query-model", default=None, help="a local copy of the retriever's query model (folder)")
+    g.add_argument("--doc-model", default=None, help="a local copy of the retriever's document model (folder)")
     g.add_argument("--models-dir", default=None, metavar="DIR",
                    help="folder of models saved by `medret models download` (DIR/<model id>); "
                         "default $MEDRET_MODELS_DIR, else ~/.cache/medret/models")
@@ -32,6 +31,26 @@ def add_retriever_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (faiss HNSW indexes)")
     g.add_argument("--rerank", type=int, default=None,
                    help="lossy indexes (IVF-PQ): re-score k x RERANK candidates exactly (default 10; 0 = off)")
+    add_encoder_flags(p)
+
+
+def add_encoder_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of medret.config.ENCODER_OPTIONS (how a dense retriever encodes), each default None (the recipe's)."""
+    from medret.config import ENCODER_OPTIONS
+
+    g = p.add_argument_group("dense encoder (default: the named retriever's recipe)")
+    for o in ENCODER_OPTIONS:
+        if o.type is bool:
+            g.add_argument(o.flag, dest=o.name, action=argparse.BooleanOptionalAction, default=None, help=o.help)
+        else:
+            g.add_argument(o.flag, dest=o.name, type=o.type, choices=o.choices, default=None, help=o.help)
+
+
+def encoder_options(args: argparse.Namespace) -> dict:
+    """The encoder options given on the command line (those left unset are not included)."""
+    from medret.config import ENCODER_OPTION_NAMES
+
+    return {k: getattr(args, k) for k in ENCODER_OPTION_NAMES if getattr(args, k, None) is not None}
 
 
 def config_from_args(args: argparse.Namespace, **extra):
@@ -39,10 +58,10 @@ def config_from_args(args: argparse.Namespace, **extra):
 
     return RetrieverConfig.from_mapping(dict(
         corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, cache_dir=args.cache_dir,
-        device=args.device, gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback, pooling=args.pooling,
+        device=args.device, gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback,
         query_model=args.query_model, doc_model=args.doc_model, models_dir=args.models_dir,
         batch_size=args.batch_size, rrf_k=args.rrf_k, nprobe=args.nprobe, ef_search=args.ef_search,
-        rerank=args.rerank, **extra))
+        rerank=args.rerank, **encoder_options(args), **extra))
 
 
 def register(sub) -> None:
@@ -62,6 +81,10 @@ def register(sub) -> None:
     add_retriever_flags(b)
     b.add_argument("--index-type", default="flat", help="flat, hnsw, ivfpq, or a faiss factory string")
     b.add_argument("--rebuild", action="store_true", help="rebuild even if a matching index exists")
+    b.add_argument("--adopt-legacy", action="store_true",
+                   help="move a dense index of medret's first layout (<source>/medret/index/<retriever name>/, which "
+                   "did not record the model's weights) into the new one, recording the encoder configured now, "
+                   "instead of re-encoding: only if you know it was built with that encoder")
     b.add_argument("--fp32", action="store_true", help="encode and store embeddings in float32 (default: fp16 on "
                    "CUDA, float32 on CPU)")
     b.set_defaults(func=cmd_index_build)
@@ -97,7 +120,8 @@ def cmd_index_build(args) -> int:
     from medret.index.builder import build_all
 
     config = config_from_args(args, **({"fp16": False} if args.fp32 else {}))
-    for line in build_all(config, index_type=args.index_type, rebuild=args.rebuild, progress=True):
+    for line in build_all(config, index_type=args.index_type, rebuild=args.rebuild, progress=True,
+                          adopt_legacy=args.adopt_legacy):
         print(line)
     return 0
 

@@ -25,6 +25,51 @@ RAY_PLACEMENTS = ("any", "per-node", "retriever-node")
 
 
 @dataclass(frozen=True)
+class Option:
+    """One encoder option: the RetrieverConfig field, its CLI flag (``--`` + name with ``-``), type and help."""
+
+    name: str
+    type: type
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# How a dense retriever encodes: declared here once; `medret` flags (medret.commands.add_encoder_flags), the
+# bench server's flags, Ray actor names and `medret doctor` are derived from this table. None = the recipe's value.
+ENCODER_OPTIONS: tuple[Option, ...] = (
+    Option("like", str, "give a local model folder a named retriever's recipe: e5 (Search-R1), MedCPT, Contriever "
+           "or SPECTER (MedRAG): pooling, prefixes, normalisation, token limits, document text format, metric"),
+    Option("pooling", str, "pooling of a local model folder (without --like)", ("cls", "mean")),
+    Option("query_prefix", str, "text put before every query (e5: 'query: ')"),
+    Option("doc_prefix", str, "text put before every document (e5: 'passage: ')"),
+    Option("normalize", bool, "L2-normalise query and document vectors (e5: on); --no-normalize turns it off"),
+    Option("max_length", int, "token limit of queries and documents (e5: 256; a local folder: 512)"),
+    Option("query_max_length", int, "token limit of queries (overrides --max-length; MedCPT: 64)"),
+    Option("doc_max_length", int, "token limit of documents (overrides --max-length; MedCPT: 512)"),
+    Option("doc_format", str, "how a document's title and text become the encoder's input: searchr1 (the quoted "
+           "title, a newline, the text: e5), pair (MedCPT), contriever, specter, concat (MedRAG's default)",
+           ("searchr1", "pair", "contriever", "specter", "concat")),
+)
+ENCODER_OPTION_NAMES = tuple(o.name for o in ENCODER_OPTIONS)
+
+
+def encoder_argv(values: Mapping[str, Any]) -> list[str]:
+    """The ``medret`` flags that give ``values``' encoder options (those not None), e.g. for a child ``medret serve``
+    or a command printed in a message (``--query-prefix=query: `` as one item: a value may start with ``-``)."""
+    out: list[str] = []
+    for o in ENCODER_OPTIONS:
+        v = values.get(o.name)
+        if v is None:
+            continue
+        out.append((o.flag if v else "--no-" + o.flag[2:]) if o.type is bool else f"{o.flag}={v}")
+    return out
+
+
+@dataclass(frozen=True)
 class RetrieverConfig:
     corpus_name: str = "sample"
     retriever_name: str = "BM25"
@@ -50,7 +95,16 @@ class RetrieverConfig:
     # folder of downloaded models, <models_dir>/<model id> (`medret models download`); None: $MEDRET_MODELS_DIR,
     # else $MEDRET_CACHE/models. Read when a model is loaded; see medret.encoders.locate
     models_dir: str | None = None
+    # how a dense retriever encodes (ENCODER_OPTIONS): None = the named retriever's (or --like's) recipe
+    like: str | None = None
     pooling: str | None = None
+    query_prefix: str | None = None
+    doc_prefix: str | None = None
+    normalize: bool | None = None
+    max_length: int | None = None
+    query_max_length: int | None = None
+    doc_max_length: int | None = None
+    doc_format: str | None = None
     batch_size: int = 256
     fp16: bool | None = None
     # approximate dense indexes (faiss): IVF lists probed, HNSW search depth, exact re-rank factor of lossy
@@ -108,8 +162,27 @@ class RetrieverConfig:
         if self.ray_placement not in RAY_PLACEMENTS:
             raise ConfigError(f"ray_placement={self.ray_placement!r} is invalid: choose one of "
                               f"{', '.join(RAY_PLACEMENTS)}")
-        if self.pooling is not None and self.pooling not in ("cls", "mean"):
-            raise ConfigError(f"pooling={self.pooling!r} is invalid: choose 'cls' or 'mean'")
+        self._check_encoder_options()
+
+    def _check_encoder_options(self) -> None:
+        from medret.encoders.specs import known_names
+
+        for o in ENCODER_OPTIONS:
+            v = getattr(self, o.name)
+            if v is None:
+                continue
+            if o.type is int and (not isinstance(v, int) or isinstance(v, bool) or v < 2):
+                raise ConfigError(f"{o.name}={v!r} is invalid: a token count >= 2 (e.g. 256), or None for the "
+                                  "recipe's")
+            if o.type is bool and not isinstance(v, bool):
+                raise ConfigError(f"{o.name}={v!r} is invalid: true or false, or None for the recipe's")
+            if o.type is str and not isinstance(v, str):
+                raise ConfigError(f"{o.name}={v!r} is invalid: a string, or None for the recipe's")
+            if o.choices and v not in o.choices:
+                raise ConfigError(f"{o.name}={v!r} is invalid: choose one of {', '.join(o.choices)}")
+        if self.like is not None and self.like.strip().lower() not in [n.lower() for n in known_names()]:
+            raise ConfigError(f"like={self.like!r} is invalid: choose one of {', '.join(known_names())} "
+                              "(case-insensitive)")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "RetrieverConfig":
@@ -146,6 +219,13 @@ class RetrieverConfig:
                 data[key] = os.fspath(data[key])
         if data.get("gpu_id") is not None and isinstance(data["gpu_id"], str) and data["gpu_id"].isdigit():
             data["gpu_id"] = int(data["gpu_id"])
+        for o in ENCODER_OPTIONS:  # hydra/env strings: "256", "true"
+            v = data.get(o.name)
+            if isinstance(v, str) and o.type is int and v.strip().isdigit():
+                data[o.name] = int(v)
+            elif isinstance(v, str) and o.type is bool and v.strip().lower() in ("1", "0", "true", "false", "yes",
+                                                                                "no", "on", "off"):
+                data[o.name] = _truthy(v)
         return cls(**data)
 
     def replace(self, **changes: Any) -> "RetrieverConfig":

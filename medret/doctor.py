@@ -58,7 +58,7 @@ class DoctorOptions:
     @classmethod
     def from_args(cls, args: Any) -> "DoctorOptions":
         """Build from `medret doctor` flags: a --config file first, explicit flags over it."""
-        from medret.config import RetrieverConfig
+        from medret.config import ENCODER_OPTION_NAMES, RetrieverConfig
 
         data: dict[str, Any] = {}
         error = None
@@ -68,12 +68,13 @@ class DoctorOptions:
             flags = {"corpus_name": (args.corpus, "sample"), "retriever_name": (args.retriever, "BM25"),
                      "db_dir": (args.db_dir, None), "cache_dir": (args.cache_dir, None),
                      "device": (args.device, None), "gpu_id": (args.gpu_id, None),
-                     "allow_cpu_fallback": (args.allow_cpu_fallback, False), "pooling": (args.pooling, None),
+                     "allow_cpu_fallback": (args.allow_cpu_fallback, False),
                      "query_model": (args.query_model, None), "doc_model": (args.doc_model, None),
                      "models_dir": (args.models_dir, None),
                      "batch_size": (args.batch_size, 256), "rrf_k": (args.rrf_k, 100),
                      "backend": (args.backend, None), "url": (args.url, None),
                      "address_file": (args.address_file, None)}
+            flags.update({k: (getattr(args, k, None), None) for k in ENCODER_OPTION_NAMES})
             for key, (value, default) in flags.items():
                 if value != default or (key not in data and default is not None):
                     data[key] = value
@@ -367,8 +368,15 @@ def check_store_and_indexes(config: Any) -> tuple[list[Check], list[_Need], bool
     needs_: list[_Need] = []
     ready = True
     name = corpus.display_name
+    import shlex
+
+    from medret.config import encoder_argv
+
+    model_flags = [f"--{k.replace('_', '-')}={getattr(config, k)}" for k in ("query_model", "doc_model")
+                   if getattr(config, k)] + encoder_argv(config.to_dict())
     build = (f"medret index build --corpus {name} --retriever {config.retriever_name}"
-             + (f" --db-dir {config.db_dir}" if config.db_dir else ""))
+             + (f" --db-dir {config.db_dir}" if config.db_dir else "") + "".join(" " + shlex.quote(f)
+                                                                                for f in model_flags))
     stores = []
     for src in corpus.sources:
         try:
@@ -455,24 +463,28 @@ def _bm25_check(corpus: Any, store: Any, config: Any, build: str) -> tuple[list[
 
 def _dense_checks(corpus: Any, stores: list[Any], part: str, config: Any, build: str,
                   device: str | None) -> tuple[list[Check], list[_Need], bool]:
-    from medret.encoders.specs import resolve_spec
-    from medret.index.build import load_dense_index, read_manifest
-    from medret.index.dense_searcher import AUTO_BUILD_MAX_ROWS
-    from medret.index.medrag import has_medrag_embeddings, has_medrag_faiss, medrag_index_dir
+    from medret.encoders.specs import spec_for
+    from medret.index.build import load_dense_index
+    from medret.index.dense_searcher import legacy_message, locate
+    from medret.index.identity import encoder_identity
 
     try:
-        spec = resolve_spec(part, pooling=config.pooling)
+        spec = spec_for(part, config)
+        identity = encoder_identity(spec, config.doc_model, config.query_model, config.models_dir)
     except MedretError as e:
         return [Check("index", FAIL, f"dense retriever {part!r} cannot be configured", str(e),
-                      "give --pooling cls|mean for a local model folder")], [], False
+                      "give --like e5|MedCPT|Contriever|SPECTER or --pooling cls|mean for a local model folder")], [], False
+    except OSError as e:
+        return [Check("index", FAIL, f"the model files of {part!r} cannot be read", str(e),
+                      "check the model folder's path and permissions")], [], False
     checks, needs_, ready = [], [], True
     where = device or "cpu"
     for src, store in zip(corpus.sources, stores):
-        own = src.index_dir(spec.slug)
-        medrag = medrag_index_dir(src.root, spec)
-        if read_manifest(own) is not None:
+        kind, folder = locate(src, len(store), spec, identity, config)
+        if kind in ("own", "copy"):
             try:
-                ix = load_dense_index(own, store, spec, mmap=True, corpus_name=corpus.display_name)
+                ix = load_dense_index(folder, store, spec, mmap=True, corpus_name=corpus.display_name,
+                                      identity=identity)
             except MedretError as e:
                 checks.append(Check("index", FAIL, f"{spec.name} index of {src.name} does not match the corpus/model",
                                     str(e), build + " --rebuild"))
@@ -481,22 +493,30 @@ def _dense_checks(corpus: Any, stores: list[Any], part: str, config: Any, build:
             nbytes = ix.memory_bytes()
             needs_.append(_Need(f"{spec.name} index {src.name}", nbytes, where))
             checks.append(Check("index", OK, f"{spec.name} index of {src.name}: {ix.ntotal:,} vectors x {ix.dim} "
-                                f"({ix.index_type}), matches the corpus and the model", f"{own} ({_gb(nbytes)})"))
-        elif has_medrag_embeddings(medrag) or has_medrag_faiss(medrag):
-            nbytes = sum(p.stat().st_size for p in medrag.rglob("*") if p.is_file() and p.suffix in (".npy", ".index"))
+                                f"({ix.index_type}), matches the corpus and the model",
+                                f"{folder} ({_gb(nbytes)}); model {identity.doc.describe()}"))
+        elif kind == "medrag":
+            nbytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in (".npy", ".index"))
             needs_.append(_Need(f"{spec.name} MedRAG index {src.name}", nbytes, where))
             checks.append(Check("index", OK, f"{spec.name} index of {src.name}: MedRAG's precomputed index",
-                                f"{medrag} ({_gb(nbytes)})"))
-        elif config.auto_build and len(store) <= AUTO_BUILD_MAX_ROWS:
+                                f"{folder} ({_gb(nbytes)})"))
+        elif kind in ("build", "build_legacy"):
+            aside = " (an index of medret's first layout, which did not record its model, is left aside)" \
+                if kind == "build_legacy" else ""
             checks.append(Check("index", WARN, f"{spec.name} index of {src.name} not built yet",
-                                f"{len(store):,} rows: it will be encoded at {own} on first use", build))
+                                f"{len(store):,} rows: it will be encoded at {folder} on first use{aside}", build))
+            ready = False
+        elif kind == "legacy":
+            checks.append(Check("index", FAIL, f"{spec.name} index of {src.name} is in medret's first layout",
+                                legacy_message(folder, spec, identity, corpus.display_name, config),
+                                build + " --adopt-legacy (only if it was built with this model), else --rebuild"))
             ready = False
         else:
             from medret.corpus.embeddings import fetch_hint
 
             fetch = fetch_hint(src.name, spec.doc_model, config.db_dir)
             checks.append(Check("index", FAIL, f"{spec.name} index of {src.name} is missing",
-                                f"looked in {own} and MedRAG's {medrag}", build + " --device cuda:0"
+                                f"looked for {folder} (and MedRAG's precomputed index)", build + " --device cuda:0"
                                 + (f"; or MedRAG's precomputed embeddings: {fetch}" if fetch else "")))
             ready = False
     return checks, needs_, ready
@@ -583,17 +603,17 @@ def check_encoder(config: Any, ready: bool = True) -> list[Check]:
     if not parts:
         return [Check("encoder", OK, "encoder: none needed (BM25)")]
     from medret.encoders.locate import model_location
-    from medret.encoders.specs import resolve_spec
+    from medret.encoders.specs import spec_for
 
     out: list[Check] = []
     device = _device_or_none(config) or "cpu"
     hub: list[str | None] = []  # the hub's reachability, asked at most once
     for part in parts:
         try:
-            spec = resolve_spec(part, pooling=config.pooling)
+            spec = spec_for(part, config)
         except MedretError as e:
             out.append(Check("encoder", FAIL, f"encoder {part!r} cannot be configured", str(e),
-                             "give --pooling cls|mean for a local model folder"))
+                             "give --like e5|MedCPT|Contriever|SPECTER or --pooling cls|mean for a local model folder"))
             continue
         qloc = model_location(spec.query_model, config.query_model, config.models_dir)
         dloc = model_location(spec.doc_model, config.doc_model, config.models_dir)

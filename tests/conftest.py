@@ -73,12 +73,25 @@ VOCAB_WORDS = sorted({w.strip(".,;").lower() for _, c in TOY_DOCS for w in (c + 
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A random-weight BERT (hidden 32) with a lower-casing WordPiece tokenizer, saved with save_pretrained
     exactly as a hub model folder is, so medret loads it through the same from_pretrained path as MedCPT."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def make_tiny_bert():
+    """``make_tiny_bert(folder, seed=0, hidden=32)``: save another tiny BERT (importlib mode cannot import conftest)."""
+    return save_tiny_bert
+
+
+def save_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32) -> Path:
+    """Write a tiny random-weight BERT (``seed``, ``hidden`` dims) and its tokenizer into ``folder`` with
+    save_pretrained (what :func:`tiny_bert_dir` holds for seed 0, hidden 32)."""
     import torch
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = [w for w in VOCAB_WORDS if w] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(special + pieces + list("abcdefghijklmnopqrstuvwxyz0123456789.,:;")))}
@@ -91,9 +104,9 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=520)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=520)
     BertModel(cfg).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

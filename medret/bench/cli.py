@@ -17,7 +17,7 @@ def _ints(text: str) -> list[int]:
 
 
 def register(sub) -> None:
-    from medret.commands import add_retriever_flags
+    from medret.commands import add_encoder_flags, add_retriever_flags
     from medret.plan import register as register_plan
 
     p = sub.add_parser("bench", help="latency, throughput, start-up and memory of local / http / ray side by side")
@@ -59,7 +59,7 @@ def register(sub) -> None:
     e.add_argument("--rrf-k", type=int, default=100)
     e.add_argument("--device", default=None)
     e.add_argument("--allow-cpu-fallback", action="store_true")
-    e.add_argument("--pooling", choices=["cls", "mean"], default=None)
+    add_encoder_flags(e)
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--work-dir", default=None)
     e.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
@@ -113,11 +113,13 @@ def cmd_bench(args) -> int:
         corpus, db_dir = str(folder), None
     if args.queries:
         queries = read_queries_file(args.queries)
-    options = {k: v for k, v in dict(device=args.device, gpu_id=args.gpu_id, pooling=args.pooling,
-                                     query_model=args.query_model, doc_model=args.doc_model,
-                                     models_dir=args.models_dir,
-                                     batch_size=args.batch_size, rrf_k=args.rrf_k, nprobe=args.nprobe,
-                                     ef_search=args.ef_search, rerank=args.rerank).items() if v is not None}
+    from medret.commands import encoder_options
+
+    options = {k: v for k, v in dict(device=args.device, gpu_id=args.gpu_id, query_model=args.query_model,
+                                     doc_model=args.doc_model, models_dir=args.models_dir,
+                                     batch_size=args.batch_size, rrf_k=args.rrf_k,
+                                     nprobe=args.nprobe, ef_search=args.ef_search, rerank=args.rerank,
+                                     **encoder_options(args)).items() if v is not None}
     if args.allow_cpu_fallback:
         options["allow_cpu_fallback"] = True
     cfg = BenchConfig(corpus=corpus, retriever=args.retriever, db_dir=db_dir,
@@ -155,8 +157,10 @@ def cmd_eval(args) -> int:
     else:
         raise ConfigError("no labelled set: pass --pubmedqa PATH, or --queries FILE --qrels FILE "
                           "(and --corpus NAME or --beir-corpus FILE)")
-    options = {k: v for k, v in dict(device=args.device, pooling=args.pooling,
-                                     batch_size=args.batch_size).items() if v is not None}
+    from medret.commands import encoder_options
+
+    options = {k: v for k, v in dict(device=args.device, batch_size=args.batch_size,
+                                     **encoder_options(args)).items() if v is not None}
     if args.allow_cpu_fallback:
         options["allow_cpu_fallback"] = True
     res = evaluate(labelled, corpus, args.retriever or ["BM25"], db_dir=db_dir, ks=args.k, depth=args.depth,

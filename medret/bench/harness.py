@@ -158,13 +158,16 @@ class Server:
         self.address_file = os.path.join(self.dir.name, "address")
         args = [sys.executable, "-m", "medret.cli", "serve", "--address-file", self.address_file, "--port", "0",
                 "--log-level", "warning", "--corpus", kwargs["corpus_name"], "--retriever", kwargs["retriever_name"]]
-        flags = {"db_dir": "--db-dir", "device": "--device", "gpu_id": "--gpu-id", "pooling": "--pooling",
+        from medret.config import encoder_argv
+
+        flags = {"db_dir": "--db-dir", "device": "--device", "gpu_id": "--gpu-id",
                  "query_model": "--query-model", "doc_model": "--doc-model", "models_dir": "--models-dir",
                  "batch_size": "--batch-size",
                  "rrf_k": "--rrf-k", "nprobe": "--nprobe", "ef_search": "--ef-search", "rerank": "--rerank"}
         for key, flag in flags.items():
             if kwargs.get(key) is not None:
                 args += [flag, str(kwargs[key])]
+        args += encoder_argv(kwargs)
         if kwargs.get("allow_cpu_fallback"):
             args.append("--allow-cpu-fallback")
         self.log = open(os.path.join(self.dir.name, "server.log"), "w")

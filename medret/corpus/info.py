@@ -24,9 +24,11 @@ def corpus_info(name: str, db_dir: str | None, cache_dir: str | None = None) -> 
         indexes = []
         for d in sorted((s.artifact_dir / "index").glob("*/manifest.json")):
             m = orjson.loads(d.read_bytes())
+            doc = (m.get("encoder") or {}).get("doc_model") or {}  # medret.index.identity's record
             indexes.append({"kind": "medret-dense", "name": d.parent.name, "path": str(d.parent),
                             "disk_bytes": _du(d.parent), "rows": m.get("count"), "dim": m.get("dim"),
-                            "dtype": m.get("dtype"), "index_type": m.get("index_type")})
+                            "dtype": m.get("dtype"), "index_type": m.get("index_type"),
+                            "model": doc.get("location") or m.get("doc_model"), "revision": doc.get("revision")})
         for f in sorted((s.root / "index").rglob("faiss.index")) if (s.root / "index").is_dir() else []:
             indexes.append({"kind": "medrag-faiss", "name": str(f.parent.relative_to(s.root / "index")),
                             "path": str(f.parent), "disk_bytes": f.stat().st_size})
@@ -64,7 +66,8 @@ def format_info(info: dict[str, Any]) -> str:
                      + (f", store {human(s['store_bytes'])} on disk (read by row, not loaded)"
                         if s["store_bytes"] else ""))
         for ix in s["indexes"]:
-            lines.append(f"    index {ix['kind']} {ix['name']}: {human(ix['disk_bytes'])} ({ix['path']})")
+            model = f", model {ix['model']}" if ix.get("model") else ""
+            lines.append(f"    index {ix['kind']} {ix['name']}: {human(ix['disk_bytes'])}{model} ({ix['path']})")
     b = info["bm25"]
     lines.append(f"  BM25 over the whole corpus: {'built, ' + human(b['disk_bytes']) if b['built'] else 'not built'}"
                  f" ({b['path']}; memory-mapped when served)")

@@ -200,12 +200,15 @@ def resolve_spec(
     doc_pair_input: bool | None = None,
     doc_format: str | None = None,
     name: str | None = None,
+    like: str | None = None,
 ) -> EncoderSpec:
     """Resolve a retriever name (``MedCPT``, ``contriever``, ...) or a model directory / id to a spec.
 
     Keyword arguments that are not None override the registered values. A model that is not registered
-    (a local directory or any Hugging Face id) needs ``pooling``; its documents are formatted with
-    MedRAG's default ``concat`` unless ``doc_pair_input``/``doc_format`` say otherwise.
+    (a local directory or any Hugging Face id) takes the recipe of ``like`` (a registered name: its pooling,
+    normalisation, prefixes, token limits, document format and metric, with the given model for queries and
+    documents), or else needs ``pooling``; its documents are then formatted with MedRAG's default ``concat``
+    unless ``doc_pair_input``/``doc_format`` say otherwise.
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ConfigError(
@@ -231,16 +234,33 @@ def resolve_spec(
         overrides["doc_format"] = "pair" if doc_pair_input else "concat"
     overrides = {k: v for k, v in overrides.items() if v is not None}
 
+    recipe = None
+    if like is not None:
+        recipe = REGISTRY.get(like.strip().lower()) if isinstance(like, str) else None
+        if recipe is None:
+            raise ConfigError(f"like={like!r} is invalid: give one of {', '.join(known_names())} (case-insensitive)")
     spec = get_spec(name_or_path)
     if spec is not None:
+        if recipe is not None and recipe is not spec:
+            raise ConfigError(
+                f"like={like!r} is invalid with retriever={name_or_path!r}: like= gives a local model folder a named "
+                f"retriever's recipe (e.g. retriever='/models/my-e5', like='e5'); {spec.name} already has its own"
+            )
         return dataclasses.replace(spec, **overrides) if overrides else spec
 
+    if recipe is not None:
+        model = os.path.expanduser(name_or_path)
+        base = {k: v for k, v in recipe.to_dict().items() if k not in ("name", "query_model", "doc_model", "dim")}
+        base.update(name=name or _name_from_path(model), query_model=model, doc_model=model, dim=None)
+        base.update(overrides)
+        return EncoderSpec(**base)  # type: ignore[arg-type]
     if pooling is None:
         hint = " (that directory exists)" if Path(name_or_path).is_dir() else ""
         raise ConfigError(
             f"retriever={name_or_path!r} is not a known dense retriever{hint}: use one of "
             f"{', '.join(known_names())} (case-insensitive), or give a local model directory / model id "
-            "together with pooling='cls' or pooling='mean' (CLI: --pooling)"
+            "together with like='e5'|'MedCPT'|'Contriever'|'SPECTER' (a named retriever's recipe; CLI: --like) or "
+            "pooling='cls'|'mean' (CLI: --pooling)"
         )
     model = os.path.expanduser(name_or_path)
     base = dict(
@@ -260,6 +280,16 @@ def resolve_spec(
     )
     base.update(overrides)
     return EncoderSpec(**base)  # type: ignore[arg-type]
+
+
+def spec_for(part: str, config: Any) -> EncoderSpec:
+    """The spec of one dense retriever ``part`` under a :class:`medret.config.RetrieverConfig`'s encoder options
+    (``like``, ``pooling``, prefixes, ``normalize``, token limits, ``doc_format``)."""
+    q_len = config.query_max_length if config.query_max_length is not None else config.max_length
+    d_len = config.doc_max_length if config.doc_max_length is not None else config.max_length
+    return resolve_spec(part, pooling=config.pooling, like=config.like, query_prefix=config.query_prefix,
+                        doc_prefix=config.doc_prefix, normalize=config.normalize, query_max_len=q_len,
+                        doc_max_len=d_len, doc_format=config.doc_format)
 
 
 def _name_from_path(model: str) -> str:

@@ -8,7 +8,9 @@ Layout of a finished index folder ``out_dir``::
     dense.json           what DenseIndex.load needs (backend, metric, files, search parameters)
     manifest.json        written last: model names, pooling, dim, count, metric, index type, dtype,
                          store checksum, medret version, file sizes, sha256 of each emb file ("emb_sha256",
-                         see medret.index.emb_check), "complete": true
+                         see medret.index.emb_check), "complete": true, and under "encoder" the encoder identity
+                         (model location, hub revision, weights/tokenizer/config fingerprint, recipe:
+                         medret.index.identity), checked whenever the index is opened
 
 While building, everything goes to the sibling folder ``.<name>.partial``; each chunk file is written
 under a temporary name and renamed when complete, so an interrupted build resumes at the first missing
@@ -75,8 +77,16 @@ def partial_dir(out_dir: str | os.PathLike[str]) -> Path:
     return out_dir.with_name(f".{out_dir.name}.partial")
 
 
-def rebuild_hint(spec_name: str, corpus: str | None) -> str:
+def rebuild_hint(spec_name: str | EncoderSpec, corpus: str | None) -> str:
+    """The command that rebuilds the index (a spec that is not a named retriever as it is: its model folder)."""
     c = corpus or "NAME"
+    if isinstance(spec_name, EncoderSpec):
+        from medret.encoders.specs import REGISTRY
+
+        named = REGISTRY.get(spec_name.name.lower())
+        r = spec_name.name if named is not None else spec_name.doc_model
+        more = "" if named == spec_name else " (with the same model flags)"
+        return f"`medret index build --corpus {c} --retriever {r} --rebuild`{more}"
     return f"`medret index build --corpus {c} --retriever {spec_name} --rebuild`"
 
 
@@ -95,11 +105,15 @@ def _positive_int(name: str, v: Any) -> int:
     return int(v)
 
 
-def _build_params(store: StoreLike, spec: EncoderSpec, index_type: str, dtype: str, chunk_rows: int) -> dict[str, Any]:
+def _build_params(store: StoreLike, spec: EncoderSpec, index_type: str, dtype: str, chunk_rows: int,
+                  identity: Any = None) -> dict[str, Any]:
     """What must match for existing chunk files to be reused."""
     enc = {k: v for k, v in spec.to_dict().items() if k not in ("name", "query_model", "query_prefix", "query_max_len")}
-    return {"store_checksum": store.checksum, "count": len(store), "encoding": enc, "dtype": dtype,
-            "chunk_rows": chunk_rows}
+    params = {"store_checksum": store.checksum, "count": len(store), "encoding": enc, "dtype": dtype,
+              "chunk_rows": chunk_rows}
+    if identity is not None:  # chunks encoded with other weights are not resumed
+        params["encoder_fingerprint"] = identity.doc.fingerprint
+    return params
 
 
 def _chunk_ok(path: Path, rows: int, dtype: str) -> int | None:
@@ -148,6 +162,7 @@ def build_dense_index(
     train_size: int | None = None,
     doc_model_path: str | os.PathLike[str] | None = None,
     corpus_name: str | None = None,
+    identity: Any = None,
 ) -> Path:
     """Encode every row of ``store`` with ``spec``'s document encoder and write a dense index to ``out_dir``.
 
@@ -155,7 +170,8 @@ def build_dense_index(
     encoding already exists (pass ``rebuild=True`` to replace it; an index built for something else is
     refused unless ``rebuild``). ``on_chunk(chunk_index, rows_done)`` is called after each chunk file is
     written. ``encoder`` defaults to :class:`medret.encoders.hf.Encoder` on ``device`` (loaded only if
-    something is left to encode).
+    something is left to encode). ``identity`` (:class:`medret.index.identity.EncoderIdentity`, default: that of
+    ``spec``'s document model at ``doc_model_path``) is recorded in the manifest and must match an existing index.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -169,21 +185,27 @@ def build_dense_index(
     if n == 0:
         raise IndexBuildError(f"the document store is empty: nothing to index into {out_dir}")
     dtype = "float16" if fp16_storage else "float32"
-    params = _build_params(store, spec, index_type, dtype, chunk_rows)
-    hint = rebuild_hint(spec.name, corpus_name)
+    if identity is None:
+        from medret.index.identity import encoder_identity
+
+        identity = encoder_identity(spec, doc_model_path)
+    params = _build_params(store, spec, index_type, dtype, chunk_rows, identity)
+    hint = rebuild_hint(spec, corpus_name)
 
     existing = read_manifest(out_dir)
     if existing is not None and existing.get("complete") and not rebuild:
+        from medret.index.identity import mismatch
+
+        why = mismatch(existing, identity)
         same = (existing.get("store_checksum") == store.checksum and existing.get("count") == n
-                and existing.get("index_type") == index_type
-                and spec.same_encoding(EncoderSpec.from_dict(existing.get("spec", {})) if existing.get("spec") else spec))
+                and existing.get("index_type") == index_type and why is None)
         if same:
             logger.info("dense index %s is complete and up to date; nothing to do", out_dir)
             return out_dir
         raise IndexBuildError(
             f"a different dense index already exists at {out_dir} (built for store checksum "
             f"{existing.get('store_checksum')!r}, {existing.get('count')} rows, index type "
-            f"{existing.get('index_type')!r}, model {existing.get('doc_model')!r}); to replace it run {hint} "
+            f"{existing.get('index_type')!r}" + (f"; {why}" if why else "") + f"); to replace it run {hint} "
             "(rebuild=True)"
         )
 
@@ -327,6 +349,7 @@ def build_dense_index(
         "store_checksum": store.checksum,
         "corpus": corpus_name,
         "spec": spec.to_dict(),
+        "encoder": identity.to_manifest(_encode_dtype(encoder)),
         "medret_version": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "build_seconds": round(time.perf_counter() - t0, 3),
@@ -341,6 +364,11 @@ def build_dense_index(
     logger.info("dense index %s: %d x %d %s, %s (%s) written in %.1fs", out_dir, n, dim, dtype, index_type,
                 factory, time.perf_counter() - t0)
     return out_dir
+
+
+def _encode_dtype(encoder: Any) -> str | None:
+    fp16 = getattr(encoder, "fp16", None)
+    return None if fp16 is None else ("float16" if fp16 else "float32")
 
 
 def _commit(work: Path, out_dir: Path) -> None:
@@ -364,18 +392,21 @@ def load_dense_index(
     mmap: bool = True,
     device: str = "cpu",
     corpus_name: str | None = None,
+    identity: Any = None,
     **search_params: Any,
 ) -> DenseIndex:
     """Load a dense index built by :func:`build_dense_index`, refusing incomplete, stale or foreign ones.
 
     ``store``: its checksum and row count must match the manifest (else the corpus changed since the
-    build). ``spec``: its document encoding must match the one the index was built with.
+    build). ``spec``: its document encoding must match the one the index was built with. ``identity``
+    (:class:`medret.index.identity.EncoderIdentity`): the model and recipe recorded at build must match it (a model
+    changed in place is refused with the ``--rebuild`` hint).
     ``device='cuda:N'`` moves exact (flat) embeddings onto that GPU. ``search_params`` (``nprobe``,
     ``ef_search``, ``rerank``) override the ones saved with the index.
     """
     index_dir = Path(index_dir)
     name = spec.name if spec is not None else "NAME"
-    hint = rebuild_hint(name, corpus_name)
+    hint = rebuild_hint(spec if spec is not None else name, corpus_name)
     manifest = read_manifest(index_dir)
     if manifest is None:
         if partial_dir(index_dir).exists():
@@ -404,7 +435,11 @@ def load_dense_index(
                 f"corpus now: {len(store)} rows, checksum {str(store.checksum)[:16]}…): its rows would point to "
                 f"the wrong snippets. Rebuild it with {hint}"
             )
-    if spec is not None and manifest.get("spec"):
+    if identity is not None:
+        from medret.index.identity import check
+
+        check(manifest, identity, index_dir, hint)
+    elif spec is not None and manifest.get("spec"):
         built = EncoderSpec.from_dict(manifest["spec"])
         if not spec.same_encoding(built):
             raise IndexBuildError(

@@ -109,16 +109,16 @@ def rollout_block(args: argparse.Namespace) -> dict[str, Any]:
         from medret.errors import ConfigError
 
         raise ConfigError("--backend http needs --url http://HOST:PORT/retrieve (the address Search-R1 posts to)")
+    from medret.commands import encoder_options
+
     block: dict[str, Any] = {"backend": args.backend, "topk": args.topk}
     if args.backend == "http":
         block["url"] = args.url
         return block
     block.update(corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, cache_dir=args.cache_dir,
-                 device=args.device,
-                 gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback, pooling=args.pooling,
+                 device=args.device, gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback,
                  query_model=args.query_model, doc_model=args.doc_model, models_dir=args.models_dir,
-                 batch_size=args.batch_size,
-                 rrf_k=args.rrf_k)
+                 batch_size=args.batch_size, rrf_k=args.rrf_k, **encoder_options(args))
     if args.ray_num_gpus is not None:
         block["ray_num_gpus"] = args.ray_num_gpus
     return {k: v for k, v in block.items() if v is not None}

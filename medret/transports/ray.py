@@ -26,7 +26,7 @@ import re
 import time
 from typing import Any
 
-from medret.config import RetrieverConfig
+from medret.config import ENCODER_OPTION_NAMES, RetrieverConfig
 from medret.errors import ConfigError, TransportError
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 RESOURCE = "medret_retriever"
 # settings that change which documents come back; they make the actor's name (and nothing else does)
 # what changes results, and what changes where and how the actor runs (a sharded or GPU actor is another actor)
-_IDENTITY_FIELDS = ("corpus_name", "retriever_name", "db_dir", "query_model", "doc_model", "pooling", "rrf_k",
-                    "fusion_depth", "device", "fp16", "ray_num_gpus", "ray_shards", "nprobe", "ef_search", "rerank")
+_IDENTITY_FIELDS = ("corpus_name", "retriever_name", "db_dir", "query_model", "doc_model", "rrf_k",
+                    "fusion_depth", "device", "fp16", "ray_num_gpus", "ray_shards", "nprobe", "ef_search", "rerank",
+                    *ENCODER_OPTION_NAMES)
 
 
 def job_id() -> str:
