@@ -67,14 +67,19 @@ def _targets(config: Any, corpus: Any) -> list[tuple[str, Path, dict[str, str], 
                 out.append((f"BM25 index of {corpus.display_name}", folder, dict(m.get("file_sha256") or {}),
                             f"{build} --rebuild", [] if m.get("file_sha256") else ["no hashes recorded"]))
             continue
-        from medret.encoders.specs import resolve_spec
+        from medret.encoders.specs import spec_for
+        from medret.index.dense_searcher import locate
+        from medret.index.identity import encoder_identity
 
         try:
-            spec = resolve_spec(part, pooling=config.pooling)
+            spec = spec_for(part, config)
+            identity = encoder_identity(spec, config.doc_model, config.query_model, config.models_dir)
         except MedretError:
             continue
         for src in corpus.sources:
-            folder = src.index_dir(spec.slug)
+            kind, folder = locate(src, 0, spec, identity, config)  # the index a search of this config opens
+            if kind not in ("own", "copy"):
+                continue
             m = _manifest(folder / "manifest.json")
             if m is not None:
                 out.append((f"{spec.name} index of {src.name}", folder, dict(m.get("emb_sha256") or {}),

@@ -102,13 +102,21 @@ def hub_snapshot(model_id: str) -> tuple[Path, str] | None:
     return (folder, commit) if (folder / "config.json").exists() else None
 
 
-def model_identity(name: str, location: str | os.PathLike[str]) -> ModelIdentity:
-    """The identity of the model ``name`` loaded from ``location`` (a folder, or a hub id)."""
+def model_identity(name: str, location: str | os.PathLike[str], hub_copy: bool = False) -> ModelIdentity:
+    """The identity of the model ``name`` loaded from ``location`` (a folder, or a hub id).
+
+    ``hub_copy``: ``location`` is the hub model ``name`` as `medret models download` saved it in the models folder;
+    it is identified as that hub model (keyed by its id, revision from the download record), so an index built
+    with the copy is the same index whether the weights come from the models folder, the Hugging Face cache, or
+    (only the name checked) from neither — a compute node that holds only the query encoder still finds it."""
     loc = os.fspath(location)
     folder = Path(loc).expanduser()
     if folder.is_dir():
         real = folder.resolve()
         files = fingerprint_files(real)
+        if hub_copy:
+            return ModelIdentity(name=name, source="hub", location=name, folder=str(real),
+                                 revision=_downloaded_revision(real), files=files, fingerprint=combine(files))
         return ModelIdentity(name=name, source="local", location=str(real), folder=str(real), files=files,
                              fingerprint=combine(files))
     snap = hub_snapshot(loc)
@@ -118,6 +126,16 @@ def model_identity(name: str, location: str | os.PathLike[str]) -> ModelIdentity
     files = fingerprint_files(snap_dir)
     return ModelIdentity(name=name, source="hub", location=loc, folder=str(snap_dir), revision=commit, files=files,
                          fingerprint=combine(files))
+
+
+def _downloaded_revision(folder: Path) -> str | None:
+    from medret.encoders.locate import DOWNLOAD_RECORD
+
+    try:
+        rev = json.loads((folder / DOWNLOAD_RECORD).read_text()).get("revision")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rev if isinstance(rev, str) and rev else None
 
 
 def fingerprinted_names(folder: Path) -> list[str]:

@@ -96,7 +96,9 @@ def encoder_identity(spec: EncoderSpec, doc_model_path: str | os.PathLike[str] |
 
     doc_loc = model_location(spec.doc_model, doc_model_path, models_dir)
     q_loc = model_location(spec.query_model, query_model_path, models_dir)
-    return EncoderIdentity(spec, model_identity(spec.doc_model, doc_loc), q_loc)
+    # found in the models folder (not given as a path): the hub model itself, wherever its files are
+    hub_copy = doc_model_path is None and doc_loc != spec.doc_model
+    return EncoderIdentity(spec, model_identity(spec.doc_model, doc_loc, hub_copy=hub_copy), q_loc)
 
 
 def keyed_dir(source: Any, identity: EncoderIdentity) -> Path:
