@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from medret import compat
 from medret.encoders.pooling import l2_normalize, pool
 from medret.encoders.specs import EncoderSpec, format_docs, format_query
 from medret.errors import ConfigError, ModelNotFoundError
@@ -52,7 +53,7 @@ class _Part:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(location)
             dtype = torch.float16 if fp16 else torch.float32
-            self.model = AutoModel.from_pretrained(location, dtype=dtype)
+            self.model = AutoModel.from_pretrained(location, **compat.dtype_kwargs(dtype))
         except (OSError, ValueError, EnvironmentError) as e:
             raise ModelNotFoundError(_not_found_message(model, location, role, spec_name, e)) from e
         self.model.to(device)
