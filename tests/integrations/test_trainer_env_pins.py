@@ -1,15 +1,16 @@
 """Installing medret's trainer side next to a trainer moves none of the trainer's packages.
 
 Each test environment is built by .ci/env in this order: the trainer's own packages (.ci/envs/NAME.txt), a
-snapshot of them (``sys.prefix/medret-trainer-freeze.txt``), then ``medret[trainer]`` without constraints, then
-test tools. Two checks, in whichever environment the suite runs (dev, searchr1, verl):
+snapshot (``sys.prefix/medret-trainer-freeze.txt``), ``medret[trainer]`` without constraints, a second snapshot
+(``medret-trainer-freeze-after.txt``), then test tools. Three checks, in whichever environment the suite runs
+(dev, searchr1, verl):
 
-* the snapshot against the environment: installing medret (and the test tools) changed no trainer package;
+* the two snapshots: installing ``medret[trainer]`` changed no package of the trainer's environment;
+* the first snapshot against the environment now: the tests run on the trainer's pinned versions;
 * ``pip install --dry-run --report`` of ``medret[trainer]`` into this environment: pip would move none of them.
 
-The packages held fixed are every package of the trainer's snapshot; the ones named by the issue (torch,
-transformers, numpy, ray, tensordict, huggingface_hub, and vllm's, verl's and torch's own requirements where
-those are installed) are reported by name when they would move.
+Pinned, and named when they would move: torch, transformers, numpy, ray, tensordict, huggingface_hub, and the
+requirements of vllm, verl and torch where those belong to the trainer's environment.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(sys.prefix) / "medret-trainer-freeze.txt"
+AFTER = Path(sys.prefix) / "medret-trainer-freeze-after.txt"
 NAMED = ("torch", "transformers", "numpy", "ray", "tensordict", "huggingface-hub", "vllm", "verl")
 TRAINERS = ("vllm", "verl", "torch")  # their declared requirements are pins of the trainer's environment too
 
@@ -57,33 +59,41 @@ def requirement_names(dist: str) -> set[str]:
     return names
 
 
-def named_pins() -> set[str]:
+def named_pins(trainer: dict[str, str]) -> set[str]:
     names = {norm(n) for n in NAMED}
     for t in TRAINERS:
-        names |= requirement_names(t)
+        if norm(t) in trainer:  # part of the trainer's environment (in dev, verl comes later and without its deps)
+            names |= requirement_names(t)
     return names
 
 
-def read_snapshot() -> dict[str, str]:
-    if not SNAPSHOT.is_file():
-        pytest.skip(f"no trainer snapshot at {SNAPSHOT}: this environment was not built by .ci/env, so which "
-                    "packages are the trainer's is unknown")
+def read_freeze(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        pytest.skip(f"no trainer snapshot at {path}: this environment was not built by .ci/env, so which packages "
+                    "are the trainer's is unknown")
     out = {}
-    for line in SNAPSHOT.read_text().splitlines():
-        m = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line.strip())
+    for line in path.read_text().splitlines():  # "name==version", or "# Editable ... install ... (name==version)"
+        m = re.match(r"(?:#.*\()?([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s)]+)", line.strip())
         if m:
             out[norm(m.group(1))] = m.group(2)
     return out
 
 
-def test_installing_medret_changed_no_trainer_package():
-    snap = read_snapshot()
+def test_installing_medret_trainer_changed_no_trainer_package():
+    before, after = read_freeze(SNAPSHOT), read_freeze(AFTER)
+    assert "torch" in before, f"{SNAPSHOT} holds no torch: it was taken before the trainer was installed"
+    moved = {n: (v, after.get(n)) for n, v in before.items() if after.get(n) != v}
+    named = {n: moved[n] for n in moved if n in named_pins(before)}
+    assert not named, f"installing medret[trainer] moved the trainer's pinned packages (before, after): {named}"
+    assert not moved, f"installing medret[trainer] moved trainer packages (before, after): {moved}"
+    assert "medret" not in before and "medret" in after
+
+
+def test_tests_run_on_the_trainers_pinned_versions():
+    before = read_freeze(SNAPSHOT)
     now = installed()
-    assert "torch" in snap, f"the snapshot {SNAPSHOT} holds no torch: it was taken before the trainer was installed"
-    moved = {n: (v, now.get(n)) for n, v in snap.items() if now.get(n) != v}
-    named = {n: moved[n] for n in moved if n in named_pins()}
-    assert not named, f"installing medret moved the trainer's pinned packages (before, now): {named}"
-    assert not moved, f"installing medret moved trainer packages (before, now): {moved}"
+    moved = {n: (before[n], now.get(n)) for n in named_pins(before) if n in before and now.get(n) != before[n]}
+    assert not moved, f"the test tools moved the trainer's pinned packages (trainer's, now): {moved}"
 
 
 @pytest.mark.integration
@@ -100,9 +110,9 @@ def test_pip_dry_run_of_trainer_extra_moves_no_pin(tmp_path):
     assert "medret" in planned  # the report is about medret (pip always re-installs a local directory)
     now = installed()
     moves = {n: (now[n], v) for n, v in planned.items() if n in now and now[n] != v}
-    named = {n: moves[n] for n in moves if n in named_pins()}
+    snap = read_freeze(SNAPSHOT) if SNAPSHOT.is_file() else {}
+    named = {n: moves[n] for n in moves if n in named_pins(snap)}
     assert not named, f"pip would move the trainer's pinned packages (installed, planned): {named}"
-    snap = read_snapshot() if SNAPSHOT.is_file() else {}
     trainer_moves = {n: moves[n] for n in moves if n in snap}
     assert not trainer_moves, f"pip would move trainer packages (installed, planned): {trainer_moves}"
     new = sorted(n for n in planned if n not in now)
