@@ -2,13 +2,13 @@
 
 medret runs inside the trainers' own environments (Search-R1's: Python 3.9, torch 2.4, transformers 4.47,
 numpy 1.x, huggingface_hub 0.x; veRL's: Python 3.10+, transformers 5, numpy 2, huggingface_hub 1.x), so it
-supports Python 3.9-3.13, numpy 1.24-2.x, torch >= 2.1, transformers 4.40-5.x and huggingface_hub 0.24-1.x.
+supports Python 3.9-3.13, numpy 1.24-2.x, torch >= 2.1, transformers 4.40-5.x and huggingface_hub 0.24-2.x.
 Other modules call the functions below instead of an API whose name or behaviour changed between those versions.
 
 - transformers: the precision keyword of ``from_pretrained`` is ``dtype`` from 4.56 on and ``torch_dtype`` before
   (4.x rejects ``dtype`` with ``TypeError: __init__() got an unexpected keyword argument 'dtype'``):
   :func:`dtype_kwargs`.
-- huggingface_hub: ``huggingface_hub.utils.get_session()`` is an ``httpx.Client`` in 1.x and a
+- huggingface_hub: ``huggingface_hub.utils.get_session()`` is an ``httpx.Client`` from 1.x on and a
   ``requests.Session`` in 0.x, whose ``stream`` is a bool (hence ``TypeError: 'bool' object is not callable``
   when called like httpx's): :func:`hub_session`, :func:`http_stream`, :func:`http_head`,
   :func:`http_transport_errors` speak to either.
