@@ -72,11 +72,23 @@ def read_freeze(path: Path) -> dict[str, str]:
         pytest.skip(f"no trainer snapshot at {path}: this environment was not built by .ci/env, so which packages "
                     "are the trainer's is unknown")
     out = {}
-    for line in path.read_text().splitlines():  # "name==version", or "# Editable ... install ... (name==version)"
+    for line in path.read_text().splitlines():
+        # "name==version", "# Editable ... install ... (name==version)", or "-e git+URL@COMMIT#egg=name"
         m = re.match(r"(?:#.*\()?([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s)]+)", line.strip())
+        egg = re.match(r"-e .*#egg=([A-Za-z0-9][A-Za-z0-9._-]*)", line.strip())
         if m:
             out[norm(m.group(1))] = m.group(2)
+        elif egg:
+            out.setdefault(norm(egg.group(1)), "editable")
     return out
+
+
+def test_read_freeze_reads_every_form_pip_freeze_writes(tmp_path):
+    f = tmp_path / "freeze.txt"
+    f.write_text("torch==2.4.0\nNumPy==1.26.4\n# Editable Git install with no remote (medret==0.1.0)\n-e /work/medret\n"
+                 "-e git+file:///src/other@0123abc#egg=other_pkg\nhuggingface_hub==0.36.2\n")
+    assert read_freeze(f) == {"torch": "2.4.0", "numpy": "1.26.4", "medret": "0.1.0", "other-pkg": "editable",
+                              "huggingface-hub": "0.36.2"}
 
 
 def test_installing_medret_trainer_changed_no_trainer_package():
