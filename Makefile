@@ -1,31 +1,23 @@
-# Two set-up commands: `make demo` and `make test`. Both create .venv and install what they need.
+# Two set-up commands: `make demo` and `make test`. Both create the virtual environments they need.
+#   .venv           medret's own (dev): python3 ($(PY)), torch 2.13 CPU, medret[dev]
+#   .venv-searchr1  Search-R1's trainer env: Python 3.9 (pyenv), torch 2.4.0, transformers 4.47.1, numpy<2
+#   .venv-verl      veRL's trainer env: Python 3.11 (pyenv), verl 0.9.1 with its dependencies
+# Each is built by .ci/env from .ci/envs/NAME.txt and rebuilt when its inputs change; pip's cache is reused.
 PY ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+ENVS ?= dev searchr1 verl
 
 .PHONY: demo test install clean slurm-up slurm-down
 
-$(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+install:
+	PY=$(PY) bash .ci/env dev
 
-$(STAMP): $(BIN)/python pyproject.toml
-	# torch first and pinned: a bare `torch` would pull a multi-GB CUDA build; users bring their own.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
-	# veRL's BaseTool for the tool tests; its own pins would downgrade transformers, so no deps (docs/verl.md)
-	$(BIN)/pip install -q --no-deps verl==0.9.1
-	touch $(STAMP)
+demo: install
+	.venv/bin/medret search "sepsis mortality risk in elderly ICU patients" --corpus sample --retriever BM25 --topk 5
 
-install: $(STAMP)
-
-demo: $(STAMP)
-	$(BIN)/medret search "sepsis mortality risk in elderly ICU patients" --corpus sample --retriever BM25 --topk 5
-
-test: $(STAMP)
-	# SLURM and Ray tests start (and stop) their own local clusters; see scripts/slurm-up.
-	$(BIN)/python -m pytest -q tests
+# The suite in each environment (ENVS="dev" for medret's own only). SLURM and Ray tests start (and stop) their own
+# local clusters; see scripts/slurm-up.
+test:
+	PY=$(PY) bash .ci/test-envs $(ENVS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf .venv .venv-searchr1 .venv-verl _work/ci build *.egg-info

@@ -24,7 +24,7 @@ from medret.errors import ConfigError, MedretError
 logger = logging.getLogger(__name__)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-MIN_PYTHON = (3, 10)
+MIN_PYTHON = (3, 9)  # Search-R1's trainer environment; pyproject's requires-python
 # Counting lines of bigger chunk folders takes minutes (PubMed is 70 GB); their row count comes from the store.
 COUNT_LINES_MAX_BYTES = 2 * 1024**3
 MEMORY_WARN_FRACTION = 0.8
@@ -116,8 +116,8 @@ def check_python() -> list[Check]:
     v = sys.version_info
     title = f"Python {platform.python_version()} ({sys.executable})"
     if (v.major, v.minor) < MIN_PYTHON:
-        return [Check("python", FAIL, title, "medret needs Python >= 3.10",
-                      "use a Python 3.10+ environment (e.g. `conda create -n medret python=3.11`)")]
+        return [Check("python", FAIL, title, "medret needs Python >= 3.9",
+                      "use a Python 3.9+ environment (e.g. `conda create -n medret python=3.11`)")]
     return [Check("python", OK, title)]
 
 
@@ -141,8 +141,6 @@ def needs(config: Any) -> dict[str, str]:
         parts = ()
     if config.backend == "local" and any(p != "bm25" for p in parts):
         out.update({"torch": "dense", "transformers": "dense", "faiss-cpu": "dense"})
-    if config.backend == "http":
-        out["httpx"] = "serve"
     if config.backend == "ray":
         out["ray"] = "ray"
     return out

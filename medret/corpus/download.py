@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from medret import compat
 from medret.atomic import atomic_write_text
 from medret.corpus.reader import LFS_MAGIC
 from medret.corpus.registry import DISPLAY, SOURCES
@@ -358,16 +359,6 @@ def human_bytes(n: float) -> str:
 # Transfer
 
 
-def _transport_errors(session: Any) -> tuple[type[BaseException], ...]:
-    """The connection-level exceptions of the HTTP client huggingface_hub uses (httpx or its fork)."""
-    errs: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    mod = importlib.import_module(type(session).__module__.split(".")[0])
-    for name in ("TransportError", "StreamError"):
-        if isinstance(getattr(mod, name, None), type):
-            errs.append(getattr(mod, name))
-    return tuple(errs)
-
-
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[Any]:
     """Open ``path`` for appending under an exclusive lock, so two downloads never write the same partial file."""
@@ -398,8 +389,9 @@ def fetch_url(url: str, final: Path, *, expected_size: int | None, headers: dict
     partial file is deleted and CorpusError raised, leaving ``final`` as it was.
     """
     if session is None:
-        session = _require_hub().utils.get_session()
-    errors = _transport_errors(session)
+        _require_hub()
+        session = compat.hub_session()
+    errors = compat.http_transport_errors(session)
     part = _partial_path(final)
     base_headers = dict(headers or {})
     base_headers["Accept-Encoding"] = "identity"
@@ -426,7 +418,7 @@ def fetch_url(url: str, final: Path, *, expected_size: int | None, headers: dict
                 req["Range"] = f"bytes={have}-"
             got = 0
             try:
-                with session.stream("GET", url, headers=req) as resp:
+                with compat.http_stream(session, url, req) as resp:
                     if resp.status_code == 416 and total is not None and have >= total:
                         break
                     if resp.status_code >= 400:
@@ -551,7 +543,7 @@ def download_plans(plans: list[SourcePlan], *, token: str | bool | None = None, 
     hub = _require_hub()
     endpoint = endpoint or hf_endpoint()
     headers = hub.utils.build_hf_headers(token=token, library_name="medret")
-    session = hub.utils.get_session()
+    session = compat.hub_session()
     results = []
     total = sum(p.bytes_to_fetch for p in plans)
     with _bars(progress, total, "total") as overall:
@@ -649,7 +641,8 @@ def download_statpearls(db_dir: str | os.PathLike[str], *, from_file: str | os.P
         archive = dest / STATPEARLS_ARCHIVE
         url = url or os.environ.get("MEDRET_STATPEARLS_URL") or STATPEARLS_URL
         if force or not archive.is_file():
-            session = _require_hub().utils.get_session()
+            _require_hub()
+            session = compat.hub_session()
             size = _remote_size(session, url)
             if size is not None:
                 part = _partial_path(archive)
@@ -692,12 +685,12 @@ def _remote_size(session: Any, url: str, fix: str = _STATPEARLS_FIX) -> int | No
     """The size a server gives for ``url`` (after redirects), None when it gives none; CorpusError (with ``fix``)
     when it cannot be reached or refuses."""
     try:
-        r = session.head(url, headers={"Accept-Encoding": "identity"}, follow_redirects=True)
+        status, headers = compat.http_head(session, url, {"Accept-Encoding": "identity"})
     except Exception as e:  # noqa: BLE001 - any transport failure gets the same advice
         raise CorpusError(f"cannot reach {url} ({type(e).__name__}: {e}); {fix}") from None
-    if r.status_code >= 400:
-        raise CorpusError(f"HEAD {url} answered HTTP {r.status_code}; {fix}")
-    cl = r.headers.get("Content-Length")
+    if status >= 400:
+        raise CorpusError(f"HEAD {url} answered HTTP {status}; {fix}")
+    cl = headers.get("Content-Length")
     return int(cl) if cl and cl.isdigit() else None
 
 

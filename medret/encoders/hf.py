@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from medret import compat
 from medret.encoders.locate import (MODELS_DIR_ENV, hub_problem, is_local, is_model_id, model_location,  # noqa: F401
                                     offline_fix)
 from medret.encoders.pooling import l2_normalize, pool
@@ -59,7 +60,7 @@ def _from_pretrained(location: str, dtype: Any, local_only: bool = False) -> tup
         kw["cache_dir"] = str(hf_cache_dir())
         if local_only:
             kw["local_files_only"] = True
-    return AutoTokenizer.from_pretrained(location, **kw), AutoModel.from_pretrained(location, dtype=dtype, **kw)
+    return AutoTokenizer.from_pretrained(location, **kw), AutoModel.from_pretrained(location, **compat.dtype_kwargs(dtype), **kw)
 
 
 def _load(model: str, location: str, role: str, spec_name: str, dtype: Any,
