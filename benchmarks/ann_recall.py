@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medret.index.dense import DEFAULT_RERANK, DenseIndex  # noqa: E402
+from medret.index.dense import DEFAULT_RERANK, DenseIndex
 
 
 def data(n: int, dim: int, nq: int, clusters: int, metric: str, seed: int = 0):
@@ -93,11 +93,14 @@ def main(argv=None) -> int:
                          "r5": recall(rows, ref, 5), "r10": recall(rows, ref, 10)})
         print(rows_out[-1], flush=True)
     lines = [f"\n### ANN recall against flat ({time.strftime('%Y-%m-%d')}, issue 7)\n",
-             f"- machine: {platform.machine()} {platform.processor() or ''}, 2 cores (this project's CPU machine), no GPU",
+             f"- machine: {platform.machine()} {platform.processor() or ''}, 2 cores (this project's CPU machine), "
+             "no GPU",
              f"- command: `python benchmarks/ann_recall.py {' '.join(argv or sys.argv[1:])}`",
-             f"- data: {a.n:,} x {a.dim} clustered vectors ({a.clusters} centres), {a.queries} queries, metric {a.metric}"
+             f"- data: {a.n:,} x {a.dim} clustered vectors ({a.clusters} centres), {a.queries} queries, metric "
+             f"{a.metric}"
              + (" (unit-normalised)" if a.metric == "ip" else ""), "",
-             f"| index | build (s) | search {a.queries} queries (ms) | size (MiB) | recall@5 vs flat | recall@10 vs flat |",
+             f"| index | build (s) | search {a.queries} queries (ms) | size (MiB) | recall@5 vs flat "
+             "| recall@10 vs flat |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows_out:
         lines.append(f"| {r['type']} | {r['build_s']:.1f} | {r['search_ms']:.0f} | {r['mem_mb']:.0f} | {r['r5']:.3f} | "

@@ -3,7 +3,8 @@
 bm25s (``BM25.get_scores_from_ids``) allocates a float32 array of every snippet per query, adds each query
 term's postings with ``np.add.at`` and medret then selected the top-k from all of it; medret's
 :class:`medret.index.bm25.PostingScorer` sums only the postings of rare-enough terms, prunes common terms
-with MaxScore, and falls back to the whole-corpus way only when pruning cannot pay. Both answer the same top-k (checked here,
+with MaxScore, and falls back to the whole-corpus way only when pruning cannot pay. Both answer the same top-k (checked
+here,
 rows and float32 scores) on the same built index, so the ratio is the scoring path alone; tokenization is
 timed once and reported beside it.
 

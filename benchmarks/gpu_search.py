@@ -185,17 +185,7 @@ def run(args) -> dict:
                 q[: args.ref_queries] = qref
             qr = qref[: min(b, args.ref_queries)] if b < args.ref_queries else qref
             chunk = args.chunk_rows
-            methods = {
-                "matmul only": (lambda: matmul_only(emb, q, chunk), None),
-                "plain topk (fp16)": (lambda: plain_topk(emb, q, args.k, chunk), lambda: plain_topk(emb, qr, args.k, chunk)),
-                "dense.exact_search": (lambda: _dense(emb, q, args.k), lambda: _dense(emb, qr, args.k)),
-                "gpu_topk blockmax": (lambda: exact_topk(emb, q, args.k, block_rows=args.block_rows),
-                                      lambda: exact_topk(emb, qr, args.k, block_rows=args.block_rows)),
-            }
-            if faiss_index is not None:
-                idx = faiss_index[0]
-                methods["faiss GpuIndexFlatIP fp16"] = (lambda: idx.search(q.cpu().numpy(), args.k),
-                                                        lambda: idx.search(qr.cpu().numpy(), args.k))
+            methods = _methods(emb, q, qr, args.k, chunk, args.block_rows, faiss_index)
             for name, (fn, rfn) in methods.items():
                 if name in args.skip:
                     continue
@@ -222,6 +212,22 @@ def run(args) -> dict:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return out
+
+
+def _methods(emb, q, qr, k, chunk, block_rows, faiss_index):
+    """name -> (timed call, recall call on the reference queries or None)."""
+    methods = {
+        "matmul only": (lambda: matmul_only(emb, q, chunk), None),
+        "plain topk (fp16)": (lambda: plain_topk(emb, q, k, chunk), lambda: plain_topk(emb, qr, k, chunk)),
+        "dense.exact_search": (lambda: _dense(emb, q, k), lambda: _dense(emb, qr, k)),
+        "gpu_topk blockmax": (lambda: exact_topk(emb, q, k, block_rows=block_rows),
+                              lambda: exact_topk(emb, qr, k, block_rows=block_rows)),
+    }
+    if faiss_index is not None:
+        idx = faiss_index[0]
+        methods["faiss GpuIndexFlatIP fp16"] = (lambda: idx.search(q.cpu().numpy(), k),
+                                                lambda: idx.search(qr.cpu().numpy(), k))
+    return methods
 
 
 def _dense(emb, q, k):

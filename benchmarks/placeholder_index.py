@@ -3,7 +3,8 @@
     python benchmarks/placeholder_index.py CORPUS_FOLDER MODEL_DIR [--pooling cls | --like e5] [--fp16]
 
 The index is written by medret's normal builder (``build_dense_index``) at the place the engine looks for that
-encoder, so ``get_retriever(CORPUS_FOLDER, MODEL_DIR, pooling=...)`` (or ``like=...``) finds it. Queries are still encoded by the real model;
+encoder, so ``get_retriever(CORPUS_FOLDER, MODEL_DIR, pooling=...)`` (or ``like=...``) finds it. Queries are still
+encoded by the real model;
 only the document side is skipped. Use it where encoding the corpus on CPU would take too long (BERT-base over
 PubMedQA's 3,358 snippets: ~45 min on 2 cores) and the measurement does not depend on the vectors' values
 (latency, throughput, start-up, memory). Never use it for quality numbers.
@@ -41,8 +42,9 @@ def build_placeholder_index(corpus: str, model: str, pooling: str | None = "cls"
     from medret.corpus.registry import resolve_corpus
     from medret.corpus.store import open_corpus_store
     from medret.encoders.specs import spec_for
-    from medret.index.build import build_dense_index, read_manifest
+    from medret.index.dense_build import build_dense_index
     from medret.index.identity import encoder_identity, keyed_dir
+    from medret.index.manifest import read_manifest
 
     c = resolve_corpus(corpus, None)
     store = open_corpus_store(c, build=True, progress=progress)

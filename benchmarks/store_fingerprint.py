@@ -44,10 +44,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from medret.bench.synth import write_synthetic_corpus
-    from medret.checksums import HashingWriter
     from medret.corpus import fingerprint as fp
     from medret.corpus.registry import resolve_corpus
     from medret.corpus.store import DocStore, build_store
+    from medret.storage.checksums import HashingWriter
 
     work = Path(args.workdir)
     folder = work / "corpus"
@@ -82,7 +82,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     mib = total / 2**20
     lines = [
-        f"\n## Content fingerprints: cost of hashing chunk files and embeddings ({time.strftime('%Y-%m-%d')}, issue 13)\n",
+        "\n## Content fingerprints: cost of hashing chunk files and embeddings "
+        f"({time.strftime('%Y-%m-%d')}, issue 13)\n",
         f"- machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
         f"{platform.python_version()}; 1-min load average at the end: {load:.2f}",
         f"- command: `python benchmarks/store_fingerprint.py --workdir {args.workdir} --snippets {args.snippets} "

@@ -168,7 +168,7 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float, probe: list[str]
         try:
             post(url, probe, 1, timeout=60)
             return time.time() - t0
-        except Exception:
+        except Exception:  # noqa: BLE001 - the server is still starting: any failure means "not yet"
             time.sleep(0.25)
     raise RuntimeError(f"no answer from {url} within {timeout}s")
 

@@ -9,8 +9,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from medret.config import RetrieverConfig
-from medret.validate import check_answer_size, check_flag, check_queries, check_topk, dedupe
+from medret.config import DEFAULT_TOPK, RetrieverConfig
+from medret.transports import Transport, make_transport
+from medret.validate import (
+    check_answer_size,
+    check_flag,
+    check_queries,
+    check_topk,
+    dedupe,
+)
+
+__all__ = ["Hit", "Retriever", "clear_cache", "get_retriever", "retriever_for"]
 
 
 @dataclass(frozen=True)
@@ -41,13 +50,13 @@ class Hit:
 class Retriever:
     """A configured retriever. Thread-safe; build it with :func:`get_retriever` to share it per process."""
 
-    def __init__(self, config: RetrieverConfig, transport: Any = None):
-        from medret.transports import make_transport
-
+    def __init__(self, config: RetrieverConfig, transport: Transport | None = None):
+        """``transport``: any :class:`medret.transports.Transport` object (e.g. ``HttpTransport(HttpOptions(
+        url=...))``); by default the one ``config.backend`` names, with its options from ``config``."""
         self.config = config
-        self.transport = transport if transport is not None else make_transport(config)
+        self.transport: Transport = transport if transport is not None else make_transport(config)
 
-    def search(self, queries: list[str], k: int = 3) -> list[list[Hit]]:
+    def search(self, queries: list[str], k: int = DEFAULT_TOPK) -> list[list[Hit]]:
         """The k best hits of each query, in query order. Identical queries are searched once."""
         queries = check_queries(queries, self.config.max_batch, self.config.max_query_chars)
         k = check_topk(k, self.config.max_topk)
@@ -59,7 +68,7 @@ class Retriever:
         hits = [[Hit(item["document"], float(item["score"])) for item in row] for row in rows]
         return [hits[i] for i in where]
 
-    def retrieve(self, queries: list[str], topk: int = 3, return_scores: bool = True) -> dict:
+    def retrieve(self, queries: list[str], topk: int = DEFAULT_TOPK, return_scores: bool = True) -> dict:
         """Search-R1's JSON: {"result": [[{"document": {...}, "score": s}, ...], ...]}; documents alone without scores.
 
         Every transport answers in this very format (a server's JSON is handed through, not rebuilt).
@@ -71,16 +80,13 @@ class Retriever:
             return {"result": []}
         self._check_answer(len(queries), topk)
         unique, where = dedupe(queries)
-        if hasattr(self.transport, "retrieve"):
-            result = self.transport.retrieve(unique, topk, return_scores)["result"]
-        else:
-            result = without_scores(self.transport.search(unique, topk), drop=not return_scores)
+        result = self.transport.retrieve(unique, topk, return_scores)["result"]
         return {"result": result if len(unique) == len(queries) else [result[i] for i in where]}
 
     def _check_answer(self, n_queries: int, k: int) -> None:
         """The answer-size limits (max_answer_docs, max_answer_bytes); the bytes estimate needs a transport that
         knows the corpus (in-process); a server checks its own limits."""
-        n_docs, doc_bytes = getattr(self.transport, "answer_stats", (None, None))
+        n_docs, doc_bytes = self.transport.answer_stats
         check_answer_size(n_queries, k, self.config.max_answer_docs, self.config.max_answer_bytes, doc_bytes,
                           n_docs)
 
@@ -89,11 +95,6 @@ class Retriever:
 
     def close(self) -> None:
         self.transport.close()
-
-
-def without_scores(rows: list[list[dict]], drop: bool = True) -> list[list[dict]]:
-    """Search-R1's answer without scores is the documents alone; ``drop=False`` keeps the scored items."""
-    return [[item["document"] for item in row] for row in rows] if drop else rows
 
 
 _CACHE: dict[RetrieverConfig, Retriever] = {}

@@ -2,34 +2,41 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 
-from medret import __version__
+from medret import __version__, commands
+from medret.bench import cli as bench_cli
+from medret.doctor import cli as doctor_cli
+from medret.encoders import models_cli
 from medret.errors import MedretError
+from medret.integrations import cli as integrations_cli
+from medret.launch import cli as launch_cli
+from medret.recipes.kare import cli as kare_cli
+from medret.serve import cli as serve_cli
 
 # Each module defines register(subparsers); its handlers take the parsed args and return an exit code.
-COMMANDS = [
-    "medret.commands",
-    "medret.encoders.models_cli",
-    "medret.launch.cli",
-    "medret.doctor_cli",
-    "medret.recipes.kare.cli",
-    "medret.bench.cli",  # bench, eval, plan
-    "medret.serve.cli",
-    "medret.integrations.cli",
-]
+COMMANDS = (
+    commands,  # search, index build, corpus info / download
+    models_cli,
+    launch_cli,  # slurm, ray
+    doctor_cli,
+    kare_cli,
+    bench_cli,  # bench, eval, plan
+    serve_cli,
+    integrations_cli,  # searchr1, rollout-smoke
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medret", description="Fast in-process medical retrieval for RL search agents.")
+    parser = argparse.ArgumentParser(prog="medret",
+                                     description="Fast in-process medical retrieval for RL search agents.")
     parser.add_argument("--version", action="version", version=f"medret {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    for module in COMMANDS:
+        module.register(sub)
     return parser
 
 

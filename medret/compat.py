@@ -25,6 +25,8 @@ import re
 from importlib import metadata
 from typing import Any, Iterator
 
+from medret import optional
+
 #: transformers release that renamed ``torch_dtype`` to ``dtype`` in ``from_pretrained``.
 TRANSFORMERS_DTYPE_KWARG_SINCE = (4, 56)
 
@@ -110,9 +112,8 @@ def _requests_blocks(resp: Any) -> Iterator[bytes]:
     if read1 is None:  # urllib3 1.x: no read1; small blocks keep what a drop loses small
         yield from resp.iter_content(chunk_size=1 << 14)
         return
-    import requests
-    import urllib3
-
+    requests = optional.requests()
+    urllib3 = optional.load("urllib3", "client")
     while True:
         try:
             block = read1(_CHUNK, decode_content=True)
@@ -138,7 +139,7 @@ def http_transport_errors(session: Any) -> tuple[type[BaseException], ...]:
     root = type(session).__module__.split(".")[0]
     mod = importlib.import_module(root)
     if is_httpx_session(session):  # httpx (or huggingface_hub's fork of it)
-        names = ("TransportError", "StreamError")
+        names: tuple[str, ...] = ("TransportError", "StreamError")
     else:  # requests
         mod = importlib.import_module(f"{root}.exceptions")
         names = ("ConnectionError", "ChunkedEncodingError", "Timeout")

@@ -1,241 +1,236 @@
-"""RetrieverConfig: every setting of a retriever in one frozen, hashable dataclass.
+"""Every option of a retriever, each declared once (:func:`medret.options.option`), in four groups:
 
-Built from keyword arguments, a hydra/omegaconf block (Search-R1's ``retriever`` config) or CLI flags.
+* :class:`EngineOptions`: what is searched and how (corpus, retriever, models, encoder recipe, devices, indexes,
+  fusion); the in-process engine reads these, and so does every Ray actor and ``medret serve``;
+* :class:`Limits`: the limits of one request (in-process calls and ``medret serve``);
+* :class:`HttpOptions`: the HTTP transport's (url, address file, token, deadlines, retries);
+* :class:`RayOptions`: the Ray transport's (cluster, namespace, placement, GPUs, shards, job).
+
+:class:`RetrieverConfig` is all of them plus ``backend``: one frozen, hashable value (the key of
+``get_retriever``'s cache), built from keyword arguments, a hydra/omegaconf block or Search-R1's ``retriever``
+block (:meth:`RetrieverConfig.from_mapping`), or command-line flags (:func:`medret.options.add_flags`). The
+flags, the mapping keys, child-process argv, the Ray actor's identity and validation all come from these fields.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
+from medret.encoders.specs import DOC_FORMATS, POOLINGS, known_names
 from medret.errors import ConfigError
+from medret.options import Options, option, plain_dict, truthy
+from medret.options import names as option_names
+from medret.validate import (
+    check_gpu_id,
+    check_number,
+    check_string,
+    check_token_count,
+    check_whole,
+    check_yes_no,
+)
 
+DEFAULT_TOPK = 3  # passages per query when a request names none (Search-R1's default)
 BACKENDS = ("local", "http", "ray")
-# The request limits above, each declared once: `medret serve --max-topk ...` and the docs come from here.
-LIMITS = {
-    "max_topk": "largest topk a request may ask for",
-    "max_batch": "most queries in one request",
-    "max_query_chars": "longest query, in characters",
-    "max_answer_docs": "most documents one answer may hold (queries x topk); larger requests are refused (413)",
-    "max_answer_bytes": "largest estimated answer in bytes (queries x topk x the corpus's mean document size); "
-                        "larger requests are refused (413)",
-}
 RAY_PLACEMENTS = ("any", "per-node", "retriever-node")
 
-
-@dataclass(frozen=True)
-class Option:
-    """One encoder option: the RetrieverConfig field, its CLI flag (``--`` + name with ``-``), type and help."""
-
-    name: str
-    type: type
-    help: str
-    choices: tuple[str, ...] | None = None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+RETRIEVER = "retriever"
+DEVICE = "device"
+MODELS = "models"
+ENCODER = "dense encoder (default: the named retriever's recipe)"
+INDEX = "index search and fusion"
+LIMITS_GROUP = "request limits"
+HTTP = "HTTP backend"
+RAY = "Ray backend"
 
 
-# How a dense retriever encodes: declared here once; `medret` flags (medret.commands.add_encoder_flags), the
-# bench server's flags, Ray actor names and `medret doctor` are derived from this table. None = the recipe's value.
-ENCODER_OPTIONS: tuple[Option, ...] = (
-    Option("like", str, "give a local model folder a named retriever's recipe: e5 (Search-R1), MedCPT, Contriever "
-           "or SPECTER (MedRAG): pooling, prefixes, normalisation, token limits, document text format, metric"),
-    Option("pooling", str, "pooling of a local model folder (without --like)", ("cls", "mean")),
-    Option("query_prefix", str, "text put before every query (e5: 'query: ')"),
-    Option("doc_prefix", str, "text put before every document (e5: 'passage: ')"),
-    Option("normalize", bool, "L2-normalise query and document vectors (e5: on); --no-normalize turns it off"),
-    Option("max_length", int, "token limit of queries and documents (e5: 256; a local folder: 512)"),
-    Option("query_max_length", int, "token limit of queries (overrides --max-length; MedCPT: 64)"),
-    Option("doc_max_length", int, "token limit of documents (overrides --max-length; MedCPT: 512)"),
-    Option("doc_format", str, "how a document's title and text become the encoder's input: searchr1 (the quoted "
-           "title, a newline, the text: e5), pair (MedCPT), contriever, specter, concat (MedRAG's default)",
-           ("searchr1", "pair", "contriever", "specter", "concat")),
-)
-ENCODER_OPTION_NAMES = tuple(o.name for o in ENCODER_OPTIONS)
+def check_like(name: str, value: Any, tail: str = "") -> None:
+    """A named retriever's recipe (case-insensitive)."""
+    known = known_names()
+    if not isinstance(value, str) or value.strip().lower() not in [n.lower() for n in known]:
+        raise ConfigError(f"{name}={value!r} is invalid: choose one of {', '.join(known)} (case-insensitive)")
 
 
-def encoder_argv(values: Mapping[str, Any]) -> list[str]:
-    """The ``medret`` flags that give ``values``' encoder options (those not None), e.g. for a child ``medret serve``
-    or a command printed in a message (``--query-prefix=query: `` as one item: a value may start with ``-``)."""
-    out: list[str] = []
-    for o in ENCODER_OPTIONS:
-        v = values.get(o.name)
-        if v is None:
-            continue
-        out.append((o.flag if v else "--no-" + o.flag[2:]) if o.type is bool else f"{o.flag}={v}")
-    return out
+def _recipe(check: Any) -> Any:
+    """An encoder option's check: None means the recipe's value."""
+    def run(name: str, value: Any) -> None:
+        if value is not None:
+            check(name, value, "or None for the recipe's")
+    return run
 
 
 @dataclass(frozen=True)
-class RetrieverConfig:
-    corpus_name: str = "sample"
-    retriever_name: str = "BM25"
-    db_dir: str | None = None
-    # build and look for document stores and indexes here instead of beside the chunk files (a read-only db_dir);
-    # None: DB_DIR/<source>/medret/ (the sample corpus: $MEDRET_CACHE). See medret.corpus.registry.artifacts_in
-    cache_dir: str | None = None
-    # device: "cpu", "cuda", "cuda:N"; gpu_id: a physical GPU id (as nvidia-smi numbers it)
-    device: str | None = None
-    gpu_id: int | None = None
-    allow_cpu_fallback: bool = False
-    backend: str = "local"
-    # http backend
-    url: str | None = None
-    address_file: str | None = None
-    token: str | None = None
-    timeout: float = 60.0          # seconds: a total deadline for each attempt (connect, send, whole answer)
-    retries: int = 5
-    total_timeout: float | None = None  # seconds across every attempt and backoff; None: no cap beyond those
+class EngineOptions(Options):
+    """What the engine searches and how: read in-process, by a Ray actor and by ``medret serve``."""
+
+    corpus_name: str = option("sample", "PubMed, StatPearls, Textbooks, Wikipedia, MedText, MedCorp, sample, or a "
+                              "folder / .jsonl file", flag="--corpus", keys=("corpus",), identity=True,
+                              check=check_string, group=RETRIEVER)
+    retriever_name: str = option("BM25", "BM25, MedCPT, Contriever, SPECTER, e5, RRF-2, RRF-4, 'A+B', or a local "
+                                 "model folder", flag="--retriever", keys=("retriever",), identity=True,
+                                 check=check_string, group=RETRIEVER)
+    db_dir: str | None = option(None, "folder holding MedRAG's corpora (pubmed/chunk/*.jsonl, ...)", kind=str,
+                                identity=True, group=RETRIEVER)
+    # None: DB_DIR/<source>/medret/ (the sample corpus: $MEDRET_CACHE); see medret.corpus.registry.artifacts_in
+    cache_dir: str | None = option(None, "build and look for stores and indexes in this folder instead of beside "
+                                   "the chunk files (for a read-only --db-dir)", kind=str, group=RETRIEVER)
+    # device: "cpu", "cuda", "cuda:N"; gpu_id: a physical GPU id (as nvidia-smi numbers it); medret.device
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda if visible, else cpu)", kind=str,
+                                identity=True, group=DEVICE)
+    gpu_id: int | None = option(None, "physical GPU number (as nvidia-smi counts)", kind=int, check=check_gpu_id,
+                                group=DEVICE)
+    allow_cpu_fallback: bool = option(False, "run on CPU (with a warning) if CUDA is absent", group=DEVICE)
+    batch_size: int = option(256, "encoder batch size", check=check_whole, group=DEVICE)
+    fp16: bool | None = option(None, "encode and store in float16 (default: on CUDA only)", kind=bool, flag=False,
+                               identity=True, check=check_yes_no, group=DEVICE)
     # encoders: local model paths override the hub names of the retriever's spec
-    query_model: str | None = None
-    doc_model: str | None = None
-    # folder of downloaded models, <models_dir>/<model id> (`medret models download`); None: $MEDRET_MODELS_DIR,
-    # else $MEDRET_CACHE/models. Read when a model is loaded; see medret.encoders.locate
-    models_dir: str | None = None
-    # how a dense retriever encodes (ENCODER_OPTIONS): None = the named retriever's (or --like's) recipe
-    like: str | None = None
-    pooling: str | None = None
-    query_prefix: str | None = None
-    doc_prefix: str | None = None
-    normalize: bool | None = None
-    max_length: int | None = None
-    query_max_length: int | None = None
-    doc_max_length: int | None = None
-    doc_format: str | None = None
-    batch_size: int = 256
-    fp16: bool | None = None
-    # approximate dense indexes (faiss): IVF lists probed, HNSW search depth, exact re-rank factor of lossy
-    # indexes (0 = off); None = the index's own defaults (nprobe ~ nlist/16, efSearch 128, rerank 10)
-    nprobe: int | None = None
-    ef_search: int | None = None
-    rerank: int | None = None
-    # fusion
-    rrf_k: int = 100
-    fusion_depth: int | None = None
-    # ---- limits of one request: in-process calls and `medret serve` (whose flags are made from LIMITS)
-    max_topk: int = 1000
-    max_batch: int = 16384
-    max_query_chars: int = 8192
-    max_answer_docs: int = 524_288            # queries x topk of one request
-    max_answer_bytes: int = 256 * 1024 ** 2   # estimated size of one answer's JSON
+    query_model: str | None = option(None, "a local copy of the retriever's query model (folder)", kind=str,
+                                     identity=True, group=MODELS)
+    doc_model: str | None = option(None, "a local copy of the retriever's document model (folder)", kind=str,
+                                   identity=True, group=MODELS)
+    models_dir: str | None = option(None, "folder of models saved by `medret models download` (DIR/<model id>); "
+                                    "default $MEDRET_MODELS_DIR, else ~/.cache/medret/models", kind=str,
+                                    metavar="DIR", group=MODELS)
+    # how a dense retriever encodes: None = the named retriever's (or --like's) recipe
+    like: str | None = option(None, "give a local model folder a named retriever's recipe: e5 (Search-R1), MedCPT, "
+                              "Contriever or SPECTER (MedRAG): pooling, prefixes, normalisation, token limits, "
+                              "document text format, metric", kind=str, identity=True, check=_recipe(check_like),
+                              group=ENCODER)
+    pooling: str | None = option(None, "pooling of a local model folder (without --like)", kind=str,
+                                 choices=POOLINGS, identity=True, check=_recipe(check_string), group=ENCODER)
+    query_prefix: str | None = option(None, "text put before every query (e5: 'query: ')", kind=str,
+                                      identity=True, check=_recipe(check_string), group=ENCODER)
+    doc_prefix: str | None = option(None, "text put before every document (e5: 'passage: ')", kind=str,
+                                    identity=True, check=_recipe(check_string), group=ENCODER)
+    normalize: bool | None = option(None, "L2-normalise query and document vectors (e5: on); --no-normalize turns "
+                                    "it off", kind=bool, identity=True, check=_recipe(check_yes_no), group=ENCODER)
+    max_length: int | None = option(None, "token limit of queries and documents (e5: 256; a local folder: 512)",
+                                    kind=int, identity=True, check=_recipe(check_token_count), group=ENCODER)
+    query_max_length: int | None = option(None, "token limit of queries (overrides --max-length; MedCPT: 64)",
+                                          kind=int, identity=True, check=_recipe(check_token_count), group=ENCODER)
+    doc_max_length: int | None = option(None, "token limit of documents (overrides --max-length; MedCPT: 512)",
+                                        kind=int, identity=True, check=_recipe(check_token_count), group=ENCODER)
+    doc_format: str | None = option(None, "how a document's title and text become the encoder's input: searchr1 "
+                                    "(the quoted title, a newline, the text: e5), pair (MedCPT), contriever, specter, "
+                                    "concat (MedRAG's default)", kind=str, choices=DOC_FORMATS, identity=True,
+                                    check=_recipe(check_string), group=ENCODER)
+    # approximate dense indexes (faiss): None = the index's own defaults (nprobe ~ nlist/16, efSearch 128, rerank 10)
+    nprobe: int | None = option(None, "IVF lists probed per query (faiss IVF indexes)", kind=int, identity=True,
+                                check=check_whole.optional("the index's default"), group=INDEX)
+    ef_search: int | None = option(None, "HNSW search depth (faiss HNSW indexes)", kind=int, identity=True,
+                                   check=check_whole.optional("the index's default"), group=INDEX)
+    rerank: int | None = option(None, "lossy indexes (IVF-PQ): re-score k x RERANK candidates exactly (default 10; "
+                                "0 = off)", kind=int, identity=True,
+                                check=check_whole.at_least(0).optional("the index's default"), group=INDEX)
+    rrf_k: int = option(100, "RRF constant k (MedRAG uses 100)", identity=True, check=check_whole, group=INDEX)
+    fusion_depth: int | None = option(None, "candidates taken from each retriever before fusion (default: topk, "
+                                      "as MedRAG)", kind=int, identity=True, check=check_whole.optional(),
+                                      group=INDEX)
     # build what is missing (document store, BM25; dense indexes of small corpora) on first use
-    auto_build: bool = True
-    # ray backend
-    ray_address: str | None = None
-    ray_namespace: str = "medret"
-    ray_num_gpus: float = 0.0
-    ray_placement: str = "any"
-    ray_shards: int = 1
-    # names the job's actors; default $MEDRET_RAY_JOB, else $SLURM_JOB_ID (workers that do not inherit the
-    # driver's environment, such as veRL tool workers, can pass it explicitly)
-    ray_job: str | None = None
+    auto_build: bool = option(True, "build a missing store, BM25 index or small dense index on first use",
+                              flag=False, check=check_yes_no, group=INDEX)
+
+
+@dataclass(frozen=True)
+class Limits(Options):
+    """The limits of one request: in-process calls and `medret serve` (whose flags are made from these)."""
+
+    max_topk: int = option(1000, "largest topk a request may ask for", check=check_whole, metavar="N",
+                           group=LIMITS_GROUP)
+    max_batch: int = option(16384, "most queries in one request", check=check_whole, metavar="N", group=LIMITS_GROUP)
+    max_query_chars: int = option(8192, "longest query, in characters", check=check_whole, metavar="N",
+                                  group=LIMITS_GROUP)
+    max_answer_docs: int = option(524_288, "most documents one answer may hold (queries x topk); larger requests "
+                                  "are refused (413)", check=check_whole, metavar="N", group=LIMITS_GROUP)
+    max_answer_bytes: int = option(256 * 1024 ** 2, "largest estimated answer in bytes (queries x topk x the "
+                                   "corpus's mean document size); larger requests are refused (413)",
+                                   check=check_whole, metavar="N", group=LIMITS_GROUP)
+
+
+@dataclass(frozen=True)
+class TransportOptions(Options):
+    """What every remote transport (HTTP, Ray) has: how long one call may take."""
+
+    timeout: float = option(60.0, "seconds one call may take as a whole (HTTP: each attempt: connect, send, the "
+                            "whole answer; Ray: each call, and the wait for a new actor)",
+                            check=check_number.positive(), metavar="S", group="backend")
+
+
+@dataclass(frozen=True)
+class HttpOptions(TransportOptions):
+    """The HTTP transport's options (:class:`medret.transports.http.HttpTransport`)."""
+
+    url: str | None = option(None, "search through a running `medret serve` (http://host:port)", kind=str,
+                             check=check_string, group=HTTP)
+    address_file: str | None = option(None, "address file written by `medret serve --address-file`", kind=str,
+                                      check=check_string, group=HTTP)
+    token: str | None = option(None, "bearer token of the server (never a flag: visible in `ps`)", kind=str,
+                               flag=False, group=HTTP)
+    retries: int = option(5, "retries of a failed call (connection errors, timeouts, 5xx)",
+                          check=check_whole.at_least(0), group=HTTP)
+    total_timeout: float | None = option(None, "seconds across every attempt and backoff (default: no cap beyond "
+                                         "timeout x attempts)", kind=float,
+                                         check=check_number.positive().optional("no overall deadline"),
+                                         metavar="S", group=HTTP)
+
+
+@dataclass(frozen=True)
+class RayOptions(TransportOptions):
+    """The Ray transport's options (:class:`medret.transports.ray.RayTransport`)."""
+
+    ray_address: str | None = option(None, "Ray cluster address (default: $RAY_ADDRESS, else a local cluster)",
+                                     kind=str, aliases=("--address",), check=check_string, group=RAY)
+    ray_namespace: str = option("medret", "Ray namespace of the retriever actors", aliases=("--namespace",),
+                                check=check_string, group=RAY)
+    ray_num_gpus: float = option(0.0, "Ray GPUs the retriever actor requests", aliases=("--num-gpus",),
+                                 identity=True, check=check_number.at_least(0), group=RAY)
+    ray_placement: str = option("any", "where the actor runs: any (Ray decides), per-node (one per node), "
+                                "retriever-node (the node offering the medret_retriever resource)",
+                                aliases=("--placement",), choices=RAY_PLACEMENTS, group=RAY)
+    ray_shards: int = option(1, "split each exact dense index by rows over this many shard actors (GPUs)",
+                             aliases=("--shards",), identity=True, check=check_whole, group=RAY)
+    # workers that do not inherit the driver's environment (veRL tool workers) can pass it explicitly
+    ray_job: str | None = option(None, "job id in the actor's name (default: $MEDRET_RAY_JOB, else $SLURM_JOB_ID)",
+                                 kind=str, aliases=("--job",), check=check_string, group=RAY)
+
+
+@dataclass(frozen=True)
+class RetrieverConfig(RayOptions, HttpOptions, Limits, EngineOptions):
+    """Every setting of a retriever: the engine's options, the request limits, and the transport's options."""
+
+    REQUEST_KEYS: ClassVar[tuple[str, ...]] = ("topk", "retrieval_topk")  # per request, not the retriever's
+
+    backend: str = option("local", "how searches travel: local (in this process), http (a `medret serve`), ray (a "
+                          "Ray actor)", choices=BACKENDS, group="backend")
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend={self.backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
+        super().__post_init__()
         if self.backend == "http" and not (self.url or self.address_file):
             raise ConfigError("backend='http' needs url='http://host:port' (or address_file=PATH written by "
                               "`medret serve --address-file`)")
-        for name in ("rrf_k", "batch_size", "retries", "ray_shards", *LIMITS):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "retries" else 1):
-                raise ConfigError(f"{name}={v!r} is invalid: it must be a positive whole number")
-        for name in ("timeout", "total_timeout"):
-            v = getattr(self, name)
-            if (v is not None or name == "timeout") and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                                          or not 0 < v < float("inf")):
-                raise ConfigError(f"{name}={v!r} is invalid: a number of seconds > 0"
-                                  + (" or None (no overall deadline)" if name == "total_timeout" else ""))
-        for name in ("nprobe", "ef_search", "rerank"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "rerank" else 1)):
-                raise ConfigError(f"{name}={v!r} is invalid: a {'non-negative' if name == 'rerank' else 'positive'} "
-                                  "whole number, or None for the index's default")
-        if self.fusion_depth is not None and (not isinstance(self.fusion_depth, int) or self.fusion_depth < 1):
-            raise ConfigError(f"fusion_depth={self.fusion_depth!r} is invalid: a positive whole number or None")
-        if self.gpu_id is not None and (not isinstance(self.gpu_id, int) or isinstance(self.gpu_id, bool)
-                                        or self.gpu_id < 0):
-            raise ConfigError(f"gpu_id={self.gpu_id!r} is invalid: a GPU number such as 0 or 3")
-        if self.ray_placement not in RAY_PLACEMENTS:
-            raise ConfigError(f"ray_placement={self.ray_placement!r} is invalid: choose one of "
-                              f"{', '.join(RAY_PLACEMENTS)}")
-        self._check_encoder_options()
-
-    def _check_encoder_options(self) -> None:
-        from medret.encoders.specs import known_names
-
-        for o in ENCODER_OPTIONS:
-            v = getattr(self, o.name)
-            if v is None:
-                continue
-            if o.type is int and (not isinstance(v, int) or isinstance(v, bool) or v < 2):
-                raise ConfigError(f"{o.name}={v!r} is invalid: a token count >= 2 (e.g. 256), or None for the "
-                                  "recipe's")
-            if o.type is bool and not isinstance(v, bool):
-                raise ConfigError(f"{o.name}={v!r} is invalid: true or false, or None for the recipe's")
-            if o.type is str and not isinstance(v, str):
-                raise ConfigError(f"{o.name}={v!r} is invalid: a string, or None for the recipe's")
-            if o.choices and v not in o.choices:
-                raise ConfigError(f"{o.name}={v!r} is invalid: choose one of {', '.join(o.choices)}")
-        if self.like is not None and self.like.strip().lower() not in [n.lower() for n in known_names()]:
-            raise ConfigError(f"like={self.like!r} is invalid: choose one of {', '.join(known_names())} "
-                              "(case-insensitive)")
 
     @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "RetrieverConfig":
-        return cls.from_mapping(kwargs)
-
-    @classmethod
-    def from_mapping(cls, block: Mapping[str, Any] | Any) -> "RetrieverConfig":
-        """From a dict or an omegaconf/hydra block. Accepts Search-R1's keys (``local: true``, ``topk``)."""
-        if hasattr(block, "items") and not isinstance(block, dict):
-            try:
-                from omegaconf import OmegaConf
-
-                block = OmegaConf.to_container(block, resolve=True)
-            except ImportError:
-                block = dict(block.items())
-        data = {k: v for k, v in dict(block).items()}
-        local = data.pop("local", None)
-        if local is not None and "backend" not in data:
-            data["backend"] = "local" if _truthy(local) else "http"
-        for ignored in ("topk", "retrieval_topk"):  # per-request, not part of the retriever
-            data.pop(ignored, None)
-        if "corpus" in data and "corpus_name" not in data:
-            data["corpus_name"] = data.pop("corpus")
-        if "retriever" in data and "retriever_name" not in data:
-            data["retriever_name"] = data.pop("retriever")
-        if data.get("url") and "backend" not in data:
-            data["backend"] = "http"
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise ConfigError(f"unknown retriever option(s) {unknown}: valid options are {sorted(valid)}")
-        for key in ("db_dir", "models_dir", "cache_dir"):
-            if data.get(key) is not None:
-                data[key] = os.fspath(data[key])
-        if data.get("gpu_id") is not None and isinstance(data["gpu_id"], str) and data["gpu_id"].isdigit():
-            data["gpu_id"] = int(data["gpu_id"])
-        for o in ENCODER_OPTIONS:  # hydra/env strings: "256", "true"
-            v = data.get(o.name)
-            if isinstance(v, str) and o.type is int and v.strip().isdigit():
-                data[o.name] = int(v)
-            elif isinstance(v, str) and o.type is bool and v.strip().lower() in ("1", "0", "true", "false", "yes",
-                                                                                "no", "on", "off"):
-                data[o.name] = _truthy(v)
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> "RetrieverConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def from_mapping(cls, block: Mapping[str, Any] | Any, **overrides: Any) -> RetrieverConfig:
+        """From a dict or a hydra/omegaconf block; Search-R1's keys are accepted (``local: true``, ``topk``,
+        ``corpus``, ``retriever``). The backend is :func:`backend_of` the block (default ``local``)."""
+        data = {**plain_dict(block), **overrides}
+        data["backend"] = backend_of(data, default="http" if data.get("url") else "local")
+        data.pop("local", None)
+        return super().from_mapping(data)
 
 
-def _truthy(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
+def backend_of(block: Mapping[str, Any], default: str = "local", prefix: str = "") -> str:
+    """The backend a block asks for, by the one rule for Search-R1's alias: ``backend`` if given (any case);
+    ``local: true`` is ``backend: local`` and ``local: false`` is ``backend: http``; a ``local`` that
+    contradicts ``backend`` is an error; neither: ``default``. ``prefix`` names the block in messages."""
+    backend = block.get("backend")
+    local = block.get("local")
+    if backend is None:
+        return default if local is None else ("local" if truthy(local) else "http")
+    backend = str(backend).strip().lower()
+    if local is not None and truthy(local) and backend != "local":
+        raise ConfigError(f"{prefix}local={local!r} contradicts {prefix}backend={backend!r}: drop {prefix}local (it "
+                          f"is an alias for backend=local) or set {prefix}backend=local")
+    return backend
+
+
+ENCODER_OPTION_NAMES = option_names(EngineOptions, ENCODER)  # like, pooling, prefixes, lengths, doc_format

@@ -20,7 +20,9 @@ import os
 import re
 from typing import Callable, Mapping
 
+from medret import optional
 from medret.errors import ConfigError, DeviceError
+from medret.validate import check_gpu_id
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ FIX_HINT = (
 
 def _torch_device_count() -> int:
     try:
-        import torch
+        torch = optional.torch()
     except ImportError:
         return 0
     try:
@@ -48,7 +50,7 @@ def _torch_device_count() -> int:
 
 def _torch_build_note() -> str:
     try:
-        import torch
+        torch = optional.torch()
     except ImportError:
         return "PyTorch is not installed"
     if getattr(torch.version, "cuda", None) is None:
@@ -87,8 +89,7 @@ def resolve_device(
     dev = _normalize_device_arg(device)
 
     if gpu_id is not None:
-        if isinstance(gpu_id, bool) or not isinstance(gpu_id, int) or gpu_id < 0:
-            raise ConfigError(f"gpu_id={gpu_id!r} is invalid: give a non-negative physical GPU number or None")
+        check_gpu_id("gpu_id", gpu_id)
         if dev == "cpu":
             raise ConfigError(
                 f"gpu_id={gpu_id!r} contradicts device='cpu': drop gpu_id to run on CPU, or drop device='cpu'"

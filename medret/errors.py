@@ -49,9 +49,5 @@ class ModelNotFoundError(MedretError):
     """An encoder model could not be loaded."""
 
 
-def field_error(field: str, value: object, fix: str, cls: type[MedretError] = ConfigError) -> MedretError:
-    """Build an error that names the field, shows the value and says how to fix it."""
-    shown = repr(value)
-    if len(shown) > 200:
-        shown = shown[:200] + "…"
-    return cls(f"{field}={shown} is invalid: {fix}")
+class MissingDependencyError(MedretError, ImportError):
+    """An optional dependency is not installed (the message names the extra that installs it)."""

@@ -6,13 +6,17 @@ and the constants in :data:`ASSUMPTIONS`; nothing is measured. Sizes are bytes; 
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from medret.config import EngineOptions
 from medret.corpus.registry import DISPLAY, KNOWN_ROWS, SOURCES
 from medret.errors import ConfigError
+from medret.options import add_flags
 
 GiB = 1 << 30
 
@@ -154,11 +158,14 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
         why = []
         if o.where == "gpu":
             if gpu_b is None:
-                fit_gpu, _ = False, why.append("no GPU")
+                fit_gpu = False
+                why.append("no GPU")
             elif o.gpus > gpus:
-                fit_gpu, _ = False, why.append(f"needs {o.gpus} GPUs with {_fmt(o.gpu_bytes_per_gpu)} each")
+                fit_gpu = False
+                why.append(f"needs {o.gpus} GPUs with {_fmt(o.gpu_bytes_per_gpu)} each")
             elif o.gpu_bytes_per_gpu > gpu_b:
-                fit_gpu, _ = False, why.append(f"GPU memory {_fmt(o.gpu_bytes_per_gpu)} > {_fmt(gpu_b)}")
+                fit_gpu = False
+                why.append(f"GPU memory {_fmt(o.gpu_bytes_per_gpu)} > {_fmt(gpu_b)}")
         fit_ram = ram_b is None or o.ram_bytes <= ram_b
         if not fit_ram:
             why.append(f"RAM {_fmt(o.ram_bytes)} > {_fmt(ram_b)}")
@@ -196,29 +203,28 @@ def format_plan(p: dict[str, Any]) -> str:
     a = p["assumptions"]
     lines += ["", "Estimates, not measurements. Build time = encoding at "
               f"{a['encode_snippets_per_s_per_gpu']:,} snippets/s per GPU (MedCPT, 256 tokens, one H200) plus index "
-              "construction; CPU options encode queries on the CPU (or need the encoder's GPU memory); GPU memory includes the query encoder "
-              f"({_fmt(a['gpu_model_bytes'])}), the CUDA context ({_fmt(a['gpu_context_bytes'])}) and search scratch ({_fmt(a['gpu_search_temp_bytes'])}); RAM includes "
+              "construction; CPU options encode queries on the CPU (or need the encoder's GPU memory); GPU memory "
+              f"includes the query encoder ({_fmt(a['gpu_model_bytes'])}), the CUDA context "
+              f"({_fmt(a['gpu_context_bytes'])}) and search scratch ({_fmt(a['gpu_search_temp_bytes'])}); RAM includes "
               f"{_fmt(a['process_ram_bytes'])} for the process and the store offsets (texts stay on disk)."]
     return "\n".join(lines)
 
 
 def register(sub) -> None:
     p = sub.add_parser("plan", help="memory, disk and build time of each index option, and what fits a machine")
-    p.add_argument("--corpus", default="MedCorp", help="PubMed, StatPearls, Textbooks, Wikipedia, MedText, MedCorp")
-    p.add_argument("--retriever", default="MedCPT", help="MedCPT, Contriever, SPECTER, e5 or BM25")
+    add_flags(p, EngineOptions, only=("corpus_name", "retriever_name"), show_defaults=False,
+              title="what to plan for (default MedCorp and MedCPT; MedRAG's named corpora, named retrievers)")
     p.add_argument("--gpu-mem", default="80G", help="memory per GPU, e.g. 80G (GiB) or 141GB; 'none' for no GPU")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs")
     p.add_argument("--ram", default="256G", help="host RAM, e.g. 256G")
     p.add_argument("--pq-m", type=int, default=96, help="IVF-PQ sub-quantizers (must divide the dimension)")
     p.add_argument("--pq-nbits", type=int, default=8, help="IVF-PQ bits per sub-quantizer")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_plan)
+    p.set_defaults(func=cmd_plan, corpus_name="MedCorp", retriever_name="MedCPT")
 
 
-def cmd_plan(args) -> int:
-    import json
-
+def cmd_plan(args: argparse.Namespace) -> int:
     gpu = None if str(args.gpu_mem).lower() in ("none", "0") else args.gpu_mem
-    p = plan(args.corpus, args.retriever, gpu, args.ram, args.gpus, args.pq_m, args.pq_nbits)
+    p = plan(args.corpus_name, args.retriever_name, gpu, args.ram, args.gpus, args.pq_m, args.pq_nbits)
     print(json.dumps(p, indent=2) if args.json else format_plan(p))
     return 0

@@ -1,6 +1,13 @@
-"""Request validation shared by the in-process API and the HTTP server."""
+"""Checks of values: a request's (shared by the in-process API and the HTTP server) and an option's.
+
+Option checks have the signature ``check(name, value)`` and raise :class:`ConfigError` saying
+``name=value is invalid: <what is valid>``; :func:`medret.options.option` takes them as ``check=``, and any code
+that checks a number it was given calls them rather than writing the test again.
+"""
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 from medret.errors import AnswerTooLargeError, ConfigError, QueryError
@@ -98,3 +105,98 @@ def check_token(token: Any, field: str = "token") -> str | None:
                 "(HTTP clients send headers as latin-1/ASCII, so it could never match); make one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     return token
+
+
+# ------------------------------------------------------------------------------------------------ option checks
+
+
+def _invalid(name: str, value: Any, what: str) -> ConfigError:
+    return ConfigError(f"{name}={_short(value)} is invalid: {what}")
+
+
+class Whole:
+    """A whole number (never a bool) of at least ``minimum``; ``optional`` also accepts None (saying what None
+    means). Use the module-level :data:`check_whole` and derive: ``check_whole.at_least(0).optional("...")``."""
+
+    def __init__(self, minimum: int = 1, none: str | None = None, error: type[ConfigError] = ConfigError):
+        self.minimum, self.none, self.error = minimum, none, error
+
+    def __call__(self, name: str, value: Any, tail: str = "") -> None:
+        if value is None and self.none is not None:
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < self.minimum:
+            raise self.error(f"{name}={_short(value)} is invalid: {self.describe()}" + (f", {tail}" if tail else ""))
+
+    def describe(self) -> str:
+        what = {1: "a positive whole number", 0: "a non-negative whole number"}.get(
+            self.minimum, f"a whole number >= {self.minimum}")
+        return what + (f", or None for {self.none}" if self.none else " or None" if self.none == "" else "")
+
+    def at_least(self, minimum: int) -> "Whole":
+        return Whole(minimum, self.none, self.error)
+
+    def optional(self, meaning: str = "") -> "Whole":
+        return Whole(self.minimum, meaning, self.error)
+
+    def raising(self, error: type[ConfigError]) -> "Whole":
+        return Whole(self.minimum, self.none, error)
+
+
+class Number:
+    """A finite number (int or float, never a bool) above 0 (``positive``) or at least ``minimum``."""
+
+    def __init__(self, minimum: float = -math.inf, strict: bool = False, none: str | None = None,
+                 maximum: float = math.inf):
+        self.minimum, self.strict, self.none, self.maximum = minimum, strict, none, maximum
+
+    def __call__(self, name: str, value: Any) -> None:
+        if value is None and self.none is not None:
+            return
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+            and (value > self.minimum if self.strict else value >= self.minimum) and value <= self.maximum
+        if not ok:
+            raise _invalid(name, value, self.describe())
+
+    def describe(self) -> str:
+        what = (f"a number > {self.minimum:g}" if self.strict else f"a number >= {self.minimum:g}") \
+            if self.minimum > -math.inf else "a finite number"
+        if self.maximum < math.inf:
+            what += f" and <= {self.maximum:g}"
+        return what + (f", or None ({self.none})" if self.none else "")
+
+    def positive(self) -> "Number":
+        return Number(0, True, self.none, self.maximum)
+
+    def at_least(self, minimum: float) -> "Number":
+        return Number(minimum, False, self.none, self.maximum)
+
+    def at_most(self, maximum: float) -> "Number":
+        return Number(self.minimum, self.strict, self.none, maximum)
+
+    def optional(self, meaning: str) -> "Number":
+        return Number(self.minimum, self.strict, meaning, self.maximum)
+
+
+check_whole = Whole()
+check_number = Number()
+
+
+def check_gpu_id(name: str, value: Any) -> None:
+    """A physical GPU number (as nvidia-smi counts) or None."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise _invalid(name, value, "a GPU number such as 0 or 3")
+
+
+def check_string(name: str, value: Any, tail: str = "") -> None:
+    if value is not None and not isinstance(value, str):
+        raise _invalid(name, value, "a string" + (f", {tail}" if tail else ""))
+
+
+def check_yes_no(name: str, value: Any, tail: str = "") -> None:
+    if value is not None and not isinstance(value, bool):
+        raise _invalid(name, value, "true or false" + (f", {tail}" if tail else ""))
+
+
+def check_token_count(name: str, value: Any, tail: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise _invalid(name, value, "a token count >= 2 (e.g. 256)" + (f", {tail}" if tail else ""))

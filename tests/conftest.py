@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -94,7 +93,8 @@ def save_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = [w for w in VOCAB_WORDS if w] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(special + pieces + list("abcdefghijklmnopqrstuvwxyz0123456789.,:;")))}
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,:;")
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(special + pieces + chars))}
     tk = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     tk.normalizer = normalizers.BertNormalizer(lowercase=True)
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 COMMIT = "c" * 40
@@ -139,7 +139,8 @@ class FakeHub(_Server):
                     if len(data) >= LFS_MIN:
                         return self._redirect(f"http://localhost:{hub.port}/lfs/{kind}/{repo}/{fpath}",
                                               {"X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{sha256(data)}"',
-                                               "X-Linked-Size": str(len(data)), "ETag": f'"{git_blob(lfs_pointer(data))}"'})
+                                               "X-Linked-Size": str(len(data)),
+                                               "ETag": f'"{git_blob(lfs_pointer(data))}"'})
                     return self._bytes(path, data, head)
                 return self._json({"error": "not found"}, 404)
 

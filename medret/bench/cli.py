@@ -5,23 +5,33 @@ import argparse
 import json
 from pathlib import Path
 
+from medret.bench.harness import BenchConfig, format_table, run_bench, write_outputs
+from medret.bench.synth import write_synthetic_corpus
+from medret.config import EngineOptions
+from medret.corpus.registry import cache_dir
+from medret.errors import ConfigError
+from medret.eval import pubmedqa
+from medret.eval.qrels import load_labelled, pubmedqa_set, write_beir_corpus
+from medret.eval.runner import evaluate, format_results
+from medret.options import add_flags, given
+from medret.plan import register as register_plan
+from medret.storage.atomic import atomic_write_text
+
 
 def _ints(text: str) -> list[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers, e.g. 1,8,64")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers, e.g. 1,8,64") from None
     if not vals or any(v < 1 for v in vals):
         raise argparse.ArgumentTypeError(f"{text!r}: give positive whole numbers, e.g. 1,8,64")
     return vals
 
 
 def register(sub) -> None:
-    from medret.commands import add_encoder_flags, add_retriever_flags
-    from medret.plan import register as register_plan
-
     p = sub.add_parser("bench", help="latency, throughput, start-up and memory of local / http / ray side by side")
-    add_retriever_flags(p)
+    add_flags(p, EngineOptions)
     g = p.add_argument_group("benchmark")
     g.add_argument("--backends", default="local,http,ray", help="comma-separated: local, http, ray (default all; "
                    "those not installed are reported as skipped)")
@@ -50,17 +60,12 @@ def register(sub) -> None:
     src.add_argument("--qrels", default=None, help="TREC (qid 0 docid rel) or BEIR TSV qrels")
     src.add_argument("--beir-corpus", default=None, help="BEIR corpus.jsonl to search (converted under --work-dir)")
     e.add_argument("--corpus", default=None, help="corpus to search with --queries/--qrels (name or folder)")
-    e.add_argument("--db-dir", default=None)
     e.add_argument("--retriever", action="append", default=None,
                    help="retriever to evaluate; repeat for several (default BM25). Fused with RRF when 2+")
     e.add_argument("--k", type=_ints, default=[1, 5, 10, 20], help="cut-offs for Recall@k and Hit@k")
     e.add_argument("--depth", type=int, default=100, help="ranked list length (MRR, fusion input)")
     e.add_argument("--no-fusion", action="store_true")
-    e.add_argument("--rrf-k", type=int, default=100)
-    e.add_argument("--device", default=None)
-    e.add_argument("--allow-cpu-fallback", action="store_true")
-    add_encoder_flags(e)
-    e.add_argument("--batch-size", type=int, default=256)
+    add_flags(e, EngineOptions, exclude=EVAL_OWN)
     e.add_argument("--work-dir", default=None)
     e.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     e.set_defaults(func=cmd_eval)
@@ -68,15 +73,15 @@ def register(sub) -> None:
     register_plan(sub)
 
 
-def _work_dir(args) -> Path:
-    from medret.corpus.registry import cache_dir
+# eval names its corpus and retrievers itself (several retrievers, fused); the other engine options are the usual
+EVAL_OWN = ("corpus_name", "retriever_name")
 
+
+def _work_dir(args) -> Path:
     return Path(args.work_dir).expanduser() if args.work_dir else cache_dir() / "bench"
 
 
 def pubmedqa_corpus(path: str, work: Path) -> tuple[Path, dict]:
-    from medret.eval import pubmedqa
-
     data = pubmedqa.load(path)
     folder = work / "pubmedqa"
     if not (folder / "chunk" / "pubmedqa.jsonl").is_file():
@@ -85,8 +90,6 @@ def pubmedqa_corpus(path: str, work: Path) -> tuple[Path, dict]:
 
 
 def read_queries_file(path: str) -> list[str]:
-    from medret.errors import ConfigError
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--queries={path!r} not found: a file with one query a line")
@@ -97,32 +100,21 @@ def read_queries_file(path: str) -> list[str]:
 
 
 def cmd_bench(args) -> int:
-    from medret.bench.harness import BenchConfig, format_table, run_bench, write_outputs
-
-    corpus, db_dir, queries = args.corpus, args.db_dir, None
+    opts = EngineOptions.from_args(args)
+    corpus, db_dir, queries = opts.corpus_name, opts.db_dir, None
     work = _work_dir(args)
     if args.pubmedqa:
         folder, data = pubmedqa_corpus(args.pubmedqa, work)
         corpus, db_dir = str(folder), None
         queries = [item["QUESTION"] for item in data.values()]
     elif args.synthetic:
-        from medret.bench.synth import write_synthetic_corpus
-
         folder = work / f"synthetic-{args.synthetic}"
         write_synthetic_corpus(folder, args.synthetic, progress=True)
         corpus, db_dir = str(folder), None
     if args.queries:
         queries = read_queries_file(args.queries)
-    from medret.commands import encoder_options
-
-    options = {k: v for k, v in dict(device=args.device, gpu_id=args.gpu_id, query_model=args.query_model,
-                                     doc_model=args.doc_model, models_dir=args.models_dir,
-                                     batch_size=args.batch_size, rrf_k=args.rrf_k,
-                                     nprobe=args.nprobe, ef_search=args.ef_search, rerank=args.rerank,
-                                     **encoder_options(args)).items() if v is not None}
-    if args.allow_cpu_fallback:
-        options["allow_cpu_fallback"] = True
-    cfg = BenchConfig(corpus=corpus, retriever=args.retriever, db_dir=db_dir,
+    options = given(args, EngineOptions, exclude=("corpus_name", "retriever_name", "db_dir"))
+    cfg = BenchConfig(corpus=corpus, retriever=opts.retriever_name, db_dir=db_dir,
                       backends=[b.strip() for b in args.backends.split(",") if b.strip()],
                       batch_sizes=args.batch_sizes, topk=args.topk, dup_ratio=args.dup_ratio, repeats=args.repeats,
                       max_seconds=args.max_seconds, queries=queries, measure_startup=not args.no_startup,
@@ -135,10 +127,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from medret.errors import ConfigError
-    from medret.eval.qrels import load_labelled, pubmedqa_set, write_beir_corpus
-    from medret.eval.runner import evaluate, format_results
-
     work = _work_dir(args)
     if args.pubmedqa:
         folder, data = pubmedqa_corpus(args.pubmedqa, work)
@@ -157,18 +145,11 @@ def cmd_eval(args) -> int:
     else:
         raise ConfigError("no labelled set: pass --pubmedqa PATH, or --queries FILE --qrels FILE "
                           "(and --corpus NAME or --beir-corpus FILE)")
-    from medret.commands import encoder_options
-
-    options = {k: v for k, v in dict(device=args.device, batch_size=args.batch_size,
-                                     **encoder_options(args)).items() if v is not None}
-    if args.allow_cpu_fallback:
-        options["allow_cpu_fallback"] = True
+    options = given(args, EngineOptions, exclude=EVAL_OWN + ("db_dir", "rrf_k"))
     res = evaluate(labelled, corpus, args.retriever or ["BM25"], db_dir=db_dir, ks=args.k, depth=args.depth,
-                   fusion=not args.no_fusion, rrf_k=args.rrf_k, **options)
+                   fusion=not args.no_fusion, rrf_k=args.rrf_k or EngineOptions().rrf_k, **options)
     print(format_results(res))
     if args.json:
-        from medret.atomic import atomic_write_text
-
         atomic_write_text(args.json, json.dumps(res, indent=2))
     return 0
 

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import platform
 import random
 import resource
 import subprocess
@@ -23,7 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from medret import optional, options
+from medret.api import Retriever
+from medret.config import EngineOptions, RetrieverConfig
+from medret.corpus.registry import resolve_corpus
+from medret.corpus.store import open_corpus_store
 from medret.errors import ConfigError
+from medret.storage.atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +92,6 @@ def make_batch(pool: Sequence[str], size: int, dup_ratio: float, start: int = 0)
 
 def queries_from_corpus(corpus: str, db_dir: str | None, n: int, seed: int = 0) -> list[str]:
     """``n`` distinct pseudo-queries: windows of 5-12 words from random snippets of the corpus."""
-    from medret.corpus.registry import resolve_corpus
-    from medret.corpus.store import open_corpus_store
-
     store = open_corpus_store(resolve_corpus(corpus, db_dir))
     try:
         rng = random.Random(seed)
@@ -113,9 +117,7 @@ def queries_from_corpus(corpus: str, db_dir: str | None, n: int, seed: int = 0) 
 
 
 def rss_bytes() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
+    return int(optional.psutil().Process().memory_info().rss)
 
 
 def peak_rss_bytes(pid: int | None = None) -> int:
@@ -156,20 +158,10 @@ class Server:
     def __init__(self, kwargs: dict[str, Any], timeout: float):
         self.dir = tempfile.TemporaryDirectory(prefix="medret-bench-")
         self.address_file = os.path.join(self.dir.name, "address")
+        config = RetrieverConfig.from_mapping(kwargs)
         args = [sys.executable, "-m", "medret.cli", "serve", "--address-file", self.address_file, "--port", "0",
-                "--log-level", "warning", "--corpus", kwargs["corpus_name"], "--retriever", kwargs["retriever_name"]]
-        from medret.config import encoder_argv
-
-        flags = {"db_dir": "--db-dir", "device": "--device", "gpu_id": "--gpu-id",
-                 "query_model": "--query-model", "doc_model": "--doc-model", "models_dir": "--models-dir",
-                 "batch_size": "--batch-size",
-                 "rrf_k": "--rrf-k", "nprobe": "--nprobe", "ef_search": "--ef-search", "rerank": "--rerank"}
-        for key, flag in flags.items():
-            if kwargs.get(key) is not None:
-                args += [flag, str(kwargs[key])]
-        args += encoder_argv(kwargs)
-        if kwargs.get("allow_cpu_fallback"):
-            args.append("--allow-cpu-fallback")
+                "--log-level", "warning", "--corpus", config.corpus_name, "--retriever", config.retriever_name,
+                *options.argv(EngineOptions.of(config), exclude=("corpus_name", "retriever_name"))]
         self.log = open(os.path.join(self.dir.name, "server.log"), "w")
         self.t0 = time.time()
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=_child_env())
@@ -289,9 +281,6 @@ def time_batches(retriever: Any, cfg: BenchConfig, pool: Sequence[str], engine: 
 
 
 def run_backend(backend: str, cfg: BenchConfig, pool: Sequence[str]) -> dict[str, Any]:
-    from medret.api import Retriever
-    from medret.config import RetrieverConfig
-
     kwargs = cfg.retriever_kwargs()
     out: dict[str, Any] = {"backend": backend}
     why = available(backend)
@@ -339,11 +328,6 @@ def run_backend(backend: str, cfg: BenchConfig, pool: Sequence[str]) -> dict[str
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run every backend in ``cfg`` and return the results (see :func:`format_table`)."""
-    import platform
-
-    from medret.api import Retriever
-    from medret.config import RetrieverConfig
-
     need = max(cfg.batch_sizes) * cfg.repeats + 16
     pool = list(dict.fromkeys(cfg.queries)) if cfg.queries else []
     if len(pool) < need:  # top up with pseudo-queries from the corpus so big batches are not silently repeated
@@ -360,7 +344,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     info = prep.info()
     prep.close()
     prepare_s = time.perf_counter() - t
-    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(), "python": platform.python_version(),
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
+               "python": platform.python_version(),
                "config": {k: v for k, v in asdict(cfg).items() if k != "queries"}, "query_pool": len(pool),
                "prepare_s": prepare_s, "info": info, "backends": []}
     for b in cfg.backends:
@@ -384,8 +369,6 @@ def _overheads(results: dict[str, Any]) -> None:
 
 
 def _machine() -> str:
-    import platform
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -395,15 +378,12 @@ def _machine() -> str:
     except OSError:
         pass
     try:
-        import psutil
-
-        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+        mem = f"{optional.psutil().virtual_memory().total / 2**30:.0f} GiB RAM"
     except ImportError:
         mem = ""
     gpu = ""
     try:
-        import torch
-
+        torch = optional.torch()
         if torch.cuda.is_available():
             gpu = ", " + torch.cuda.get_device_name(0)
     except ImportError:
@@ -428,8 +408,8 @@ def format_table(results: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in results["backends"]:
         if "rows" not in b:
-            lines.append(f"| {b['backend']} | {'skipped: ' + b['skipped'] if 'skipped' in b else 'error: ' + b.get('error', '?')} "
-                         "| | | | | | | | | |")
+            why = "skipped: " + b["skipped"] if "skipped" in b else "error: " + b.get("error", "?")
+            lines.append(f"| {b['backend']} | {why} | | | | | | | | | |")
             continue
         other = b.get("server_peak_rss_bytes", b.get("startup_peak_rss_bytes"))
         for i, r in enumerate(b["rows"]):
@@ -443,11 +423,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = optional.pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for b in results["backends"]:
         if "rows" not in b:
@@ -466,7 +442,6 @@ def plot(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     c = results["config"]
     fig.suptitle(f"medret bench: {c['corpus']} / {c['retriever']}, topk {c['topk']}, dup {c['dup_ratio']}")
     fig.tight_layout()
-    from medret.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -476,8 +451,6 @@ def plot(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike[str], stem: str = "bench") -> dict[str, Path]:
-    from medret.atomic import atomic_write_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}

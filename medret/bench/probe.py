@@ -10,6 +10,10 @@ import resource
 import sys
 import time
 
+from medret import optional
+from medret.api import Retriever
+from medret.config import RetrieverConfig
+
 
 def _vm_hwm() -> int:
     """Peak RSS of this process image. Not ru_maxrss: Linux carries that over from the parent across fork+exec."""
@@ -24,16 +28,11 @@ def _vm_hwm() -> int:
 
 def main(argv: list[str]) -> int:
     kwargs, query, topk = json.loads(argv[0]), argv[1], int(argv[2])
-    from medret.api import Retriever
-    from medret.config import RetrieverConfig
-
     r = Retriever(RetrieverConfig.from_mapping(kwargs))
     res = r.retrieve([query], topk=topk)
     answered = time.time()
-    import psutil
-
     out = {"answered_at": answered, "peak_rss_bytes": _vm_hwm(),
-           "rss_bytes": psutil.Process().memory_info().rss, "n_hits": len(res["result"][0])}
+           "rss_bytes": optional.psutil().Process().memory_info().rss, "n_hits": len(res["result"][0])}
     r.close()
     sys.stdout.write(json.dumps(out) + "\n")
     return 0

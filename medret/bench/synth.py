@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from tqdm.auto import tqdm
 
-from medret.atomic import atomic_path
 from medret.errors import ConfigError
+from medret.storage.atomic import atomic_path
+from medret.validate import check_whole
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,7 @@ def write_synthetic_corpus(folder: str | os.PathLike[str], n_snippets: int, line
     Each file is written to a temporary name and renamed when complete, so an interrupted run resumes.
     """
     for name, v in (("n_snippets", n_snippets), ("lines_per_file", lines_per_file)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name}={v!r} is invalid: give a positive whole number")
+        check_whole(name, v)
     if not 1 <= min_words <= max_words:
         raise ConfigError(f"min_words={min_words}, max_words={max_words} is invalid: need 1 <= min <= max")
     if median_words <= 0 or sigma < 0:
@@ -81,8 +82,6 @@ def write_synthetic_corpus(folder: str | os.PathLike[str], n_snippets: int, line
     digits = max(4, len(str(n_files)))
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n_files, desc="synthetic chunk files", unit="file")
     for fi in range(n_files):
         stem = f"{prefix}{fi + 1:0{digits}d}"

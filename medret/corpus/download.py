@@ -15,6 +15,7 @@ chunks it with :mod:`medret.corpus.statpearls`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
@@ -26,16 +27,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from medret import compat
-from medret.atomic import atomic_write_text
+from tqdm.auto import tqdm
+
+from medret import compat, optional
 from medret.corpus.reader import LFS_MAGIC
 from medret.corpus.registry import DISPLAY, SOURCES
+from medret.corpus.statpearls import chunk_archive
 from medret.errors import ConfigError, CorpusError
+from medret.storage.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 #: Hub dataset of each source MedRAG distributes there (StatPearls is built locally from NCBI's archive).
-HUB_REPOS: dict[str, str] = {"pubmed": "MedRAG/pubmed", "textbooks": "MedRAG/textbooks", "wikipedia": "MedRAG/wikipedia"}
+HUB_REPOS: dict[str, str] = {"pubmed": "MedRAG/pubmed", "textbooks": "MedRAG/textbooks",
+                             "wikipedia": "MedRAG/wikipedia"}
 STATPEARLS_URL = "https://ftp.ncbi.nlm.nih.gov/pub/litarch/3d/12/statpearls_NBK430685.tar.gz"
 STATPEARLS_ARCHIVE = "statpearls_NBK430685.tar.gz"
 CHUNK_DIR = "chunk"
@@ -69,7 +74,7 @@ def hf_endpoint() -> str:
     env = os.environ.get("HF_ENDPOINT")
     if env:
         return env.rstrip("/")
-    from huggingface_hub import constants
+    constants = optional.load("huggingface_hub.constants", "download")
 
     return str(constants.ENDPOINT).rstrip("/")
 
@@ -78,7 +83,7 @@ def hf_offline() -> bool:
     env = os.environ.get("HF_HUB_OFFLINE")
     if env is not None:
         return env.strip().upper() in {"1", "ON", "YES", "TRUE"}
-    from huggingface_hub import constants
+    constants = optional.load("huggingface_hub.constants", "download")
 
     return bool(constants.HF_HUB_OFFLINE)
 
@@ -89,7 +94,7 @@ def hf_cache_dir() -> Path:
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    from huggingface_hub import constants
+    constants = optional.load("huggingface_hub.constants", "download")
 
     return Path(constants.HF_HUB_CACHE)
 
@@ -183,12 +188,12 @@ def list_remote_files(repo_id: str, revision: str | None = None, *, token: str |
     except Exception as e:  # huggingface_hub raises its own HTTP/offline errors; say what to do
         raise CorpusError(_hub_error_text(repo_id, e)) from e
     files = []
-    for e in entries:
-        if not hasattr(e, "size") or not str(e.path).endswith(".jsonl"):
+    for entry in entries:
+        if not hasattr(entry, "size") or not str(entry.path).endswith(".jsonl"):
             continue
-        if "/" in e.path[len(CHUNK_DIR) + 1:]:
+        if "/" in entry.path[len(CHUNK_DIR) + 1:]:
             continue  # MedRAG's layout is flat: chunk/<file>.jsonl
-        files.append(remote_file(e))
+        files.append(remote_file(entry))
     if not files:
         raise CorpusError(f"{repo_id} at revision {commit} has no {CHUNK_DIR}/*.jsonl files on {api.endpoint}: "
                           "check HF_ENDPOINT and the revision")
@@ -209,6 +214,27 @@ def _hub_error_text(repo_id: str, e: Exception) -> str:
            "on a node without internet download on a login node into the same --db-dir, or set HF_HUB_OFFLINE=1 "
            "to use files already in the Hugging Face cache")
     return f"cannot list dataset {repo_id} on {hf_endpoint()} ({kind}: {e}); {fix}"
+
+
+def changed_since_download(src: Any) -> str | None:
+    """What differs from what ``medret corpus download`` recorded for ``src`` (a file missing, or of another
+    size), or None (also when it was not downloaded by medret)."""
+    path = src.root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        files = json.loads(path.read_text()).get("files", {})
+    except (OSError, ValueError):
+        return None
+    by_name = {p.name: p for p in src.chunk_files}
+    bad = []
+    for name, entry in files.items():
+        p = by_name.get(name)
+        if p is None:
+            bad.append(f"{name} is missing")
+        elif p.stat().st_size != entry.get("size"):
+            bad.append(f"{name} has {p.stat().st_size} bytes, the hub's file {entry.get('size')}")
+    return "; ".join(bad[:5]) + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else "") if bad else None
 
 
 def is_lfs_pointer(path: Path) -> bool:
@@ -366,8 +392,6 @@ def _locked(path: Path) -> Iterator[Any]:
     f = open(path, "ab")
     try:
         try:
-            import fcntl
-
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # pragma: no cover - not POSIX
             pass
@@ -507,15 +531,11 @@ def _length_from(headers: Any, have: int) -> int | None:
 
 
 def _bars(progress: bool, total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress,
                 position=0, dynamic_ncols=True)
 
 
 def _file_bar(progress: bool, rf_size: int | None, name: str) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=rf_size, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress,
                 position=1, leave=False, dynamic_ncols=True)
 
@@ -589,7 +609,7 @@ def copy_from_hf_cache(source: str, db_dir: str | os.PathLike[str], *, revision:
     try:
         snap = Path(hub.snapshot_download(repo_id, repo_type="dataset", revision=revision, cache_dir=str(cache),
                                           allow_patterns=[f"{CHUNK_DIR}/*.jsonl"], local_files_only=True))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the hub library raises many types for "not in the cache"; named below
         raise CorpusError(f"HF_HUB_OFFLINE is set and {repo_id} is not in the Hugging Face cache {cache} "
                           f"({type(e).__name__}); unset HF_HUB_OFFLINE where the hub is reachable (e.g. a login node) "
                           "and download into the same --db-dir, or point HF_HOME/HF_HUB_CACHE at a cache that has it") \
@@ -628,8 +648,6 @@ def download_statpearls(db_dir: str | os.PathLike[str], *, from_file: str | os.P
                         url: str | None = None, progress: bool = True, force: bool = False, max_retries: int = 5,
                         free_fn: Callable[[Path], int] | None = None) -> DownloadResult:
     """Fetch NCBI's StatPearls archive (or use ``from_file``) and chunk it into ``DB_DIR/statpearls/chunk``."""
-    from medret.corpus.statpearls import chunk_archive
-
     dest = Path(db_dir).expanduser() / "statpearls"
     res = DownloadResult("statpearls", dest)
     if from_file is not None:

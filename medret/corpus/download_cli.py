@@ -5,6 +5,13 @@ import argparse
 import json
 import sys
 
+from medret.corpus import download as dl
+from medret.corpus.embeddings import (
+    download_embeddings,
+    embedding_specs,
+    plan_embeddings,
+)
+from medret.encoders.specs import get_spec
 from medret.errors import ConfigError
 
 
@@ -44,13 +51,9 @@ def register_corpus(corpus_sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from medret.corpus import download as dl
-
     if args.retries < 0:
         raise ConfigError(f"--retries={args.retries} is invalid: give 0 or more")
     if args.embeddings:
-        from medret.corpus.embeddings import embedding_specs
-
         embedding_specs(args.embeddings)  # refuse a bad name before downloading anything
     if args.list:
         return _list(args, dl)
@@ -59,9 +62,6 @@ def cmd_download(args: argparse.Namespace) -> int:
                           progress=not args.no_progress, max_retries=args.retries, force=args.force)
     embedded = []
     if args.embeddings:
-        from medret.corpus.embeddings import download_embeddings
-        from medret.encoders.specs import get_spec
-
         embedded = download_embeddings(dl.resolve_sources(args.names), args.embeddings, args.db_dir,
                                        mirror=args.embeddings_mirror, progress=not args.no_progress,
                                        max_retries=args.retries, keep_archive=args.keep_archives)
@@ -81,7 +81,8 @@ def cmd_download(args: argparse.Namespace) -> int:
         print(f"{r.source}: {', '.join(parts)} -> {r.dest}/chunk")
     for e in embedded:
         if e.status == "unavailable":
-            name = get_spec(e.doc_model).name
+            spec = get_spec(e.doc_model)
+            name = spec.name if spec is not None else e.doc_model
             print(f"{e.source}: MedRAG publishes no {name} embeddings; build them with `medret index build "
                   f"--corpus {dl.DISPLAY[e.source]} --retriever {name} --db-dir {args.db_dir} --device cuda:0`")
             continue
@@ -97,8 +98,6 @@ def _list(args: argparse.Namespace, dl) -> int:
     plans = [dl.plan_source(s, args.db_dir, revision=args.revision, token=args.token) for s in hub]
     emb = []
     if args.embeddings:
-        from medret.corpus.embeddings import plan_embeddings
-
         emb = plan_embeddings(sources, args.embeddings, args.db_dir, args.embeddings_mirror)
     needed = sum(p.bytes_to_fetch for p in plans) + sum(e["estimated_bytes"] for e in emb)
     free = dl.disk_free(plans[0].dest) if plans else dl.disk_free(args.db_dir)
@@ -109,7 +108,8 @@ def _list(args: argparse.Namespace, dl) -> int:
                             "files": [{"path": f.remote.path, "size": f.remote.size, "status": f.status,
                                        "sha256": f.remote.sha256} for f in p.files],
                             "extra_local": p.extra_local} for p in plans],
-               "statpearls": "statpearls" in sources, "embeddings": emb, "needed_bytes": needed, "free_bytes": free, "enough_space": enough}
+               "statpearls": "statpearls" in sources, "embeddings": emb, "needed_bytes": needed, "free_bytes": free,
+               "enough_space": enough}
         print(json.dumps(out, indent=1))
     else:
         for p in plans:

@@ -38,10 +38,14 @@ from typing import Callable
 
 import numpy as np
 
-from medret.atomic import atomic_path, atomic_write_text
 from medret.corpus import download as dl
 from medret.corpus.reader import count_lines
+from medret.corpus.registry import DISPLAY, KNOWN_ROWS
+from medret.encoders.specs import get_spec
 from medret.errors import ConfigError, CorpusError
+from medret.index.medrag import medrag_index_dir
+from medret.retrievers import retriever_parts
+from medret.storage.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +74,6 @@ _NPY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\.npy$")
 def embedding_specs(names: list[str]) -> list:
     """The encoder specs whose MedRAG embeddings ``names`` ask for (MedCPT, Contriever, SPECTER; RRF-2/RRF-4 and
     'A+B' expand, BM25 needs none), each once."""
-    from medret.encoders.specs import get_spec
-    from medret.engine import retriever_parts
-
     out = []
     for name in names:
         for part in retriever_parts(name):
@@ -99,19 +100,14 @@ def archive_url(source: str, doc_model: str, mirror: str | None = None) -> str:
 
 def fetch_hint(source: str, doc_model: str, db_dir: str | None) -> str | None:
     """The command that fetches MedRAG's embeddings of ``source`` for ``doc_model``, or None when none are published."""
-    from medret.corpus.registry import DISPLAY
-    from medret.encoders.specs import get_spec
-
-    if (source, doc_model) not in ARCHIVES:
+    spec = get_spec(doc_model)
+    if (source, doc_model) not in ARCHIVES or spec is None:
         return None
-    return (f"medret corpus download {DISPLAY[source]} --db-dir {db_dir or 'DIR'} "
-            f"--embeddings {get_spec(doc_model).name}")
+    return (f"medret corpus download {DISPLAY[source]} --db-dir {db_dir or 'DIR'} --embeddings {spec.name}")
 
 
 def unpacked_bytes_estimate(source: str) -> int | None:
     """float32 x 768 per snippet of MedRAG's corpus (the archives hold about that; floats compress little)."""
-    from medret.corpus.registry import KNOWN_ROWS
-
     rows = KNOWN_ROWS.get(source)
     return None if rows is None else rows * DIM * 4
 
@@ -240,8 +236,6 @@ def unpack(archive: Path, target: Path, rows: dict[str, int] | None, chunk_dir: 
 def download_one(source: str, spec, db_dir: str | os.PathLike[str], *, mirror: str | None = None,
                  progress: bool = True, max_retries: int = 5, keep_archive: bool = False,
                  free_fn: Callable[[Path], int] | None = None) -> EmbeddingResult:
-    from medret.index.medrag import medrag_index_dir
-
     src_dir = Path(db_dir).expanduser() / source
     index_dir = medrag_index_dir(src_dir, spec.doc_model)
     target = index_dir / EMBEDDING_DIR
@@ -297,8 +291,6 @@ def plan_embeddings(sources: list[str], names: list[str], db_dir: str | os.PathL
                     mirror: str | None = None) -> list[dict]:
     """What a download would do (for ``--list``): per source and model, the URL, whether it is here, and the disk
     it will take (archive + unpacked files, estimated from MedRAG's snippet counts; the hosts are not asked)."""
-    from medret.index.medrag import medrag_index_dir
-
     out = []
     for source in sources:
         for spec in embedding_specs(names):

@@ -31,7 +31,8 @@ from typing import Sequence
 
 import orjson
 
-from medret.checksums import sha256_file
+from medret.errors import StoreError
+from medret.storage.checksums import sha256_file
 
 STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "ino")
 KIND_CONTENT = "sha256-of-chunk-files"
@@ -46,8 +47,6 @@ def stat_record(path: str | os.PathLike[str]) -> dict[str, int]:
 
 def file_record(path: Path, sha256: str, stat_before: dict[str, int]) -> dict:
     """The manifest record of a chunk file hashed while it was read; refuses a file that changed meanwhile."""
-    from medret.errors import StoreError
-
     now = stat_record(path)
     if now != stat_before:
         raise StoreError(f"chunk file {path} changed while the document store was being built (size/mtime "

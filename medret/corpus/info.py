@@ -48,9 +48,10 @@ def corpus_info(name: str, db_dir: str | None, cache_dir: str | None = None) -> 
     }
 
 
-def human(n: int | None) -> str:
-    if n is None:
+def human(size: float | None) -> str:
+    if size is None:
         return "?"
+    n = float(size)
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

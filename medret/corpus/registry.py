@@ -48,8 +48,6 @@ class Source:
     def store_dir(self) -> Path:
         return self.artifact_dir / "store"
 
-    def index_dir(self, retriever: str) -> Path:
-        return self.artifact_dir / "index" / retriever.lower().replace("/", "--")
 
 
 @dataclass(frozen=True)

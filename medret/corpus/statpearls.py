@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medret.atomic import atomic_path
+from tqdm.auto import tqdm
+
 from medret.errors import CorpusError
+from medret.storage.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +165,6 @@ def chunk_archive(archive: str | os.PathLike[str], out_dir: str | os.PathLike[st
                               "(statpearls_NBK430685.tar.gz)")
         bar: Any = None
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(members), unit="article", desc="chunking StatPearls")
         with atomic_path(out_dir) as tmp:
             tmp.mkdir(parents=True)

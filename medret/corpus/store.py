@@ -12,7 +12,7 @@ Rows are read with ``os.pread`` at their offsets (the offsets themselves are mem
 5M-snippet store that was 3.3 GB of RSS against 46 MB with ``pread``.
 
 The store is built once from the chunk files (atomically: a crash leaves no store that opens; one build at a
-time under a lock file, see :mod:`medret.locks`) and refused with a clear message when the chunk files changed
+time under a lock file, see :mod:`medret.storage.locks`) and refused with a clear message when the chunk files changed
 since (see :mod:`medret.corpus.fingerprint` for what is checked at each open). A damaged store file (a missing or
 zeroed ``docs.bin``, a scrambled ``offsets.npy``) is refused with a message naming the file, not a traceback.
 """
@@ -27,17 +27,18 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import orjson
+from tqdm.auto import tqdm
 
-from medret.atomic import atomic_path, atomic_write_bytes
-from medret.checksums import HashingWriter
 from medret.corpus import fingerprint as fp
 from medret.corpus.reader import iter_file
 from medret.corpus.registry import Corpus, Source
 from medret.errors import StoreError
-from medret.leftovers import remove_stale
-from medret.locks import artifact_lock
 from medret.progress import closing_bar
-from medret.storage import WRITABLE_FIX, writing
+from medret.storage.atomic import atomic_path, atomic_write_bytes
+from medret.storage.checksums import HashingWriter
+from medret.storage.disk import WRITABLE_FIX, writing
+from medret.storage.leftovers import remove_stale
+from medret.storage.locks import artifact_lock
 
 log = logging.getLogger(__name__)
 FORMAT = 2
@@ -194,6 +195,15 @@ class UnionStore:
             s.close()
 
 
+def stored_rows(source: Source) -> int | None:
+    """The row count the source's built store records, without opening it; None when there is none (or it is
+    unreadable: opening the store says why)."""
+    try:
+        return int(orjson.loads((source.store_dir / MANIFEST).read_bytes())["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def open_corpus_store(corpus: Corpus, build: bool = True, progress: bool = False) -> DocStore | UnionStore:
     stores = [DocStore.open(s, build=build, progress=progress) for s in corpus.sources]
     return stores[0] if len(stores) == 1 else UnionStore(stores)
@@ -323,6 +333,5 @@ def _build_store(source: Source, progress: bool = False) -> Path:
 def _bar(progress: bool, total: int, desc: str):
     if not progress:
         return None
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="file")

@@ -32,7 +32,5 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Encoder":
-        from medret.encoders.hf import Encoder
-
         return Encoder
     raise AttributeError(name)

@@ -23,10 +23,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from medret.atomic import atomic_write_text
 from medret.corpus import download as dl
-from medret.encoders.locate import DOWNLOAD_RECORD, MODELS_DIR_ENV, check_model_id, hub_problem, models_root
+from medret.encoders.locate import (
+    DOWNLOAD_RECORD,
+    MODELS_DIR_ENV,
+    check_model_id,
+    hub_problem,
+    models_root,
+)
+from medret.encoders.specs import get_spec
 from medret.errors import ConfigError, ModelNotFoundError
+from medret.retrievers import retriever_parts
+from medret.storage.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +52,6 @@ class ModelNeed:
 
 def required_models(retriever: str) -> list[ModelNeed]:
     """The hub models ``retriever`` loads (BM25 and local model folders: none), each once, in order."""
-    from medret.encoders.specs import get_spec
-    from medret.engine import retriever_parts
-
     out: list[ModelNeed] = []
     seen: set[str] = set()
     for part in retriever_parts(retriever):

@@ -34,6 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medret.corpus.download import hf_cache_dir
+from medret.corpus.registry import cache_dir
+from medret.encoders.locate import DOWNLOAD_RECORD
+from medret.storage.atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 #: file name patterns (top level of the model folder) whose content changes the vectors
@@ -81,8 +86,6 @@ def hub_snapshot(model_id: str) -> tuple[Path, str] | None:
     if not isinstance(model_id, str) or model_id.count("/") != 1 or model_id.startswith(("/", ".", "~")):
         return None
     try:
-        from medret.corpus.download import hf_cache_dir
-
         repo = hf_cache_dir() / ("models--" + model_id.replace("/", "--"))
     except ImportError:  # huggingface_hub absent: nothing can be cached
         return None
@@ -129,8 +132,6 @@ def model_identity(name: str, location: str | os.PathLike[str], hub_copy: bool =
 
 
 def _downloaded_revision(folder: Path) -> str | None:
-    from medret.encoders.locate import DOWNLOAD_RECORD
-
     try:
         rev = json.loads((folder / DOWNLOAD_RECORD).read_text()).get("revision")
     except (OSError, ValueError, AttributeError):
@@ -179,8 +180,6 @@ def file_digest(path: Path) -> str:
             h.update(block)
     digest = h.hexdigest()
     try:
-        from medret.atomic import atomic_write_text
-
         entry.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(entry, json.dumps({"path": str(real), "stat": key, "sha256": digest}))
     except OSError as e:  # a read-only cache only costs the next start-up another read
@@ -189,6 +188,4 @@ def file_digest(path: Path) -> str:
 
 
 def _cache_file(real: Path) -> Path:
-    from medret.corpus.registry import cache_dir
-
     return cache_dir() / "fingerprints" / (hashlib.sha1(str(real).encode()).hexdigest()[:24] + ".json")

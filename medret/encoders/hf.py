@@ -15,12 +15,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from medret import compat
-from medret.encoders.locate import (MODELS_DIR_ENV, hub_problem, is_local, is_model_id, model_location,  # noqa: F401
-                                    offline_fix)
+from medret import compat, optional
+from medret.corpus.download import hf_cache_dir, hf_offline
+from medret.encoders.locate import (
+    MODELS_DIR_ENV,
+    hub_problem,
+    is_local,
+    is_model_id,
+    model_location,
+    offline_fix,
+    search_dirs,
+)
 from medret.encoders.pooling import l2_normalize, pool
 from medret.encoders.specs import EncoderSpec, format_docs, format_query
 from medret.errors import ConfigError, ModelNotFoundError
+from medret.validate import check_whole
 
 logger = logging.getLogger(__name__)
 _ROLE = {"doc": "document"}
@@ -30,8 +39,7 @@ class _Part:
 
     def __init__(self, model: str, location: str, role: str, spec_name: str, device: str, fp16: bool,
                  models_dir: str | os.PathLike[str] | None = None):
-        import torch
-
+        torch = optional.torch()
         self.model_id = model
         self.location = location
         dtype = torch.float16 if fp16 else torch.float32
@@ -51,24 +59,21 @@ class _Part:
 def _from_pretrained(location: str, dtype: Any, local_only: bool = False) -> tuple[Any, Any]:
     """``from_pretrained`` of a folder, or of a hub id with the Hugging Face cache as the environment names it now
     (the hub library reads HF_HOME / HF_HUB_CACHE once, at import) and, with ``local_only``, no network at all."""
-    from transformers import AutoModel, AutoTokenizer
-
+    transformers = optional.transformers()
+    AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
     kw: dict[str, Any] = {}
     if not is_local(location):
-        from medret.corpus.download import hf_cache_dir
-
         kw["cache_dir"] = str(hf_cache_dir())
         if local_only:
             kw["local_files_only"] = True
-    return AutoTokenizer.from_pretrained(location, **kw), AutoModel.from_pretrained(location, **compat.dtype_kwargs(dtype), **kw)
+    return (AutoTokenizer.from_pretrained(location, **kw),
+            AutoModel.from_pretrained(location, **compat.dtype_kwargs(dtype), **kw))
 
 
 def _load(model: str, location: str, role: str, spec_name: str, dtype: Any,
           models_dir: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
     """Tokenizer and model from a folder, from the Hugging Face cache without network, or from the hub, in that
     order; a hub that cannot be reached is found with one request and reported at once (no retry storm)."""
-    from medret.corpus.download import hf_offline
-
     if is_local(location) or hf_offline():  # nothing here asks the network
         try:
             return _from_pretrained(location, dtype, local_only=True)
@@ -92,8 +97,6 @@ def _load(model: str, location: str, role: str, spec_name: str, dtype: Any,
 
 def _not_found_message(model: str, location: str, role: str, spec_name: str, err: BaseException | None,
                        hub: str | None = None, models_dir: str | os.PathLike[str] | None = None) -> str:
-    from medret.encoders.locate import search_dirs
-
     where = f"{location!r}" if location == model else f"{location!r} (for {model!r})"
     if err is not None:
         text = str(err).strip()
@@ -101,15 +104,15 @@ def _not_found_message(model: str, location: str, role: str, spec_name: str, err
     else:
         first = f"it is not in the Hugging Face cache and the hub is unreachable: {hub}"
     if is_local(location) or not is_model_id(location):
-        return (f"cannot load the {_ROLE.get(role, role)} model of retriever {spec_name!r} from {where}: {first}. Fix: give a local "
-                "model directory saved with save_pretrained (config.json, weights, tokenizer files), or download "
-                f"{model} with `medret models download {spec_name}` and leave the path unset")
+        return (f"cannot load the {_ROLE.get(role, role)} model of retriever {spec_name!r} from {where}: {first}. "
+                "Fix: give a local model directory saved with save_pretrained (config.json, weights, tokenizer files), "
+                f"or download {model} with `medret models download {spec_name}` and leave the path unset")
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface (default)")
     offline = os.environ.get("HF_HUB_OFFLINE", "unset")
     looked = ", ".join(str(d / model) for d in search_dirs(models_dir))
-    return (f"cannot load the {_ROLE.get(role, role)} model of retriever {spec_name!r} from {where}: {first}. medret looked in "
-            f"{looked} (--models-dir / {MODELS_DIR_ENV}) and the Hugging Face cache (HF_HOME={hf_home}, "
-            f"HF_HUB_OFFLINE={offline}). Fix: {offline_fix(spec_name)}")
+    return (f"cannot load the {_ROLE.get(role, role)} model of retriever {spec_name!r} from {where}: {first}. "
+            f"medret looked in {looked} (--models-dir / {MODELS_DIR_ENV}) and the Hugging Face cache "
+            f"(HF_HOME={hf_home}, HF_HUB_OFFLINE={offline}). Fix: {offline_fix(spec_name)}")
 
 
 class Encoder:
@@ -160,9 +163,6 @@ class Encoder:
         part = self._parts.get("query") or self._part("doc")
         return part.dim
 
-    def load_docs_model(self) -> None:
-        self._part("doc")
-
     # ------------------------------------------------------------------ encoding
     def encode_queries(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Encode queries; returns float32 (len(texts), dim)."""
@@ -184,7 +184,8 @@ class Encoder:
             return self._encode(part, firsts, seconds, self.spec.doc_max_len, batch_size)
         return self._encode(part, list(formatted), None, self.spec.doc_max_len, batch_size)  # type: ignore[arg-type]
 
-    def tokenize(self, role: str, first: list[str], second: list[str] | None, max_len: int) -> dict[str, list[list[int]]]:
+    def tokenize(self, role: str, first: list[str], second: list[str] | None,
+                 max_len: int) -> dict[str, list[list[int]]]:
         """Token ids exactly as the model sees them (unpadded); exposed for tests and diagnostics."""
         part = self._part(role)
         return _tokenize(part, first, second, max_len)
@@ -192,10 +193,8 @@ class Encoder:
     def _encode(
         self, part: _Part, first: list[str], second: list[str] | None, max_len: int, batch_size: int
     ) -> np.ndarray:
-        import torch
-
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size!r} is invalid: give a positive integer")
+        torch = optional.torch()
+        check_whole("batch_size", batch_size)
         n = len(first)
         if n == 0:
             return np.zeros((0, part.dim), dtype=np.float32)
@@ -206,8 +205,8 @@ class Encoder:
         order = np.argsort(-lengths, kind="stable")  # longest first: a too-large batch fails at once
         out = np.empty((n, part.dim), dtype=np.float32)
         with torch.inference_mode():
-            for idx in batches(lengths[order], batch_size, str(part.device) == "cpu"):
-                idx = order[idx]
+            for span in batches(lengths[order], batch_size, str(part.device) == "cpu"):
+                idx = order[span]
                 width = int(lengths[idx[0]])
                 input_ids = np.full((len(idx), width), part.pad_id, dtype=np.int64)
                 mask = np.zeros((len(idx), width), dtype=np.int64)

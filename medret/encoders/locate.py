@@ -22,6 +22,9 @@ import os
 import re
 from pathlib import Path
 
+from medret import optional
+from medret.corpus.download import hf_endpoint
+from medret.corpus.registry import cache_dir
 from medret.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -35,8 +38,6 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*
 
 
 def default_models_dir() -> Path:
-    from medret.corpus.registry import cache_dir
-
     return cache_dir() / "models"
 
 
@@ -112,10 +113,8 @@ def hub_problem(model: str | None = None, timeout: float = HUB_PROBE_TIMEOUT) ->
     error); a connection error, a timeout or a 5xx answer (a proxy that refuses, a hub that is down) means it is not.
     ``session.head(url, timeout=...)`` is the same call on huggingface_hub 0.x (requests) and 1.x (httpx).
     """
-    from medret.corpus.download import hf_endpoint
-
     try:
-        from huggingface_hub.utils import get_session
+        get_session = optional.load("huggingface_hub.utils", "download").get_session
     except ImportError:
         return "huggingface_hub is not installed"
     endpoint = hf_endpoint()

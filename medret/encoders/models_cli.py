@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from medret.corpus.download import human_bytes
+from medret.encoders import download as md
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="download the models a retriever needs (for compute nodes without internet)")
@@ -31,9 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from medret.corpus.download import human_bytes
-    from medret.encoders import download as md
-
     if args.list:
         root, plans = md.plans_for(args.retriever, args.models_dir, token=args.token)
         if args.json:

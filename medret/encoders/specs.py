@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from medret.errors import ConfigError
+from medret.validate import check_token_count
 
 Pooling = Literal["cls", "mean"]
 Metric = Literal["ip", "l2"]
@@ -71,9 +72,7 @@ class EncoderSpec:
         if self.doc_format not in DOC_FORMATS:
             raise ConfigError(f"doc_format={self.doc_format!r} is invalid: use one of {', '.join(DOC_FORMATS)}")
         for field in ("query_max_len", "doc_max_len"):
-            v = getattr(self, field)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 2:
-                raise ConfigError(f"{field}={v!r} is invalid: give a token count >= 2 (e.g. 512)")
+            check_token_count(field, getattr(self, field))
         if self.doc_pair_input != (self.doc_format == "pair"):
             raise ConfigError(
                 f"doc_pair_input={self.doc_pair_input!r} contradicts doc_format={self.doc_format!r}: "
@@ -253,7 +252,7 @@ def resolve_spec(
         base = {k: v for k, v in recipe.to_dict().items() if k not in ("name", "query_model", "doc_model", "dim")}
         base.update(name=name or _name_from_path(model), query_model=model, doc_model=model, dim=None)
         base.update(overrides)
-        return EncoderSpec(**base)  # type: ignore[arg-type]
+        return EncoderSpec(**base)
     if pooling is None:
         hint = " (that directory exists)" if Path(name_or_path).is_dir() else ""
         raise ConfigError(
@@ -279,7 +278,7 @@ def resolve_spec(
         doc_format="concat",
     )
     base.update(overrides)
-    return EncoderSpec(**base)  # type: ignore[arg-type]
+    return EncoderSpec(**base)
 
 
 def spec_for(part: str, config: Any) -> EncoderSpec:

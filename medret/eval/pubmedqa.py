@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from medret.atomic import atomic_write_bytes
 from medret.errors import CorpusError
+from medret.storage.atomic import atomic_write_bytes
 
 
 def load(path: str | os.PathLike[str]) -> dict:

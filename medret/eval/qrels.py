@@ -14,8 +14,9 @@ from pathlib import Path
 
 import orjson
 
-from medret.atomic import atomic_path
 from medret.errors import CorpusError
+from medret.eval.pubmedqa import queries_and_qrels
+from medret.storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,6 @@ def load_labelled(queries_path: str | os.PathLike[str], qrels_path: str | os.Pat
 
 def pubmedqa_set(data: dict) -> LabelledSet:
     """PubMedQA PQA-L: each question, relevant = that question's own context snippets."""
-    from medret.eval.pubmedqa import queries_and_qrels
-
     qs, rel = queries_and_qrels(data)
     return LabelledSet("pubmedqa", tuple(data.keys()), tuple(qs), tuple(frozenset(r) for r in rel))
 

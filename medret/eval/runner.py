@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medret import get_retriever
 from medret.eval import metrics
 from medret.eval.qrels import LabelledSet
 from medret.index.fusion import RRF_K, rrf
@@ -55,8 +56,6 @@ def evaluate(data: LabelledSet, corpus_name: str, retrievers: Sequence[str], db_
              ks: Sequence[int] = DEFAULT_KS, depth: int = 100, fusion: bool = True, rrf_k: int = RRF_K,
              **options: Any) -> dict[str, Any]:
     """Run each retriever over the labelled set's queries and score it; fuse them with RRF when there are 2+."""
-    from medret import get_retriever
-
     if not retrievers:
         raise ValueError("retrievers=[] is invalid: name at least one, e.g. ['BM25']")
     depth = max(depth, max(ks), 10)

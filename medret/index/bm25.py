@@ -12,17 +12,21 @@ import math
 import threading
 from pathlib import Path
 
+import bm25s
 import numpy as np
 import orjson
+import Stemmer
+from bm25s.tokenization import Tokenizer
+from tqdm.auto import tqdm
 
-from medret.atomic import atomic_path
-from medret.checksums import sha256_file
 from medret.errors import IndexBuildError
 from medret.index.select import select_topk, select_topk_rows
-from medret.leftovers import remove_stale
-from medret.locks import artifact_lock
 from medret.progress import closing_bar
-from medret.storage import preallocate, writing
+from medret.storage.atomic import atomic_path
+from medret.storage.checksums import sha256_file
+from medret.storage.disk import preallocate, writing
+from medret.storage.leftovers import remove_stale
+from medret.storage.locks import artifact_lock
 
 log = logging.getLogger(__name__)
 K1, B, METHOD = 1.2, 0.75, "lucene"
@@ -37,9 +41,6 @@ def text_of(doc: dict) -> str:
 
 
 def _tokenizer():
-    import Stemmer
-    from bm25s.tokenization import Tokenizer
-
     return Tokenizer(stemmer=Stemmer.Stemmer("english"), stopwords="en")
 
 
@@ -89,8 +90,6 @@ def check_arrays(folder: Path, manifest: dict, model) -> None:
 
 class BM25Index:
     def __init__(self, folder: Path, mmap: bool = True):
-        import bm25s
-
         self.folder = Path(folder)
         try:
             self.manifest = orjson.loads((self.folder / "manifest.json").read_bytes())
@@ -336,7 +335,7 @@ _WORK = (np.float64(1.0) + np.zeros(1, dtype=np.float32)).dtype
 
 def build_bm25(store, folder: Path, progress: bool = False, batch_size: int = 10_000, *,
                only_if_missing: bool = False) -> Path:
-    """Build the BM25 index of ``store`` at ``folder`` holding its build lock (:mod:`medret.locks`): a second
+    """Build the BM25 index of ``store`` at ``folder`` holding its build lock (:mod:`medret.storage.locks`): a second
     process waits, and with ``only_if_missing`` then finds it built and returns. Leftovers of killed builds are
     removed first; a full disk or a read-only folder raises :class:`medret.errors.StorageError`."""
     folder = Path(folder)
@@ -367,16 +366,12 @@ def _build_bm25(store, folder: Path, progress: bool = False, batch_size: int = 1
     MedRAG corpora (medret.bench.synth), peak RSS above the interpreter's: 200k snippets (nnz 9.9M) 152 MiB
     vs 502 MiB for the former list + ``BM25.index`` path; 400k (nnz 19.9M) 233 MiB vs 983 MiB.
     """
-    import bm25s
-
     n_docs = len(store)
     if n_docs == 0:
         raise IndexBuildError("cannot build a BM25 index over an empty corpus")
     tok = _tokenizer()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n_docs, desc="BM25 tokenize", unit="doc")
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)

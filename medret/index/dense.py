@@ -34,14 +34,18 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 
+from medret import optional
 from medret.errors import ConfigError, IndexBuildError
-from medret.index.gpu_topk import DEFAULT_TEMP_BYTES
+from medret.storage.atomic import atomic_path
+from medret.validate import check_whole
 
 logger = logging.getLogger(__name__)
+# bounded temporary memory of an exact search (medret.index.gpu_topk.exact_topk, max_temp_bytes)
+DEFAULT_TEMP_BYTES = 512 << 20
 
 DESCRIPTOR = "dense.json"
 FAISS_FILE = "faiss.index"
@@ -77,8 +81,7 @@ def _check_query(qemb: Any, dim: int) -> np.ndarray:
 
 
 def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ConfigError(f"k={k!r} is invalid: give a positive integer")
+    check_whole("k", k)
     return int(k)
 
 
@@ -98,9 +101,9 @@ def exact_search(
     :func:`medret.index.gpu_topk.exact_topk` (chunked matmul with block-max selection, bounded temporary memory;
     fp16 tensor cores on CUDA with an fp32 rescore, float32 on CPU).
     """
-    import torch
+    torch = optional.torch()
+    from medret.index.gpu_topk import exact_topk  # noqa: PLC0415 - a torch module (the dense extra): loaded on use
 
-    from medret.index.gpu_topk import exact_topk
 
     segs = _segments(emb)
     if not segs:
@@ -117,14 +120,13 @@ def exact_search(
 # ================================================================================================ faiss
 
 
-def _faiss():
+def _faiss() -> Any:
     try:
-        import faiss
+        return optional.faiss()
     except ImportError as e:  # pragma: no cover
         raise ConfigError(
             "index_type needs faiss, which is not installed: pip install 'medret[dense]' (faiss-cpu)"
         ) from e
-    return faiss
 
 
 def faiss_metric(metric: str) -> int:
@@ -291,8 +293,8 @@ def check_rerank(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ConfigError(
             f"rerank={value!r} is invalid: give a non-negative integer factor (faiss is asked for k * rerank "
-            f"candidates, re-scored exactly from the stored vectors), e.g. rerank={DEFAULT_RERANK}, or rerank=0 to turn "
-            "re-ranking off"
+            f"candidates, re-scored exactly from the stored vectors), e.g. rerank={DEFAULT_RERANK}, or rerank=0 to "
+            "turn re-ranking off"
         )
     return int(value)
 
@@ -341,7 +343,8 @@ class DenseIndex:
         if (embeddings is None) == (faiss_index is None):
             raise ConfigError("DenseIndex needs exactly one of embeddings= (exact search) or faiss_index=")
         if rerank_vectors is not None and faiss_index is None:
-            raise ConfigError("rerank_vectors= applies to faiss indexes only: an exact index already searches its embeddings")
+            raise ConfigError("rerank_vectors= applies to faiss indexes only: an exact index already searches its "
+                              "embeddings")
         if search_params and search_params.get("rerank") is not None:
             check_rerank(search_params["rerank"])
         self.metric = metric
@@ -387,14 +390,16 @@ class DenseIndex:
             row_map = np.asarray(row_map, dtype=np.int64)
             if row_map.shape != (self.ntotal,):
                 raise IndexBuildError(
-                    f"row_map has {row_map.shape[0] if row_map.ndim else 0} entries but the index has {self.ntotal} vectors"
+                    f"row_map has {row_map.shape[0] if row_map.ndim else 0} entries but the index has {self.ntotal} "
+                    "vectors"
                 )
         self.row_map = row_map
 
     def _attach_rerank_vectors(self, segs: list[Any]) -> None:
         for i, e in enumerate(segs):
             if len(e.shape) != 2 or int(e.shape[1]) != self.dim:
-                raise IndexBuildError(f"rerank_vectors[{i}].shape={tuple(e.shape)} is invalid: expected (rows, {self.dim})")
+                raise IndexBuildError(f"rerank_vectors[{i}].shape={tuple(e.shape)} is invalid: expected (rows, "
+                                      f"{self.dim})")
         sizes = [int(e.shape[0]) for e in segs]
         if sum(sizes) != self.ntotal:
             raise IndexBuildError(
@@ -453,7 +458,8 @@ class DenseIndex:
         when the faiss index is lossy) keeps a reference to ``emb`` (no copy) as the re-rank vectors.
         """
         if not isinstance(index_type, str) or not index_type.strip():
-            raise ConfigError(f"index_type={index_type!r} is invalid: use {', '.join(NAMED_TYPES)} or a faiss factory string")
+            raise ConfigError(f"index_type={index_type!r} is invalid: use {', '.join(NAMED_TYPES)} or a faiss factory "
+                              "string")
         emb = np.asarray(emb)
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise ConfigError(f"emb.shape={emb.shape} is invalid: expected a non-empty (n, d) array")
@@ -480,8 +486,7 @@ class DenseIndex:
         if self.embeddings is None or str(device) == "cpu":
             self.device = "cpu" if self.embeddings is None else str(device)
             return self
-        import torch
-
+        torch = optional.torch()
         first = self.embeddings[0]
         dt = first.dtype if _is_tensor(first) else torch.from_numpy(np.zeros(0, dtype=first.dtype)).dtype
         if half:
@@ -604,8 +609,6 @@ class DenseIndex:
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the index to ``directory`` atomically (temp dir renamed when complete)."""
-        from medret.atomic import atomic_path
-
         directory = Path(directory)
         with atomic_path(directory) as tmp:
             tmp.mkdir(parents=True)
@@ -657,7 +660,8 @@ class DenseIndex:
         directory = Path(directory)
         desc_path = directory / DESCRIPTOR
         if not desc_path.is_file():
-            raise IndexBuildError(f"no dense index at {str(directory)!r}: {DESCRIPTOR} is missing; build the index first")
+            raise IndexBuildError(f"no dense index at {str(directory)!r}: {DESCRIPTOR} is missing; build the index "
+                                  "first")
         try:
             desc = json.loads(desc_path.read_text())
         except (OSError, ValueError) as e:
@@ -683,15 +687,17 @@ class DenseIndex:
             loaded = cls(metric=desc["metric"], dim=desc["dim"], index_type=desc["index_type"], faiss_index=index,
                          row_map=row_map, search_params=params, rerank_vectors=embs or None,
                          embedding_files=files or None)
-            if mmap:
-                src = directory / desc["faiss_file"]
-                loaded._faiss_source = (src, _file_identity(src))
+            src = directory / desc["faiss_file"]
+            ident = _file_identity(src)
+            if mmap and ident is not None:
+                loaded._faiss_source = (src, ident)
             return loaded
         index = cls(metric=desc["metric"], dim=desc["dim"], index_type=desc["index_type"], embeddings=embs,
                     row_map=row_map, search_params=params, embedding_files=files)
         if index.ntotal != int(desc["ntotal"]):
             raise IndexBuildError(
-                f"dense index at {str(directory)!r} holds {index.ntotal} vectors but its descriptor says {desc['ntotal']}; rebuild it"
+                f"dense index at {str(directory)!r} holds {index.ntotal} vectors but its descriptor says "
+                f"{desc['ntotal']}; rebuild it"
             )
         return index
 
@@ -731,7 +737,3 @@ def train_faiss_index(
     sample = np.ascontiguousarray(np.concatenate(parts, axis=0))
     logger.info("training faiss index on %d vectors", sample.shape[0])
     index.train(sample)
-
-
-def iter_chunks(arrays: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    yield from arrays

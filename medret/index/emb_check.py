@@ -27,9 +27,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from medret.atomic import atomic_path, atomic_write_text
-from medret.checksums import HashingWriter, mismatches, sha256_file
+from medret import optional
 from medret.errors import IndexBuildError
+from medret.storage.atomic import atomic_path, atomic_write_text
+from medret.storage.checksums import HashingWriter, mismatches, sha256_file
 
 log = logging.getLogger(__name__)
 SIDECAR = ".sha256"
@@ -137,8 +138,7 @@ def check_vectors(index: Any, index_dir: Path, hint: str, file_rows: int | None 
 
 
 def _bad_row_on_device(t: Any) -> int | None:
-    import torch
-
+    torch = optional.torch()
     for s in range(0, int(t.shape[0]), GPU_SCAN_ROWS):
         block = t[s:s + GPU_SCAN_ROWS]
         bad = ~torch.isfinite(block).all(dim=1) | ~(block != 0).any(dim=1)

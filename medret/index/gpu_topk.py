@@ -32,18 +32,21 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from medret.errors import ConfigError
+from medret.index.dense import DEFAULT_TEMP_BYTES
+from medret.validate import check_whole
 
 log = logging.getLogger(__name__)
 
 LOW32 = (1 << 32) - 1
 MAX_ROWS = 1 << 32
 DEFAULT_BLOCK_ROWS = 128
-DEFAULT_TEMP_BYTES = 512 << 20
 METHODS = ("blockmax", "naive")
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
              torch.float64: torch.int64}
@@ -84,9 +87,7 @@ def auto_chunk_rows(n_queries: int, block_rows: int, itemsize: int, max_temp_byt
 def _to_tensor(seg: Any, s: int, e: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(seg, torch.Tensor):
         return seg[s:e].to(device=device, dtype=dtype, non_blocking=True)
-    import warnings
 
-    import numpy as np
 
     with warnings.catch_warnings():  # read-only memmap slices: torch warns, but the tensor is only read
         warnings.simplefilter("ignore", UserWarning)
@@ -117,17 +118,15 @@ def exact_topk(
     candidates (default ``max(k, 8)`` when rescoring) are kept for it. ``method='naive'`` runs ``topk`` over every
     score instead (for comparison; same result).
     """
-    segs = [emb] if isinstance(emb, torch.Tensor) or hasattr(emb, "shape") else list(emb)
+    segs: list[Any] = [emb] if isinstance(emb, torch.Tensor) or hasattr(emb, "shape") else list(emb)
     if not segs:
         raise ConfigError("emb=[] is invalid: no embeddings to search")
     if method not in METHODS:
         raise ConfigError(f"method={method!r} is invalid: use one of {', '.join(METHODS)}")
     if metric not in ("ip", "l2"):
         raise ConfigError(f"metric={metric!r} is invalid: use 'ip' or 'l2'")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"k={k!r} is invalid: give a positive integer")
-    if not isinstance(block_rows, int) or block_rows < 1:
-        raise ConfigError(f"block_rows={block_rows!r} is invalid: give a positive integer such as 128")
+    check_whole("k", k)
+    check_whole("block_rows", block_rows)
     dim = int(segs[0].shape[1])
     for i, sg in enumerate(segs):
         if len(sg.shape) != 2 or int(sg.shape[1]) != dim:
@@ -170,7 +169,7 @@ def exact_topk(
     log.debug("exact_topk: %d queries over %d rows, %s, chunk_rows=%d, block_rows=%d, candidates=%d",
               n, total, compute_dtype, chunk_rows, block_rows, kc)
     qc = qf.to(compute_dtype)
-    q_sq = (qf * qf).sum(1, keepdim=True) if metric == "l2" else None
+    q_sq = (qf * qf).sum(1, keepdim=True) if metric == "l2" else torch.zeros(())  # used with l2 only
     best = torch.full((n, kc), torch.iinfo(torch.int64).min, dtype=torch.int64, device=device)
     offset = 0
     with torch.inference_mode():
@@ -252,8 +251,6 @@ def _gather_rows(segs: list[Any], rows: torch.Tensor, device: torch.device) -> t
             if isinstance(seg, torch.Tensor):
                 out[sel] = seg[local.to(seg.device)].to(device=device, dtype=torch.float32)
             else:
-                import numpy as np
-
                 li = local.cpu().numpy()
                 order = np.argsort(li)
                 vals = np.asarray(seg[li[order]], dtype=np.float32)
@@ -265,7 +262,5 @@ def _gather_rows(segs: list[Any], rows: torch.Tensor, device: torch.device) -> t
 
 
 def _torch_dtype(np_dtype: Any) -> torch.dtype:
-    import numpy as np
-
     return {np.dtype("float16"): torch.float16, np.dtype("float32"): torch.float32,
             np.dtype("float64"): torch.float64}.get(np.dtype(np_dtype), torch.float32)

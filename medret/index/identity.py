@@ -37,8 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from medret.encoders.fingerprint import ModelIdentity, model_identity
+from medret.encoders.locate import model_location
 from medret.encoders.specs import EncoderSpec
 from medret.errors import IndexBuildError
+from medret.index.manifest import MANIFEST, read_manifest
+from medret.storage.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +95,6 @@ def encoder_identity(spec: EncoderSpec, doc_model_path: str | os.PathLike[str] |
                      models_dir: str | os.PathLike[str] | None = None) -> EncoderIdentity:
     """The identity of ``spec``'s document encoder, loaded from ``doc_model_path`` (else where
     :func:`medret.encoders.locate.model_location` finds ``spec.doc_model``: ``models_dir``, the hub cache)."""
-    from medret.encoders.locate import model_location
-
     doc_loc = model_location(spec.doc_model, doc_model_path, models_dir)
     q_loc = model_location(spec.query_model, query_model_path, models_dir)
     # found in the models folder (not given as a path): the hub model itself, wherever its files are
@@ -178,9 +179,6 @@ def find_copy(source: Any, identity: EncoderIdentity) -> Path | None:
 def adopt_legacy(legacy: Path, target: Path, identity: EncoderIdentity, store: Any) -> None:
     """Move an index of the first layout to ``target``, recording ``identity`` (the user vouches that it was built
     with this encoder). Its corpus and recipe must match; nothing is re-encoded."""
-    from medret.atomic import atomic_write_text
-    from medret.index.build import MANIFEST, read_manifest
-
     manifest = read_manifest(legacy)
     if manifest is None or not manifest.get("complete"):
         raise IndexBuildError(f"no complete index to adopt at {legacy}")

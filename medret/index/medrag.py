@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
+import orjson
 
 from medret.encoders.specs import EncoderSpec
 from medret.errors import IndexBuildError
 from medret.index.dense import DenseIndex, metric_of_faiss, read_faiss_index
+from medret.storage.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +71,6 @@ def _check_lfs(path: Path) -> None:
 
 def read_metadatas(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Parse MedRAG's ``metadatas.jsonl``: (distinct stems in first-seen order, stem code per row, line per row)."""
-    import orjson
-
     path = Path(path)
     _check_lfs(path)
     stems: list[str] = []
@@ -128,7 +128,8 @@ def map_to_store_rows(store: Any, stems: Sequence[str], codes: np.ndarray, lines
             try:
                 starts[j] = int(store.row_of(stem, 0))
             except (KeyError, Exception) as e:  # noqa: BLE001 - the store's own error type
-                raise IndexBuildError(f"{where} refers to chunk file {stem!r}.jsonl, unknown to the store ({e})") from None
+                raise IndexBuildError(f"{where} refers to chunk file {stem!r}.jsonl, unknown to the store "
+                                      f"({e})") from None
             sizes[j] = np.iinfo(np.int64).max
     bad = (lines < 0) | (lines >= sizes[codes])
     if bad.any():
@@ -219,7 +220,8 @@ def open_medrag_faiss(
     cache_file = None
     if cache_dir is not None:
         st = mpath.stat()
-        key = hashlib.sha256(f"{mpath.resolve()}|{st.st_size}|{st.st_mtime_ns}|{getattr(store, 'checksum', '')}".encode()).hexdigest()[:16]
+        stamp = f"{mpath.resolve()}|{st.st_size}|{st.st_mtime_ns}|{getattr(store, 'checksum', '')}"
+        key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
         cache_file = Path(cache_dir) / f"medrag_rowmap_{key}.npy"
         if cache_file.is_file():
             row_map = np.load(cache_file)
@@ -227,8 +229,6 @@ def open_medrag_faiss(
         stems, codes, lines = read_metadatas(mpath)
         row_map = map_to_store_rows(store, stems, codes, lines, str(mpath))
         if cache_file is not None:
-            from medret.atomic import atomic_path
-
             with atomic_path(cache_file) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, row_map)

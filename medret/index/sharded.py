@@ -17,12 +17,18 @@ from several smaller GPUs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Sequence
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from medret import optional
+from medret.device import resolve_device
 from medret.errors import ConfigError, IndexBuildError
+from medret.index.dense import map_rows
+from medret.validate import check_whole
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +42,7 @@ def plan_shards(n_rows: int, n_shards: int, block: int = DEFAULT_BLOCK) -> list[
     """Split ``[0, n_rows)`` into at most ``n_shards`` contiguous ranges whose boundaries are multiples of
     ``block`` (balanced in whole blocks). Fewer ranges come back when there are fewer blocks than shards."""
     for name, v in (("n_rows", n_rows), ("n_shards", n_shards), ("block", block)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"{name}={v!r} is invalid: give a whole number >= 1")
+        check_whole(name, v)
     n_blocks = -(-n_rows // block)
     s = min(n_shards, n_blocks)
     base, extra = divmod(n_blocks, s)
@@ -67,8 +72,7 @@ def merge_shard_results(results: Sequence[tuple[np.ndarray, np.ndarray]], k: int
 
     The width is ``min(k, total candidates)``, which equals ``min(k, ntotal)`` when each shard returned
     ``min(k, its rows)`` candidates -- the width of the unsharded search."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ConfigError(f"k={k!r} is invalid: give a positive integer")
+    check_whole("k", k)
     results = [(np.asarray(s, np.float32), np.asarray(r, np.int64)) for s, r in results]
     if not results:
         raise ConfigError("results=[] is invalid: no shard answered")
@@ -93,7 +97,7 @@ def score_block(q: Any, x: Any, metric: str = "ip") -> Any:
 
 def _lex_topk_torch(scores: Any, rows: Any, k: int) -> tuple[Any, Any]:
     """(score desc, row asc) top-k with torch: two stable sorts make a lexicographic sort."""
-    import torch
+    torch = optional.torch()
 
     r_sorted, idx = torch.sort(rows, dim=1, stable=True)
     s_by_row = torch.gather(scores, 1, idx)
@@ -107,7 +111,7 @@ def exact_topk_slice(emb: Any, qemb: np.ndarray, k: int, start: int = 0, metric:
     """Exact top-k of ``qemb`` over ``emb`` (the rows ``[start, start + len(emb))`` of a larger index), rows
     returned as global row numbers. ``start`` must be a multiple of ``block`` so the score blocks line up
     with the unsharded ones. ``emb``: numpy array (memory-mapped is fine) or torch tensor on ``device``."""
-    import torch
+    torch = optional.torch()
 
     if start % block:
         raise ConfigError(f"start={start} is invalid: shard starts must be multiples of block={block}")
@@ -127,8 +131,9 @@ def exact_topk_slice(emb: Any, qemb: np.ndarray, k: int, start: int = 0, metric:
     cdtype = dt if (dev.type == "cuda" and dt in (torch.float16, torch.bfloat16)) else torch.float32
     qt = torch.from_numpy(q).to(dev)
     qc = qt.to(cdtype)
-    best_s = torch.full((n, 0), float("-inf"), dtype=torch.float32, device=dev)
-    best_r = torch.full((n, 0), -1, dtype=torch.int64, device=dev)
+    # every tensor reaches the device through .to(): one way onto it (what a device spy watches in the tests)
+    best_s = torch.full((n, 0), float("-inf"), dtype=torch.float32).to(dev)
+    best_r = torch.full((n, 0), -1, dtype=torch.int64).to(dev)
     with torch.inference_mode():
         for s in range(0, n_rows, block):
             e = min(n_rows, s + block)
@@ -151,51 +156,34 @@ def exact_topk_slice(emb: Any, qemb: np.ndarray, k: int, start: int = 0, metric:
 
 
 class DenseShard:
-    """One row slice of an index, on one device. Used directly or as a Ray actor (see :func:`shard_actor_class`)."""
+    """One row slice ``[start, end)`` of an exact index, on one device: a worker of a :class:`ShardHost` (an object
+    in this process, or a Ray actor). It resolves ``device`` in its own process (where its GPUs are visible) and
+    maps only its own rows when given the index's ``.npy`` segment files."""
 
     def __init__(self, start: int, end: int, metric: str = "ip", block: int = DEFAULT_BLOCK, device: str = "cpu",
-                 embeddings: Any = None, index_dir: str | None = None, npy_files: Sequence[str] | None = None):
-        self.start, self.end, self.metric, self.block, self.device = int(start), int(end), metric, block, device
-        self.source = "array" if embeddings is not None else ("npy" if npy_files else "index_dir")
+                 embeddings: Any = None, npy_files: Sequence[str] | None = None, allow_cpu_fallback: bool = False):
+        self.start, self.end, self.metric, self.block = int(start), int(end), metric, block
+        self.device = resolve_device(device, None, allow_cpu_fallback)
+        self.source = "array" if embeddings is not None else "npy"
         if embeddings is None:
-            if npy_files:
-                embeddings = _slice_of_segments([np.load(f, mmap_mode="r") for f in npy_files], self.start, self.end)
-            elif index_dir is not None:
-                embeddings = _slice_of_index(index_dir, self.start, self.end)
-            else:
-                raise ConfigError("a shard needs embeddings=, npy_files= or index_dir=")
+            if not npy_files:
+                raise ConfigError("a shard needs embeddings= or npy_files=")
+            embeddings = _slice_of_segments([np.load(f, mmap_mode="r") for f in npy_files], self.start, self.end)
         else:
             embeddings = np.asarray(embeddings)
         if int(embeddings.shape[0]) != self.end - self.start:
             raise IndexBuildError(f"shard [{start}, {end}) got {embeddings.shape[0]} rows")
         self.emb = embeddings
-        if device != "cpu":
-            import torch
-
-            self.emb = torch.from_numpy(np.ascontiguousarray(embeddings)).to(device)
-        logger.info("dense shard [%d, %d) ready on %s", self.start, self.end, device)
+        if self.device != "cpu":
+            self.emb = optional.torch().from_numpy(np.ascontiguousarray(embeddings)).to(self.device)
+        logger.info("dense shard [%d, %d) ready on %s", self.start, self.end, self.device)
 
     def search(self, qemb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return exact_topk_slice(self.emb, qemb, k, self.start, self.metric, self.block, self.device)
 
     def describe(self) -> dict[str, Any]:
-        import os
-        import socket
-
         return {"start": self.start, "end": self.end, "device": self.device, "source": self.source,
-                "pid": os.getpid(),
-                "hostname": socket.gethostname()}
-
-
-def _slice_of_index(index_dir: str, start: int, end: int) -> np.ndarray:
-    """Rows [start, end) of a saved exact dense index (memory-mapped segments), as one array."""
-    from medret.index.dense import DenseIndex
-
-    ix = DenseIndex.load(index_dir, mmap=True)
-    if ix.embeddings is None:
-        raise IndexBuildError(f"the dense index at {index_dir} is a faiss index ({ix.index_type}); sharding needs an "
-                              "exact (flat) index of embeddings: build it with --index-type flat")
-    return _slice_of_segments(ix.embeddings, start, end)
+                "pid": os.getpid(), "hostname": socket.gethostname()}
 
 
 def _slice_of_segments(segments: Sequence[Any], start: int, end: int) -> np.ndarray:
@@ -210,24 +198,39 @@ def _slice_of_segments(segments: Sequence[Any], start: int, end: int) -> np.ndar
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
-def shard_actor_class():
-    """The Ray actor class of :class:`DenseShard` (built lazily: importing this module never imports ray)."""
-    import ray
+class ShardHost(Protocol):
+    """Where the workers of a sharded index live: this process (:class:`LocalShardHost`) or Ray actors
+    (:class:`medret.transports.ray.RayShardHost`). ``start`` gets one :class:`DenseShard` keyword set per shard
+    (the host may set ``device``: which GPU each shard takes is the host's business)."""
 
-    global _SHARD_ACTOR
-    if _SHARD_ACTOR is None:
-        _SHARD_ACTOR = ray.remote(DenseShard)
-    return _SHARD_ACTOR
+    def start(self, shards: list[dict[str, Any]]) -> list[Any]: ...
+
+    def call(self, workers: list[Any], method: str, *args: Any) -> list[Any]: ...
+
+    def close(self, workers: list[Any]) -> None: ...
 
 
-_SHARD_ACTOR = None
+class LocalShardHost:
+    """Shards as :class:`DenseShard` objects in this process, all on ``device`` (None: as each shard was asked)."""
+
+    def __init__(self, device: str | None = None):
+        self.device = device
+
+    def start(self, shards: list[dict[str, Any]]) -> list[Any]:
+        return [DenseShard(**({**kw, "device": self.device} if self.device else kw)) for kw in shards]
+
+    def call(self, workers: list[Any], method: str, *args: Any) -> list[Any]:
+        return [getattr(w, method)(*args) for w in workers]
+
+    def close(self, workers: list[Any]) -> None:
+        return None
 
 
 @dataclass
 class ShardedDenseIndex:
     """Search interface of :class:`medret.index.dense.DenseIndex` over shard workers.
 
-    ``shards`` are Ray actor handles of :class:`DenseShard` (or local :class:`DenseShard` objects); ``ranges``
+    ``shards`` are the workers of ``host`` (by default :class:`DenseShard` objects in this process), ``ranges``
     their row slices in order. ``row_map`` (optional) maps index positions to store rows after the merge.
     """
 
@@ -236,6 +239,7 @@ class ShardedDenseIndex:
     dim: int
     metric: str = "ip"
     row_map: np.ndarray | None = None
+    host: ShardHost = field(default_factory=LocalShardHost)
     index_type: str = "flat-sharded"
 
     def __post_init__(self) -> None:
@@ -247,72 +251,58 @@ class ShardedDenseIndex:
         self.ntotal = prev
         self.device = "sharded"
 
-    @classmethod
-    def over_actors(cls, embeddings: np.ndarray | None, n_shards: int, *, index_dir: str | None = None,
-                    metric: str = "ip", block: int = DEFAULT_BLOCK, devices: Sequence[str] | None = None,
-                    actor_options: Sequence[dict[str, Any]] | dict[str, Any] | None = None,
-                    row_map: np.ndarray | None = None, ntotal: int | None = None, dim: int | None = None,
-                    npy_files: Sequence[str] | None = None) -> "ShardedDenseIndex":
-        """Start one Ray actor per shard. Give ``embeddings`` (small data, shipped through the object store), or
-        ``npy_files`` with ``ntotal``/``dim`` (the index's .npy segments in row order), or ``index_dir`` (a saved
-        exact index): then each actor memory-maps and loads only its own slice."""
-        import ray
-
-        if embeddings is not None:
-            ntotal, dim = int(embeddings.shape[0]), int(embeddings.shape[1])
-        elif index_dir is not None and (ntotal is None or dim is None):
-            from medret.index.dense import DenseIndex
-
-            ix = DenseIndex.load(index_dir, mmap=True)
-            ntotal, dim = ix.ntotal, ix.dim
-            metric = ix.metric
-            row_map = ix.row_map if row_map is None else row_map
-        if ntotal is None or dim is None:
-            raise ConfigError("ShardedDenseIndex.over_actors needs embeddings= or index_dir=")
-        ranges = plan_shards(ntotal, n_shards, block)
-        Actor = shard_actor_class()
-        handles = []
-        for i, (a, b) in enumerate(ranges):
-            opts = actor_options[i] if isinstance(actor_options, (list, tuple)) else (actor_options or {})
-            dev = devices[i] if devices else "cpu"
-            emb = ray.put(np.ascontiguousarray(embeddings[a:b])) if embeddings is not None else None
-            handles.append(Actor.options(**opts).remote(a, b, metric, block, dev, emb, index_dir,
-                                                        list(npy_files) if npy_files else None))
-        ray.get([h.describe.remote() for h in handles])  # surface construction errors now
-        return cls(handles, ranges, dim, metric, None if row_map is None else np.asarray(row_map))
-
     def search(self, qemb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(np.atleast_2d(np.asarray(qemb, dtype=np.float32)))
         if q.shape[1] != self.dim:
             raise ConfigError(f"qemb.shape={q.shape} is invalid: expected (n_queries, {self.dim})")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"k={k!r} is invalid: give a positive integer")
-        if self.shards and not isinstance(self.shards[0], DenseShard):
-            import ray
-
-            q_ref = ray.put(q)
-            parts = ray.get([s.search.remote(q_ref, int(k)) for s in self.shards])
-        else:
-            parts = [s.search(q, int(k)) for s in self.shards]
-        from medret.index.dense import map_rows
-
-        scores, rows = merge_shard_results(parts, int(k))
+        check_whole("k", k)
+        scores, rows = merge_shard_results(self.host.call(self.shards, "search", q, int(k)), int(k))
         return scores, map_rows(rows, self.row_map)
 
     def describe(self) -> list[dict[str, Any]]:
-        if self.shards and not isinstance(self.shards[0], DenseShard):
-            import ray
-
-            return ray.get([s.describe.remote() for s in self.shards])
-        return [s.describe() for s in self.shards]
+        return self.host.call(self.shards, "describe")
 
     def close(self) -> None:
-        if self.shards and not isinstance(self.shards[0], DenseShard):
-            import ray
-
-            for s in self.shards:
-                try:
-                    ray.kill(s)
-                except Exception:  # already gone
-                    logger.debug("shard actor already gone", exc_info=True)
+        self.host.close(self.shards)
         self.shards = []
+
+
+def shard_embeddings(embeddings: np.ndarray | None, n_shards: int, host: ShardHost, *, metric: str = "ip",
+                     block: int | None = None, row_map: np.ndarray | None = None, ntotal: int | None = None,
+                     dim: int | None = None, npy_files: Sequence[str] | None = None, device: str = "cpu",
+                     allow_cpu_fallback: bool = False) -> ShardedDenseIndex:
+    """Start ``n_shards`` workers on ``host`` over ``embeddings`` (each gets its rows), or over the ``.npy``
+    segment files of a checked index (``npy_files`` with ``ntotal``/``dim``: each worker maps only its rows).
+    ``block``: default :data:`DEFAULT_BLOCK`, made small enough that every shard gets rows."""
+    if embeddings is not None:
+        ntotal, dim = int(embeddings.shape[0]), int(embeddings.shape[1])
+    if ntotal is None or dim is None:
+        raise ConfigError("shard_embeddings needs embeddings= or npy_files= with ntotal= and dim=")
+    if block is None:
+        block = max(1, min(DEFAULT_BLOCK, -(-ntotal // n_shards)))
+    ranges = plan_shards(ntotal, n_shards, block)
+    specs = [dict(start=a, end=b, metric=metric, block=block, device=device, allow_cpu_fallback=allow_cpu_fallback,
+                  embeddings=None if embeddings is None else np.ascontiguousarray(embeddings[a:b]),
+                  npy_files=None if embeddings is not None else list(npy_files or []))
+             for a, b in ranges]
+    workers = host.start(specs)
+    return ShardedDenseIndex(workers, ranges, dim, metric, None if row_map is None else np.asarray(row_map), host)
+
+
+def shard_index(ix: Any, n_shards: int, host: ShardHost, *, device: str = "cpu",
+                allow_cpu_fallback: bool = False) -> ShardedDenseIndex:
+    """Split a loaded exact index (opened, and so checked, by :func:`medret.index.dense_build.load_dense_index` or the
+    MedRAG reader) over ``n_shards`` workers of ``host``: each maps its own rows of memory-mapped ``.npy`` segments;
+    anything else (a flat faiss file's vectors) is handed to the workers as arrays."""
+    if getattr(ix, "embeddings", None) is None:
+        raise ConfigError(f"ray_shards={n_shards} needs exact (flat) dense indexes, but one is "
+                          f"{getattr(ix, 'index_type', '?')}; rebuild with --index-type flat or use ray_shards=1")
+    files = [getattr(e, "filename", None) for e in ix.embeddings]
+    common = dict(metric=ix.metric, row_map=ix.row_map, device=device, allow_cpu_fallback=allow_cpu_fallback)
+    if all(f and str(f).endswith(".npy") for f in files):
+        return shard_embeddings(None, n_shards, host, ntotal=sum(int(e.shape[0]) for e in ix.embeddings),
+                                dim=ix.dim, npy_files=[str(f) for f in files], **common)
+    # one segment (e.g. a flat faiss file's vectors, in place) is handed on without a copy
+    emb = (np.asarray(ix.embeddings[0]) if len(ix.embeddings) == 1
+           else np.concatenate([np.asarray(e) for e in ix.embeddings], axis=0))
+    return shard_embeddings(emb, n_shards, host, **common)

@@ -6,6 +6,13 @@ import json
 import sys
 from typing import Any
 
+from medret.config import DEFAULT_TOPK, EngineOptions, RayOptions, RetrieverConfig
+from medret.errors import ConfigError, MedretError
+from medret.integrations import rollout
+from medret.integrations import searchr1_patch as sp
+from medret.integrations.searchr1_runtime import get_searchr1_retriever
+from medret.options import add_flags, given
+
 ROLLOUT_EXIT_FAILED = 1
 
 
@@ -39,20 +46,17 @@ def register(sub: Any) -> None:
                        description="Run a multi-turn Search-R1 rollout with a scripted policy (search TURNS times, "
                        "then answer) against a backend and print every observation exactly as the trainer would "
                        "inject it. Exit status 0 when every search returned passages, 1 otherwise.")
-    from medret.commands import add_retriever_flags
-
-    add_retriever_flags(r)
-    r.add_argument("--backend", choices=["local", "http", "ray"], default="local",
-                   help="local (in-process), http (POST to --url like Search-R1), ray (a Ray actor)")
-    r.add_argument("--url", default=None, help="with --backend http: the /retrieve address, "
-                   "e.g. http://127.0.0.1:8000/retrieve")
+    add_flags(r, EngineOptions)
+    add_flags(r, RetrieverConfig, only=("backend", "url"), title="backend (--url: the /retrieve address Search-R1 "
+              "posts to, e.g. http://127.0.0.1:8000/retrieve)")
+    add_flags(r, RayOptions, only=("ray_address", "ray_num_gpus", "ray_placement", "ray_shards", "ray_job"))
     r.add_argument("--turns", type=int, default=2, help="search turns before the answer (default 2)")
-    r.add_argument("--topk", type=int, default=3, help="passages per query (retriever.topk; default 3)")
+    r.add_argument("--topk", type=int, default=DEFAULT_TOPK,
+                   help=f"passages per query (retriever.topk; default {DEFAULT_TOPK})")
     r.add_argument("--question", action="append", default=None, metavar="TEXT",
                    help="a question for the scripted policy (repeatable; default: two built-in questions)")
     r.add_argument("--protocol", choices=["searchr1", "verl"], default="searchr1",
                    help="searchr1: <information> observations; verl: MedretSearchTool answers (default searchr1)")
-    r.add_argument("--ray-num-gpus", type=float, default=None, help="with --backend ray: GPUs for the actor")
     r.add_argument("--json", action="store_true", help="print the whole rollout as JSON (exact strings)")
     r.set_defaults(func=cmd_rollout_smoke)
 
@@ -61,8 +65,6 @@ def register(sub: Any) -> None:
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    from medret.integrations import searchr1_patch as sp
-
     if args.check:
         return cmd_check(args)
     if args.revert:
@@ -81,16 +83,12 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from medret.integrations import searchr1_patch as sp
-
     report = sp.check(args.path)
     print(report.describe())
     return sp.EXIT_CODES[report.status]
 
 
 def cmd_revert(args: argparse.Namespace) -> int:
-    from medret.integrations import searchr1_patch as sp
-
     before = sp.check(args.path)
     report = sp.revert(args.path, force=args.force)
     if before.status is sp.Status.UNPATCHED:
@@ -104,46 +102,36 @@ def cmd_revert(args: argparse.Namespace) -> int:
 
 
 def rollout_block(args: argparse.Namespace) -> dict[str, Any]:
-    """The trainer's ``retriever`` block equivalent to the flags."""
-    if args.backend == "http" and not args.url:
-        from medret.errors import ConfigError
-
+    """The trainer's ``retriever`` block equivalent to the flags (those given)."""
+    backend = args.backend or "local"
+    if backend == "http" and not args.url:
         raise ConfigError("--backend http needs --url http://HOST:PORT/retrieve (the address Search-R1 posts to)")
-    from medret.commands import encoder_options
-
-    block: dict[str, Any] = {"backend": args.backend, "topk": args.topk}
-    if args.backend == "http":
+    block: dict[str, Any] = {"backend": backend, "topk": args.topk}
+    if backend == "http":
         block["url"] = args.url
         return block
-    block.update(corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, cache_dir=args.cache_dir,
-                 device=args.device, gpu_id=args.gpu_id, allow_cpu_fallback=args.allow_cpu_fallback,
-                 query_model=args.query_model, doc_model=args.doc_model, models_dir=args.models_dir,
-                 batch_size=args.batch_size, rrf_k=args.rrf_k, **encoder_options(args))
-    if args.ray_num_gpus is not None:
-        block["ray_num_gpus"] = args.ray_num_gpus
-    return {k: v for k, v in block.items() if v is not None}
+    return {**block, **given(args, RetrieverConfig, exclude=("backend", "url"))}
 
 
 def cmd_rollout_smoke(args: argparse.Namespace) -> int:
-    from medret.errors import MedretError
-    from medret.integrations import rollout
-
     block = rollout_block(args)
+    backend = block["backend"]
     questions = args.question or list(rollout.DEFAULT_QUESTIONS)
-    where = args.url if args.backend == "http" else f"corpus={args.corpus} retriever={args.retriever}"
+    where = args.url if backend == "http" else \
+        f"corpus={args.corpus_name or 'sample'} retriever={args.retriever_name or 'BM25'}"
     try:
         result = rollout.smoke(questions, block, turns=args.turns, which=args.protocol)
     except (MedretError, OSError) as e:
-        print(f"rollout-smoke: FAILED ({args.backend}, {where}): {e}", file=sys.stderr)
+        print(f"rollout-smoke: FAILED ({backend}, {where}): {e}", file=sys.stderr)
         return ROLLOUT_EXIT_FAILED
     info = _retriever_info(block)
     if args.json:
-        print(json.dumps({"backend": args.backend, "protocol": args.protocol, "topk": args.topk,
+        print(json.dumps({"backend": backend, "protocol": args.protocol, "topk": args.topk,
                           "turns": args.turns, "retriever_info": info, **result.to_dict()},
                          ensure_ascii=False, indent=1, default=str))
         return 0
     out = sys.stdout
-    out.write(f"rollout-smoke: backend={args.backend} {where} topk={args.topk} turns={args.turns} "
+    out.write(f"rollout-smoke: backend={backend} {where} topk={args.topk} turns={args.turns} "
               f"protocol={args.protocol}\n")
     for i, q in enumerate(result.questions):
         out.write(f"\n=== trajectory {i}: {q}\n")
@@ -167,9 +155,7 @@ def _retriever_info(block: dict[str, Any]) -> dict[str, Any] | None:
     """What served the searches (corpus, size, index, device); None for http or when it cannot be asked."""
     if block.get("backend") == "http":
         return None
-    from medret.integrations.searchr1_runtime import get_searchr1_retriever
-
     try:
         return dict(get_searchr1_retriever(block).info())
-    except Exception as e:  # the rollout already succeeded; this is only a report
+    except Exception as e:  # noqa: BLE001 - the rollout already succeeded; this is only a report
         return {"error": str(e)}

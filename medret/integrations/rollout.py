@@ -21,6 +21,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from medret.errors import MedretError, TransportError
 from medret.integrations import protocol
+from medret.integrations.searchr1_runtime import batch_search
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,6 @@ def _count_passages(body: str) -> int:
 
 def searchr1_search_fn(block: dict[str, Any]) -> SearchFn:
     """Search the way a patched Search-R1 trainer does: ``_batch_search`` then ``_passages2string`` per query."""
-    from medret.integrations.searchr1_runtime import batch_search
-
     def search(queries: list[str]) -> list[str]:
         data = batch_search(block, queries)
         bodies = []
@@ -166,9 +165,10 @@ def searchr1_search_fn(block: dict[str, Any]) -> SearchFn:
 
 def verl_search_fn(tool_config: dict[str, Any]) -> SearchFn:
     """Search the way veRL's agent loop does: one MedretSearchTool call per trajectory; returns the tool texts."""
-    from medret.integrations.verl_tool import MedretSearchTool
-
     with contextlib.redirect_stdout(sys.stderr):  # veRL's BaseTool prints the schema; keep stdout for the rollout
+        # veRL (when installed) comes with the tool; importing it costs seconds: only for protocol="verl"
+        from medret.integrations.verl_tool import MedretSearchTool  # noqa: PLC0415 - optional (veRL)
+
         tool = MedretSearchTool(tool_config)
 
     async def one(query: str) -> str:

@@ -36,8 +36,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medret.atomic import atomic_write_bytes
 from medret.errors import ConfigError, MedretError
+from medret.storage.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -26,22 +26,27 @@ driver reads the variable only once) it raises :class:`~medret.errors.DeviceErro
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, MutableMapping, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
-from medret.config import RetrieverConfig, _truthy
+import orjson
+
+from medret import optional
+from medret.api import Retriever, retriever_for
+from medret.config import DEFAULT_TOPK, HttpOptions, RetrieverConfig
+from medret.config import backend_of as config_backend_of
 from medret.device import parse_visible_devices
 from medret.errors import ConfigError, DeviceError, TransportError
-
-if TYPE_CHECKING:
-    from medret.api import Retriever
+from medret.options import coerce, plain_dict
+from medret.transports.http import HttpTransport, answer_shape_problem, is_timeout
+from medret.validate import check_gpu_id, check_whole
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TOPK = 3
 DEFAULT_HTTP_TIMEOUT = 60.0
 
 
@@ -49,49 +54,21 @@ DEFAULT_HTTP_TIMEOUT = 60.0
 # the `retriever` block
 
 
-def to_plain_dict(block: Any) -> dict[str, Any]:
-    """A plain dict from a dict, an omegaconf DictConfig, or None."""
-    if block is None:
-        return {}
-    if isinstance(block, dict):
-        return dict(block)
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(block, DictConfig):
-            return dict(OmegaConf.to_container(block, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - omegaconf is always present where hydra runs
-        pass
-    if hasattr(block, "items"):
-        return dict(block.items())
-    raise ConfigError(f"retriever={block!r} is invalid: the retriever config block must be a mapping")
-
-
 def backend_of(block: Mapping[str, Any]) -> str:
-    """The backend a block asks for: ``backend`` wins; ``local: true`` is an alias for ``local``; default http."""
-    backend = block.get("backend")
-    local = block.get("local")
-    if backend is None:
-        return "local" if local is not None and _truthy(local) else "http"
-    backend = str(backend).strip().lower()
-    if local is not None and _truthy(local) and backend != "local":
-        raise ConfigError(f"retriever.local={local!r} contradicts retriever.backend={backend!r}: drop "
-                          "+retriever.local (it is an alias for backend=local) or set retriever.backend=local")
-    return backend
+    """The backend a block asks for (:func:`medret.config.backend_of`; Search-R1's default is its own HTTP call)."""
+    return config_backend_of(block, default="http", prefix="retriever.")
 
 
 def topk_of(block: Mapping[str, Any], topk: int | None = None) -> int:
-    value = topk if topk is not None else block.get("topk", DEFAULT_TOPK)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"retriever.topk={value!r} is invalid: give a positive whole number such as 3")
+    """``topk`` (else the block's, else :data:`medret.config.DEFAULT_TOPK`): a positive whole number."""
+    value = coerce(int, topk if topk is not None else block.get("topk", DEFAULT_TOPK))
+    check_whole("retriever.topk", value, "such as 3")
     return value
 
 
 def retriever_config(block: Mapping[str, Any] | Any) -> RetrieverConfig:
     """The :class:`RetrieverConfig` a non-HTTP ``retriever`` block describes (Search-R1 keys accepted)."""
-    data = to_plain_dict(block)
+    data = plain_dict(block)
     backend = backend_of(data)
     if backend == "http":
         raise ConfigError("retriever.backend='http' is served by Search-R1's own HTTP call (or http_batch_search); "
@@ -99,8 +76,6 @@ def retriever_config(block: Mapping[str, Any] | Any) -> RetrieverConfig:
     data.pop("local", None)
     data["backend"] = backend
     data.pop("url", None)  # Search-R1's default block always carries a url; only http uses it
-    if isinstance(data.get("gpu_id"), str) and data["gpu_id"].strip().lstrip("-").isdigit():
-        data["gpu_id"] = int(data["gpu_id"])
     if backend == "ray":
         data = _ray_gpu_request(data)
     try:
@@ -153,7 +128,7 @@ def _torch_initialized() -> bool:
         return False
     try:
         return bool(torch.cuda.is_initialized())
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001  # pragma: no cover - a broken driver raises many types
         return False
 
 
@@ -161,13 +136,13 @@ def _driver_device_count() -> int:
     """Devices the CUDA runtime sees. Unlike torch.cuda.device_count() (NVML, re-reads the environment), this is
     fixed at the first CUDA call of the process, so it shows whether a new CUDA_VISIBLE_DEVICES took effect."""
     try:
-        import torch
+        torch = optional.torch()
     except ImportError:
         return 0
     getter = getattr(torch._C, "_cuda_getDeviceCount", None)
     try:
         return int(getter()) if getter is not None else int(torch.cuda.device_count())
-    except Exception:  # pragma: no cover - a CPU-only build or a broken driver
+    except Exception:  # noqa: BLE001  # pragma: no cover - a CPU-only build or a broken driver
         return 0
 
 
@@ -195,8 +170,9 @@ def place_local_gpu(gpu_id: int, env: MutableMapping[str, str] | None = None,
     """
     env = os.environ if env is None else env
     probe = TORCH_PROBE if probe is None else probe
-    if isinstance(gpu_id, bool) or not isinstance(gpu_id, int) or gpu_id < 0:
-        raise ConfigError(f"retriever.gpu_id={gpu_id!r} is invalid: give a physical GPU number such as 0 or 3")
+    check_gpu_id("retriever.gpu_id", gpu_id)
+    if gpu_id is None:
+        raise ConfigError("retriever.gpu_id=None is invalid: give a physical GPU number such as 0 or 3")
     before = env.get("CUDA_VISIBLE_DEVICES")
     visible = parse_visible_devices(before)
     if visible is None or str(gpu_id) in visible:
@@ -243,10 +219,8 @@ def place_local_gpu(gpu_id: int, env: MutableMapping[str, str] | None = None,
 
 
 def get_searchr1_retriever(block: Mapping[str, Any] | Any, env: MutableMapping[str, str] | None = None,
-                           probe: CudaProbe | None = None) -> "Retriever":
+                           probe: CudaProbe | None = None) -> Retriever:
     """The process-wide retriever a non-HTTP ``retriever`` block describes (placed on its GPU first)."""
-    from medret.api import retriever_for
-
     config = retriever_config(block)
     if config.backend == "local" and config.gpu_id is not None and str(config.device or "").lower() != "cpu":
         place_local_gpu(config.gpu_id, env=env, probe=probe)
@@ -254,21 +228,17 @@ def get_searchr1_retriever(block: Mapping[str, Any] | Any, env: MutableMapping[s
 
 
 def http_batch_search(url: str, queries: Sequence[str], topk: int, timeout: float = DEFAULT_HTTP_TIMEOUT) -> dict:
-    """POST exactly what Search-R1 posts ({"queries", "topk", "return_scores": true}) and return the JSON.
+    """POST exactly what Search-R1 posts ({"queries", "topk", "return_scores": true}) to ``url`` as it is, once (as
+    Search-R1's own ``requests.post``), through medret's HTTP transport, and return the JSON.
 
     ``timeout`` is a deadline for the whole exchange (connect, send, the entire answer), not per socket read."""
-    import http.client
-
-    import orjson
-
-    from medret.transports.http import answer_shape_problem, is_timeout, request_once
-
     if not url:
         raise ConfigError("retriever.url is empty: give the /retrieve address of the server, e.g. "
                           "http://127.0.0.1:8000/retrieve")
+    transport = HttpTransport(HttpOptions(url=url, timeout=timeout, retries=0))
     payload = orjson.dumps({"queries": list(queries), "topk": topk, "return_scores": True})
     try:
-        response = request_once(url, "POST", payload, {"Content-Type": "application/json"}, timeout=timeout)
+        response = transport.send_once("POST", None, payload)
     except (OSError, http.client.HTTPException, ValueError) as e:
         if is_timeout(e):
             raise TransportError(f"retriever.url={url!r} sent no complete answer within timeout={timeout:g}s "
@@ -281,11 +251,6 @@ def http_batch_search(url: str, queries: Sequence[str], topk: int, timeout: floa
         data = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         raise TransportError(f"retriever.url={url!r} did not answer JSON: {response.text[:200]!r}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("result"), list):
-        raise TransportError(f"retriever.url={url!r} answered JSON without a 'result' list: {str(data)[:200]}")
-    if len(data["result"]) != len(queries):
-        raise TransportError(f"retriever.url={url!r} answered {len(data['result'])} result lists for "
-                             f"{len(queries)} queries")
     problem = answer_shape_problem(data, len(queries), topk, True)
     if problem:
         raise TransportError(f"retriever.url={url!r} answered in an unexpected shape ({problem}): expected "
@@ -298,7 +263,7 @@ def batch_search(block: Mapping[str, Any] | Any, queries: Sequence[str], topk: i
 
     ``block`` is the trainer's ``retriever`` config block; ``topk`` defaults to the block's ``topk`` (3).
     """
-    data = to_plain_dict(block)
+    data = plain_dict(block)
     k = topk_of(data, topk)
     queries = list(queries)
     if backend_of(data) == "http":

@@ -25,12 +25,16 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 from uuid import uuid4
 
+from medret.api import Retriever
+from medret.config import BACKENDS
 from medret.errors import ConfigError
 from medret.integrations import protocol, searchr1_runtime
-from medret.validate import check_queries
+from medret.options import Options, declarations, option, plain_dict
+from medret.serve.batcher import Batcher
+from medret.validate import check_number, check_queries, check_whole
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +45,16 @@ try:  # the real thing when veRL is installed
     try:
         from verl.utils.rollout_trace import rollout_trace_op as _trace
     except ImportError:  # pragma: no cover - older veRL
-        def _trace(fn: Callable) -> Callable:
-            return fn
+        def _trace(func: Any) -> Any:
+            return func
 
     VERL_AVAILABLE = True
 except ImportError as _verl_import_error:  # a stand-in with BaseTool's interface
     VERL_AVAILABLE = False
     logger.debug("verl is not importable (%s); using medret's stand-in BaseTool", _verl_import_error)
 
-    def _trace(fn: Callable) -> Callable:
-        return fn
+    def _trace(func: Any) -> Any:
+        return func
 
     class _Function:
         def __init__(self, data: dict[str, Any]) -> None:
@@ -70,7 +74,7 @@ except ImportError as _verl_import_error:  # a stand-in with BaseTool's interfac
             self.function = _Function(data["function"])
 
         @classmethod
-        def model_validate(cls, data: dict[str, Any]) -> "OpenAIFunctionToolSchema":
+        def model_validate(cls, data: dict[str, Any]) -> Any:
             return cls(data)
 
         def model_dump(self, **_: Any) -> dict[str, Any]:
@@ -133,9 +137,26 @@ DEFAULT_TOOL_SCHEMA: dict[str, Any] = {
 #: veRL's message for a call without a usable query_list (kept identical).
 MISSING_QUERY_LIST = "Error: 'query_list' is missing, empty, or not a list in parameters."
 
-# config keys the tool itself reads; everything else is part of the retriever block
-_TOOL_KEYS = {"type", "num_workers", "rate_limit", "timeout", "enable_global_rate_limit", "preload",
-              "retrieval_service_url", "max_batch_queries", "max_wait_ms"}
+@dataclass(frozen=True)
+class ToolOptions(Options):
+    """The tool's own keys in veRL's tool config, each declared once; every other key is the retriever's block."""
+
+    timeout: float = option(30.0, "seconds one search may take (the answer is then an error text)",
+                            check=check_number.positive())
+    num_workers: int = option(8, "threads for HTTP searches", check=check_whole)
+    rate_limit: int | None = option(None, "most concurrent searches in this process (default: no limit)", kind=int,
+                                    check=check_whole.optional("no limit"))
+    preload: bool = option(False, "load the retriever when the tool is created, not at the first search")
+    max_batch_queries: int = option(1024, "most queries merged from concurrent trajectories into one search",
+                                    check=check_whole)
+    max_wait_ms: float = option(0.0, "milliseconds to wait for more trajectories' queries before a search",
+                                check=check_number.at_least(0))
+    retrieval_service_url: str | None = option(None, "the /retrieve address (backend http), as veRL's SearchTool",
+                                               kind=str)
+
+
+# keys of veRL's tool config that are neither the tool's nor the retriever's
+_VERL_KEYS = ("type", "enable_global_rate_limit")
 
 
 @dataclass(frozen=True)
@@ -153,41 +174,25 @@ class ToolSettings:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ToolSettings":
-        config = searchr1_runtime.to_plain_dict(config)
-        block = {k: v for k, v in config.items() if k not in _TOOL_KEYS}
-        url = config.get("retrieval_service_url") or block.get("url")
+        config = plain_dict(config)
+        own = set(declarations(ToolOptions)) | set(_VERL_KEYS)
+        block = {k: v for k, v in config.items() if k not in own}
+        tool = ToolOptions.from_mapping({k: v for k, v in config.items() if k in declarations(ToolOptions)})
+        url = tool.retrieval_service_url or block.get("url")
         if "backend" not in block and "local" not in block:
             block["backend"] = "http" if url else "local"
         backend = searchr1_runtime.backend_of(block)
-        if backend not in ("local", "ray", "http"):
+        if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r} is invalid: choose local, ray or http")
         topk = searchr1_runtime.topk_of(block)
-        timeout = _positive("timeout", config.get("timeout", 30), float)
-        num_workers = int(_positive("num_workers", config.get("num_workers", 8), int))
-        rate_limit = config.get("rate_limit")
-        rate_limit = None if rate_limit is None else int(_positive("rate_limit", rate_limit, int))
-        max_batch_queries = int(_positive("max_batch_queries", config.get("max_batch_queries", 1024), int))
-        max_wait_ms = float(config.get("max_wait_ms", 0.0) or 0.0)
-        if max_wait_ms < 0:
-            raise ConfigError(f"max_wait_ms={max_wait_ms!r} is invalid: give 0 or more milliseconds")
         if backend == "http":
             if not url:
                 raise ConfigError("backend='http' needs retrieval_service_url: http://host:port/retrieve")
         else:
             searchr1_runtime.retriever_config(block)  # validate every retriever key now, not mid-rollout
-        return cls(backend=backend, topk=topk, timeout=timeout, num_workers=num_workers, rate_limit=rate_limit,
-                   preload=bool(config.get("preload", False)), max_batch_queries=max_batch_queries,
-                   max_wait_ms=max_wait_ms, url=url, block=block)
-
-
-def _positive(name: str, value: Any, kind: type) -> float:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is invalid: give a positive number") from None
-    if number <= 0:
-        raise ConfigError(f"{name}={value!r} is invalid: give a positive number")
-    return number
+        return cls(backend=backend, topk=topk, timeout=tool.timeout, num_workers=tool.num_workers,
+                   rate_limit=tool.rate_limit, preload=tool.preload, max_batch_queries=tool.max_batch_queries,
+                   max_wait_ms=tool.max_wait_ms, url=url, block=block)
 
 
 _EXECUTORS: dict[int, ThreadPoolExecutor] = {}
@@ -210,29 +215,37 @@ class _BatcherEntry:
     batcher: Any
 
 
+class _ScoredItems:
+    """What the micro-batcher drives: the public retriever's Search-R1 answer (scored items per query)."""
+
+    def __init__(self, retriever: Retriever):
+        self.retriever = retriever
+
+    def search(self, queries: list[str], k: int) -> list[list[dict]]:
+        return self.retriever.retrieve(queries, topk=k, return_scores=True)["result"]
+
+    def info(self) -> dict[str, Any]:
+        return self.retriever.info()
+
+    def close(self) -> None:
+        return None  # the retriever is shared by the process (get_retriever's cache)
+
+
 _BATCHERS: dict[int, _BatcherEntry] = {}
 
 
-def _batcher_for(retriever: Any, max_batch_queries: int, max_wait_ms: float) -> Any:
+def _batcher_for(retriever: Retriever, max_batch_queries: int, max_wait_ms: float) -> Batcher:
     """One micro-batcher per retriever: searches from concurrent trajectories are merged into one call."""
-    from medret.serve.batcher import Batcher
-
     with _EXECUTORS_LOCK:
         entry = _BATCHERS.get(id(retriever))
         if entry is None or entry.retriever is not retriever:
-            # the transport answers Search-R1's scored items, which are the tool's result as they are
-            batcher = Batcher(lambda: retriever.transport,
+            # Search-R1's scored items, which are the tool's result as they are
+            batcher = Batcher(lambda: _ScoredItems(retriever),
                               max_batch_queries=min(max_batch_queries, retriever.config.max_batch),
                               max_wait_ms=max_wait_ms, name="medret-verl-tool")
             batcher.start()
             entry = _BATCHERS[id(retriever)] = _BatcherEntry(retriever, batcher)
         return entry.batcher
-
-
-def batch_stats() -> list[dict[str, Any]]:
-    """Micro-batching counters of every retriever this process's tools use (for logs and tests)."""
-    with _EXECUTORS_LOCK:
-        return [dict(e.batcher.stats.as_dict(), retriever=repr(e.retriever.config)) for e in _BATCHERS.values()]
 
 
 def _semaphore(limit: int) -> asyncio.Semaphore:
@@ -290,7 +303,7 @@ class MedretSearchTool(_BaseTool):
                 async with _semaphore(self.settings.rate_limit):
                     results = await self._search(query_list)
             text = protocol.verl_tool_text(results)
-        except Exception as e:  # every failure goes back to the model as text
+        except Exception as e:  # noqa: BLE001 - every failure goes back to the model as text
             logger.error("[MedretSearchTool] Execution failed: %s", e)
             return ToolResponse(text=protocol.verl_error_text(f"Search execution failed: {e}")), 0.0, \
                 {"error": str(e)}

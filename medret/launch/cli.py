@@ -9,6 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from medret.config import DEFAULT_TOPK, EngineOptions, RayOptions, RetrieverConfig
+from medret.errors import ConfigError, TransportError
+from medret.launch.slurm import JobSpec, check_script, plan_job, render_job
+from medret.options import add_flags
+from medret.storage.atomic import atomic_write_text
+from medret.transports.ray import RayTransport, kill_actors, wait_for_nodes
+
 # flag dest -> JobSpec field (None values are left to the YAML file or the defaults)
 _SPEC_FLAGS = {
     "layout": "layout", "nodes": "nodes", "gpus_per_node": "gpus_per_node", "retriever_gpus": "retriever_gpus",
@@ -37,11 +46,11 @@ def register(sub) -> None:
                    "(default: the last GPU; retriever-node with >=2 nodes: all GPUs of the last node)")
     r.add_argument("--tensor-parallel", "--tp", type=int, dest="tensor_parallel",
                    help="vLLM rollout tensor-parallel size; must divide the training GPUs per node")
-    r.add_argument("--corpus")
-    r.add_argument("--retriever")
-    r.add_argument("--db-dir")
-    r.add_argument("--topk", type=int)
-    r.add_argument("--shards", type=int, help="retriever-node: split a dense index over this many retriever GPUs")
+    add_flags(r, EngineOptions, only=("corpus_name", "retriever_name", "db_dir"), title="retriever (default "
+              "MedCorp, MedCPT)", show_defaults=False, dests={"corpus_name": "corpus", "retriever_name": "retriever"})
+    r.add_argument("--topk", type=int, help=f"passages per query (default {DEFAULT_TOPK})")
+    add_flags(r, RayOptions, only=("ray_shards",), title="retriever-node: shard a dense index over the retriever GPUs",
+              show_defaults=False, dests={"ray_shards": "shards"})
     g = r.add_argument_group("SLURM")
     g.add_argument("--job-name")
     g.add_argument("--partition")
@@ -73,18 +82,15 @@ def register(sub) -> None:
 
     p = sub.add_parser("ray", help="the Ray backend: create, find and stop retriever actors")
     rsub = p.add_subparsers(dest="ray_command", metavar="SUBCOMMAND", required=True)
+    # up, down and info take the same flags: an actor is found by the name its options make (options.identity)
     up = rsub.add_parser("up", help="get or create the retriever actor(s) and wait until they answer")
-    _ray_identity_flags(up)
-    up.add_argument("--device", default=None, help="cpu, cuda or cuda:N inside the actor")
-    up.add_argument("--gpu-id", type=int, default=None)
-    up.add_argument("--num-gpus", type=float, default=None, help="Ray GPUs each actor requests (default 0)")
-    up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the actor(s) to be ready")
-    up.set_defaults(func=cmd_ray_up)
-    down = rsub.add_parser("down", help="kill the retriever actor(s) of a job")
-    _ray_identity_flags(down)
+    _ray_flags(up)
+    up.set_defaults(func=cmd_ray_up, timeout=600.0)  # a new actor may load a large index
+    down = rsub.add_parser("down", help="kill the retriever actor(s) of a job (give the flags `ray up` was given)")
+    _ray_flags(down)
     down.set_defaults(func=cmd_ray_down)
     info = rsub.add_parser("info", help="print the actor's info (corpus, node, device)")
-    _ray_identity_flags(info)
+    _ray_flags(info)
     info.set_defaults(func=cmd_ray_info)
     w = rsub.add_parser("wait", help="wait until a Ray cluster has N alive nodes")
     w.add_argument("--address", default=None)
@@ -93,15 +99,9 @@ def register(sub) -> None:
     w.set_defaults(func=cmd_ray_wait)
 
 
-def _ray_identity_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS)")
-    p.add_argument("--namespace", default="medret")
-    p.add_argument("--job", default=None, help="job id in the actor name (default: $MEDRET_RAY_JOB, $SLURM_JOB_ID)")
-    p.add_argument("--corpus", default="sample")
-    p.add_argument("--retriever", default="BM25")
-    p.add_argument("--db-dir", default=None)
-    p.add_argument("--placement", default="any", choices=["any", "per-node", "retriever-node"])
-    p.add_argument("--shards", type=int, default=1)
+def _ray_flags(p: argparse.ArgumentParser) -> None:
+    add_flags(p, EngineOptions)
+    add_flags(p, RayOptions)
     p.add_argument("--json", action="store_true")
 
 
@@ -109,10 +109,6 @@ def _ray_identity_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    from medret.errors import ConfigError
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
@@ -127,8 +123,6 @@ def _load_yaml(path: str) -> dict[str, Any]:
 
 
 def spec_from_args(args: argparse.Namespace):
-    from medret.launch.slurm import JobSpec
-
     data: dict[str, Any] = _load_yaml(args.config) if getattr(args, "config", None) else {}
     data = {k.replace("-", "_"): v for k, v in data.items()}
     for dest, fname in _SPEC_FLAGS.items():
@@ -139,9 +133,6 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def cmd_render(args) -> int:
-    from medret.atomic import atomic_write_text
-    from medret.launch.slurm import plan_job, render_job
-
     spec = spec_from_args(args)
     plan = plan_job(spec)
     text = render_job(spec)
@@ -167,8 +158,6 @@ def cmd_render(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from medret.launch.slurm import check_script
-
     reports = []
     for path in args.scripts:
         try:
@@ -189,33 +178,13 @@ def cmd_check(args) -> int:
 # ============================================================================ ray
 
 
-def _ray_config(args, **extra):
-    from medret.config import RetrieverConfig
-
-    return RetrieverConfig.from_mapping(dict(
-        corpus_name=args.corpus, retriever_name=args.retriever, db_dir=args.db_dir, backend="ray",
-        ray_address=args.address, ray_namespace=args.namespace, ray_placement=args.placement,
-        ray_shards=args.shards, **extra))
+def _ray_config(args: argparse.Namespace) -> RetrieverConfig:
+    return RetrieverConfig.from_args(args, backend="ray")
 
 
-def _with_job(args) -> None:
-    if args.job:
-        os.environ["MEDRET_RAY_JOB"] = str(args.job)
-
-
-def cmd_ray_up(args) -> int:
-    from medret.transports.ray import RayTransport
-
-    _with_job(args)
-    extra: dict[str, Any] = {}
-    if args.device is not None:
-        extra["device"] = args.device
-    if args.gpu_id is not None:
-        extra["gpu_id"] = args.gpu_id
-    if args.num_gpus is not None:
-        extra["ray_num_gpus"] = args.num_gpus
+def cmd_ray_up(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    t = RayTransport(_ray_config(args, **extra), ready_timeout=args.timeout)
+    t = RayTransport(_ray_config(args))
     try:
         info = t.info()
     finally:
@@ -233,11 +202,7 @@ def cmd_ray_up(args) -> int:
     return 0
 
 
-def cmd_ray_info(args) -> int:
-    from medret.errors import TransportError
-    from medret.transports.ray import RayTransport
-
-    _with_job(args)
+def cmd_ray_info(args: argparse.Namespace) -> int:
     t = RayTransport(_ray_config(args), create=False)
     try:
         info = t.info()
@@ -250,18 +215,13 @@ def cmd_ray_info(args) -> int:
     return 0
 
 
-def cmd_ray_down(args) -> int:
-    from medret.transports.ray import kill_actors
-
-    _with_job(args)
+def cmd_ray_down(args: argparse.Namespace) -> int:
     names = kill_actors(_ray_config(args))
     print(f"medret ray down: killed {len(names)} actor(s)" + (f": {', '.join(names)}" if names else ""))
     return 0
 
 
-def cmd_ray_wait(args) -> int:
-    from medret.transports.ray import wait_for_nodes
-
+def cmd_ray_wait(args: argparse.Namespace) -> int:
     n = wait_for_nodes(args.address, args.nodes, args.timeout)
     print(f"medret ray wait: {n} node(s) alive")
     return 0

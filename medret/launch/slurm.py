@@ -33,6 +33,7 @@ from importlib import resources
 from string import Template
 from typing import Any, Mapping
 
+from medret import __version__
 from medret.errors import ConfigError
 
 LAYOUTS = ("local", "per-node", "retriever-node")
@@ -296,8 +297,6 @@ class Plan:
         return "cuda" if self.retriever_gpus else "cpu"
 
     def header(self, spec: JobSpec) -> dict[str, Any]:
-        from medret import __version__
-
         return {
             "format": SPEC_FORMAT, "version": SPEC_VERSION, "medret": __version__,
             "layout": self.layout, "nodes": self.nodes, "gpus_per_node": self.gpus_per_node,

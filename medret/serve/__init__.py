@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from medret.serve.settings import ServeSettings
+
 __all__ = ["create_app", "ServeSettings", "run_server"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("create_app", "ServeSettings"):
-        from medret.serve import app
+    # starlette and uvicorn (the serve extra) are imported when the app or the server is first asked for
+    if name == "create_app":
+        from medret.serve.app import create_app  # noqa: PLC0415 - optional dependency (serve extra)
 
-        return getattr(app, name)
+        return create_app
     if name == "run_server":
-        from medret.serve.server import run_server
+        from medret.serve.server import run_server  # noqa: PLC0415 - optional dependency (serve extra)
 
         return run_server
     raise AttributeError(name)

@@ -25,25 +25,32 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import orjson
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from medret.api import without_scores
+from medret import __version__
 from medret.config import RetrieverConfig
 from medret.errors import QueryError
 from medret.serve.batcher import Batcher, SearchBackend
-from medret.validate import check_answer_size, check_flag, check_queries, check_token, check_topk
+from medret.serve.settings import TOKEN_ENV, ServeSettings
+from medret.transports.base import without_scores
+from medret.transports.local import LocalTransport
+from medret.validate import (
+    check_answer_size,
+    check_flag,
+    check_queries,
+    check_topk,
+)
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "MEDRET_TOKEN"
 KNOWN_FIELDS = frozenset({"queries", "query", "topk", "return_scores"})
 # serialize big answers off the event loop (a 2,560 x 5 answer is ~20 MB of JSON)
 _OFFLOAD_DOCS = 2048
@@ -51,49 +58,6 @@ _OFFLOAD_DOCS = 2048
 IGNORED_NAMES_KEPT = 64
 
 
-def _knob(default: Any, flag: str | None, help: str) -> Any:
-    """A server setting with its command-line flag and help: `medret serve` makes its flags from these."""
-    return field(default=default, metadata={"flag": flag, "help": help})
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Server knobs that are not part of the retriever (limits of a request are in :class:`RetrieverConfig`).
-
-    Each is declared once, here, with its flag and help; ``medret serve`` derives its flags from the fields."""
-
-    default_topk: int = _knob(3, "--topk", "topk of a request that has none (as Search-R1's)")
-    max_batch_queries: int = _knob(4096, "--max-batch-queries",
-                                   "most queries merged from concurrent requests into one engine call")
-    max_batch_docs: int = _knob(65536, "--max-batch-docs",
-                                "most hits (queries x topk) one engine call computes; a larger request is searched "
-                                "alone, in slices of this size, with other requests served between its slices")
-    max_wait_ms: float = _knob(0.0, "--max-wait-ms",
-                               "milliseconds to wait for more requests before a batch (0: take what is queued)")
-    max_body_bytes: int = _knob(32 * 1024 * 1024, "--max-body-bytes", "largest request body in bytes (413 above)")
-    header_timeout_s: float = _knob(10.0, "--header-timeout",
-                                    "seconds a connection has to send a whole request head (from connecting, or "
-                                    "from the previous answer); then it is closed")
-    body_timeout_s: float = _knob(60.0, "--body-timeout",
-                                  "seconds a client has to send a whole request body (408 after)")
-    keep_alive_s: float = _knob(5.0, "--keep-alive",
-                                "seconds an idle keep-alive connection stays open between requests")
-    token: str | None = None         # require "Authorization: Bearer <token>" (all routes but /health)
-    latency_window: int = 10000      # requests kept for the latency percentiles
-
-    def __post_init__(self) -> None:
-        for name in ("default_topk", "max_batch_queries", "max_batch_docs", "max_body_bytes", "latency_window"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise QueryError(f"{name}={v!r} is invalid: a positive whole number")
-        if isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, (int, float)) \
-                or not 0 <= self.max_wait_ms <= 10_000:
-            raise QueryError(f"max_wait_ms={self.max_wait_ms!r} is invalid: milliseconds from 0 to 10000")
-        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 86400:
-                raise QueryError(f"{name}={v!r} is invalid: seconds, more than 0")
-        check_token(self.token, "token")
 
 
 class BadRequest(Exception):
@@ -137,8 +101,6 @@ class Service:
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token)
 
     def info(self) -> dict[str, Any]:
-        from medret import __version__
-
         b = self.batcher
         engine = b.info
         return {
@@ -206,8 +168,6 @@ def _pct(sorted_values: list[float], p: float) -> float | None:
 
 def _local_loader(config: RetrieverConfig) -> Callable[[], SearchBackend]:
     def load() -> SearchBackend:
-        from medret.transports.local import LocalTransport
-
         return LocalTransport(config.replace(backend="local"))
 
     return load
@@ -365,8 +325,6 @@ async def retrieve(request: Request) -> Response:
         log.error("search failed: %s", e)
         return error_response(500, f"the search failed: {type(e).__name__}: {e}", None)
     if len(queries) * topk > _OFFLOAD_DOCS:
-        from starlette.concurrency import run_in_threadpool
-
         content = await run_in_threadpool(_render, hits, return_scores)
     else:
         content = _render(hits, return_scores)
@@ -445,6 +403,4 @@ def create_app(config: RetrieverConfig, settings: ServeSettings | None = None,
 
 
 async def _close(service: Service) -> None:
-    from starlette.concurrency import run_in_threadpool
-
     await run_in_threadpool(service.batcher.close)

@@ -27,7 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from medret.validate import dedupe
+from medret.errors import MedretError
+from medret.validate import check_whole, dedupe
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,7 @@ class Batcher:
     def __init__(self, loader: Callable[[], SearchBackend], max_batch_queries: int = 4096,
                  max_wait_ms: float = 0.0, name: str = "medret-engine", max_batch_docs: int = 65536):
         for knob, v in (("max_batch_queries", max_batch_queries), ("max_batch_docs", max_batch_docs)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{knob}={v!r} must be a positive whole number")
+            check_whole(knob, v)
         self.max_batch_docs = max_batch_docs
         if not max_wait_ms >= 0:
             raise ValueError(f"max_wait_ms={max_wait_ms!r} must be >= 0")
@@ -143,7 +143,7 @@ class Batcher:
             self.load_seconds = time.perf_counter() - t0
             self.status = "ready"
             log.info("engine loaded in %.2fs: %s", self.load_seconds, self.info)
-        except BaseException as e:  # noqa: BLE001 - reported through /health and the server's exit code
+        except BaseException as e:
             self.error = e
             self.status = "failed"
             log.error("loading the engine failed: %s", e, exc_info=not _is_medret_error(e))
@@ -151,7 +151,7 @@ class Batcher:
         for fn in self._on_ready:
             try:
                 fn()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("ready callback failed")
         if self.status != "ready":
             self._drain_failed()
@@ -161,9 +161,14 @@ class Batcher:
         finally:
             self.status = "closed"
             try:
-                self.backend.close()
-            except Exception:  # noqa: BLE001
+                self._backend().close()
+            except Exception:
                 log.exception("closing the engine failed")
+
+    def _backend(self) -> SearchBackend:
+        if self.backend is None:  # only the owner thread calls this, after the engine loaded
+            raise RuntimeError("the engine is not loaded")
+        return self.backend
 
     def _drain_failed(self) -> None:
         while True:
@@ -254,8 +259,8 @@ class Batcher:
         part = big.unique[start:start + size]
         t0 = time.perf_counter()
         try:
-            hits = self.backend.search(part, k)
-        except Exception as e:  # noqa: BLE001 - one bad request must not stop the server
+            hits = self._backend().search(part, k)
+        except Exception as e:
             self.stats.errors += 1
             log.exception("search of a slice of %d queries (of an oversize request) failed", len(part))
             _resolve(big.job, None, e)
@@ -283,8 +288,8 @@ class Batcher:
             unique, where = dedupe(merged)
             t0 = time.perf_counter()
             try:
-                hits = self.backend.search(unique, k)
-            except Exception as e:  # noqa: BLE001 - one bad batch must not stop the server
+                hits = self._backend().search(unique, k)
+            except Exception as e:
                 self.stats.errors += 1
                 log.exception("search of a batch of %d queries failed", len(unique))
                 for job in group:
@@ -321,6 +326,4 @@ def _resolve(job: _Job, value: Any, error: BaseException | None) -> None:
 
 
 def _is_medret_error(e: BaseException) -> bool:
-    from medret.errors import MedretError
-
     return isinstance(e, MedretError)

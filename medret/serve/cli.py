@@ -1,36 +1,30 @@
 """`medret serve`: the retriever as a Search-R1/veRL-compatible HTTP service.
 
-The request limits come from :data:`medret.config.LIMITS` and the server knobs from the fields of
-:class:`medret.serve.app.ServeSettings`: each is declared once there, with its help, and turned into a flag here.
+Its flags come from the declarations: the retriever's (:class:`medret.config.EngineOptions`), the request limits
+(:class:`medret.config.Limits`) and the server knobs (:class:`medret.serve.app.ServeSettings`).
+The server itself (starlette, uvicorn: the ``serve`` extra) is imported only when the command runs.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 
-from medret.commands import add_retriever_flags, config_from_args
-
-_TYPES = {"int": int, "float": float}
-
-
-def _settings_fields():
-    from medret.serve.app import ServeSettings
-
-    return [f for f in dataclasses.fields(ServeSettings) if f.metadata.get("flag")]
+from medret.config import EngineOptions, Limits, RetrieverConfig
+from medret.errors import ConfigError
+from medret.options import add_flags, given
+from medret.serve.settings import TOKEN_ENV, ServeSettings
+from medret.validate import check_token
 
 
-def register(sub) -> None:
-    from medret.config import LIMITS, RetrieverConfig
-
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve POST /retrieve (Search-R1 / veRL wire format) over HTTP",
         description="Serve a retriever over HTTP. POST /retrieve takes Search-R1's request "
                     '{"queries": [...], "topk": 3, "return_scores": true}; GET /health is 503 until the index is '
                     "loaded, 200 after; GET / and GET /stats describe the service.")
-    add_retriever_flags(p)
+    add_flags(p, EngineOptions)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 for every interface, "
@@ -43,26 +37,14 @@ def register(sub) -> None:
                    help="require 'Authorization: Bearer TOKEN' on every route but /health, TOKEN being this file's "
                         "content (default: the MEDRET_TOKEN environment variable, if set). Printable ASCII.")
     g.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused: visible to every user in `ps`
-    defaults = {f.name: f.default for f in dataclasses.fields(RetrieverConfig)}
-    lim = p.add_argument_group("request limits")
-    for name, help_text in LIMITS.items():
-        lim.add_argument("--" + name.replace("_", "-"), type=int, default=None, metavar="N",
-                         help=f"{help_text} (default {defaults[name]})")
-    for f in _settings_fields():
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        shown = f.default if kind == "int" else f"{f.default:g}"
-        g.add_argument(f.metadata["flag"], dest=f.name, type=_TYPES[kind], default=None,
-                       metavar="N" if kind == "int" else "X", help=f"{f.metadata['help']} (default {shown})")
+    add_flags(p, Limits)
+    add_flags(p, ServeSettings)
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
 
 def read_token(args: argparse.Namespace) -> str | None:
     """The token from --token-file, else $MEDRET_TOKEN, else None; never from the command line."""
-    from medret.errors import ConfigError
-    from medret.serve.app import TOKEN_ENV
-    from medret.validate import check_token
-
     if args.token is not None:
         raise ConfigError("--token is not accepted: a token on the command line is visible to every user of the "
                           "machine (ps, /proc); put it in a file readable only by you and pass --token-file FILE, "
@@ -80,16 +62,12 @@ def read_token(args: argparse.Namespace) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from medret.config import LIMITS
-    from medret.errors import ConfigError
-    from medret.serve.app import ServeSettings
-    from medret.serve.server import run_server
+    from medret.serve.server import run_server  # noqa: PLC0415 - the server needs the serve extra
 
     _setup_logging(args.log_level)
-    limits = {name: getattr(args, name) for name in LIMITS if getattr(args, name) is not None}
-    config = config_from_args(args, **limits)
+    config = RetrieverConfig.from_args(args)
     token = read_token(args)
-    knobs = {f.name: getattr(args, f.name) for f in _settings_fields() if getattr(args, f.name) is not None}
+    knobs = given(args, ServeSettings)
     topk = knobs.get("default_topk")
     if topk is not None and not 1 <= topk <= config.max_topk:
         raise ConfigError(f"--topk={topk} is invalid: the default topk must be from 1 to --max-topk "

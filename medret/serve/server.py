@@ -1,6 +1,7 @@
 """Run the app under uvicorn: own socket (so ``--port 0`` knows its port), address file, graceful SIGTERM."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -11,10 +12,16 @@ from typing import Any, Callable
 
 import uvicorn
 
-from medret.atomic import atomic_write_text
 from medret.config import RetrieverConfig
 from medret.errors import ConfigError
 from medret.serve.app import ServeSettings, create_app
+from medret.storage.atomic import atomic_write_text
+
+try:
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _H11
+except ImportError:  # pragma: no cover - every supported uvicorn has it
+    _H11 = None  # type: ignore[assignment,misc]
+H11Protocol: Any = _H11
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +74,7 @@ def head_timeout_protocol(header_timeout: float) -> Any:
     seconds of connecting (or of its previous answer), else it is closed. uvicorn alone keeps a connection that
     never finishes its headers open forever (its keep-alive timer stops at the first byte received). Falls back to
     plain ``"h11"`` (with a warning) if this uvicorn's protocol class lacks the hooks used here."""
-    try:
-        from uvicorn.protocols.http.h11_impl import H11Protocol
-    except ImportError:  # pragma: no cover - every supported uvicorn has it
+    if H11Protocol is None:  # pragma: no cover - every supported uvicorn has it
         log.warning("uvicorn's h11 protocol not found: connections that never finish their headers are not timed out")
         return "h11"
     if not all(hasattr(H11Protocol, m) for m in ("connection_made", "data_received", "on_response_complete",
@@ -77,7 +82,7 @@ def head_timeout_protocol(header_timeout: float) -> Any:
         log.warning("this uvicorn's h11 protocol has other hooks: request heads are not timed out")
         return "h11"
 
-    class HeadTimeoutH11(H11Protocol):  # type: ignore[misc, valid-type]
+    class HeadTimeoutH11(H11Protocol):
         _head_timer: Any = None
         _head_cycle: Any = None
 
@@ -124,13 +129,13 @@ def uvicorn_config(app: Any, settings: ServeSettings, log_level: str = "info", *
     """The uvicorn settings of ``medret serve`` (also used by the tests' in-thread servers)."""
     return uvicorn.Config(app, log_config=None, log_level=log_level.lower(), access_log=False, lifespan="on",
                           server_header=False, http=head_timeout_protocol(settings.header_timeout_s),
-                          timeout_keep_alive=settings.keep_alive_s, **kwargs)
+                          # seconds as a float (asyncio's call_later), whatever uvicorn's annotation says
+                          timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+                          **kwargs)
 
 
 def is_loopback(host: str) -> bool:
     """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
-
     if host.strip().lower() in ("localhost", "localhost.localdomain"):
         return True
     try:

@@ -1,34 +1,58 @@
-"""The transport protocol: ``search(queries, k)`` plus ``info()`` and ``close()``.
+"""The transport protocol, as httpx's: one declared method set, every transport an object carrying its own options.
 
-``search`` answers, per query, Search-R1's scored items ``[{"document": {...}, "score": s}, ...]`` best first:
-the one shape every transport carries, so nothing is converted on the way (``Hit`` exists only at the API).
-A transport may add ``retrieve(queries, k, return_scores)`` returning Search-R1's whole answer when it can
-produce it cheaper than from ``search`` (the HTTP client hands the server's JSON through).
+* ``search(queries, k)`` answers, per query, Search-R1's scored items ``[{"document": {...}, "score": s}, ...]``
+  best first: the one shape every transport carries, so nothing is converted on the way (``Hit`` exists only at
+  the API);
+* ``retrieve(queries, k, return_scores)`` answers Search-R1's whole ``/retrieve`` JSON (the HTTP transport hands
+  the server's answer through; the others build it from ``search``);
+* ``answer_stats``: (documents in the corpus, their mean stored size in bytes), each None when the transport does
+  not know them (a server checks its own limits);
+* ``info()`` and ``close()``.
+
+:class:`medret.api.Retriever` takes any object with these methods (``Retriever(config, transport=...)``), or makes
+the one ``config.backend`` names (:func:`medret.transports.make_transport`).
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Optional, Protocol, Tuple, runtime_checkable
 
-if TYPE_CHECKING:
-    from medret.config import RetrieverConfig
-
-# backend name → "module:class"; each class is built as cls(config)
-BACKENDS = {
-    "local": "medret.transports.local:LocalTransport",
-    "http": "medret.transports.http:HttpTransport",
-    "ray": "medret.transports.ray:RayTransport",
-}
+AnswerStats = Tuple[Optional[int], Optional[int]]
 
 
+@runtime_checkable
 class Transport(Protocol):
+    @property
+    def answer_stats(self) -> AnswerStats: ...
+
     def search(self, queries: list[str], k: int) -> list[list[dict]]: ...
+
+    def retrieve(self, queries: list[str], k: int, return_scores: bool) -> dict: ...
 
     def info(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
 
 
-def make_transport(config: "RetrieverConfig") -> Transport:
-    module, _, cls = BACKENDS[config.backend].partition(":")
-    return getattr(importlib.import_module(module), cls)(config)
+class BaseTransport:
+    """What a transport that only knows how to ``search`` inherits: ``retrieve`` from it, unknown answer stats."""
+
+    @property
+    def answer_stats(self) -> AnswerStats:
+        return None, None
+
+    def search(self, queries: list[str], k: int) -> list[list[dict]]:
+        raise NotImplementedError
+
+    def retrieve(self, queries: list[str], k: int, return_scores: bool) -> dict:
+        return {"result": without_scores(self.search(queries, k), drop=not return_scores)}
+
+    def info(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+def without_scores(rows: list[list[dict]], drop: bool = True) -> list[list[dict]]:
+    """Search-R1's answer without scores is the documents alone; ``drop=False`` keeps the scored items."""
+    return [[item["document"] for item in row] for row in rows] if drop else rows

@@ -6,15 +6,20 @@ One persistent ``http.client`` connection (keep-alive; the standard library's cl
 timeouts and 5xx answers are retried with exponential backoff (``config.retries`` times); 4xx answers are not
 (the request itself is wrong) and raise :class:`medret.errors.QueryError` with the server's message. After the
 last try a :class:`medret.errors.TransportError` names the URL, the number of attempts and the last cause.
+Its options are an :class:`medret.config.HttpOptions` (url, address file, token, deadlines, retries).
+
+It is medret's one HTTP client: Search-R1's HTTP path (:func:`medret.integrations.searchr1_runtime.
+http_batch_search`, one POST to the exact URL, no retries) and ``medret doctor``'s health check use
+:meth:`HttpTransport.send_once`.
 
 Deadlines: ``config.timeout`` bounds each attempt as a whole — connecting, sending and reading the entire
 answer — not each socket read (a server trickling one byte a second never holds a client past it); and
 ``config.total_timeout`` (optional) bounds all attempts and the waits between them together.
 
 ``url`` may be ``http://host:port`` or ``http://host:port/retrieve`` (or ``host:port``). With
-``address_file`` the address is read from the file ``medret serve --address-file`` writes (waiting up to
-``config.timeout`` seconds for it to appear), and read again after a connection error, so a restarted server
-on a new port is found.
+``address_file`` the address is read from the file ``medret serve --address-file`` writes (``host:port``, or
+JSON ``{"url": ...}`` / ``{"host": ..., "port": ...}``; waiting up to ``timeout`` seconds for it to appear), and
+read again after a connection error, so a restarted server on a new port is found.
 """
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from medret.config import RetrieverConfig
+from medret.config import HttpOptions
 from medret.errors import QueryError, TransportError
+from medret.transports.base import BaseTransport
 from medret.validate import check_token
 
 log = logging.getLogger(__name__)
@@ -112,34 +118,41 @@ def exchange(conn: http.client.HTTPConnection, method: str, path: str, body: byt
 def connection_for(base: str, timeout: float) -> http.client.HTTPConnection:
     parts = urlsplit(base if "://" in base else "http://" + base)
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    return cls(parts.hostname, parts.port, timeout=timeout)
+    return cls(parts.hostname or "", parts.port, timeout=timeout)
 
 
-def request_once(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
-                 timeout: float = 10.0) -> "_Response":
-    """One HTTP request to ``url`` on a new connection, answered whole within ``timeout`` seconds or
-    :class:`DeadlineExceeded` (connection errors raise ``OSError``, protocol errors ``http.client.HTTPException``).
-    For medret's other HTTP callers (the Search-R1 runtime, doctor's health check)."""
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    conn = connection_for(f"{parts.scheme}://{parts.netloc}", timeout)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+def read_address_file(path: str | Path) -> str | None:
+    """The server address an address file holds, as a base URL (``http://host:port``); None when the file is
+    missing or empty. ``OSError`` when it cannot be read. ``medret serve --address-file`` writes ``host:port``;
+    ``{"url": ...}`` and ``{"host": ..., "port": ...}`` (JSON) are read too."""
     try:
-        return exchange(conn, method, path, body, headers or {}, time.monotonic() + timeout)
-    finally:
-        conn.close()
+        text = Path(path).expanduser().read_text().strip()
+    except FileNotFoundError:
+        return None
+    if text.startswith("{"):
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            text = str(data.get("url") or (f"{data['host']}:{data['port']}" if "host" in data else ""))
+    text = text.splitlines()[0].strip() if text else ""
+    return base_url(text) if text else None
 
 
 def is_timeout(e: BaseException) -> bool:
     return isinstance(e, (socket.timeout, TimeoutError))
 
 
-class HttpTransport:
+class HttpTransport(BaseTransport):
+    """Search through a server: ``HttpTransport(HttpOptions(url=..., retries=3))``."""
+
     backoff_base = 0.1   # seconds before the first retry; doubles each time
     backoff_max = 5.0
     address_poll = 0.05
 
-    def __init__(self, config: RetrieverConfig):
-        self.config = config
+    def __init__(self, options: HttpOptions):
+        config = self.config = options
         self._conn: http.client.HTTPConnection | None = None
         self._conn_base: str | None = None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -163,15 +176,13 @@ class HttpTransport:
         return self._base
 
     def _read_address_file(self, wait: bool) -> str | None:
-        path = Path(self.config.address_file).expanduser()
+        path = Path(str(self.config.address_file)).expanduser()
         deadline = time.monotonic() + (self.config.timeout if wait else 0)
         while True:
             try:
-                text = path.read_text().strip()
-                if text:
-                    return base_url(text)
-            except FileNotFoundError:
-                pass
+                found = read_address_file(path)
+                if found:
+                    return found
             except OSError as e:
                 raise TransportError(f"cannot read the address file {str(path)!r}: {e}") from None
             if time.monotonic() >= deadline:
@@ -268,6 +279,27 @@ class HttpTransport:
     def info(self) -> dict[str, Any]:
         with self._lock:
             return self._request("GET", "/")
+
+    def send_once(self, method: str, path: str | None, body: bytes | None = None,
+                  headers: dict[str, str] | None = None) -> "_Response":
+        """One request on a new connection, answered whole within ``timeout`` seconds (no retries): to ``path``
+        on the server's address, or with ``path=None`` to the URL exactly as given (Search-R1 posts to its
+        ``retriever.url`` as it is). Raises ``OSError`` (connection errors; :class:`DeadlineExceeded`, a
+        ``socket.timeout``, when the deadline passes) or ``http.client.HTTPException``."""
+        if path is None:
+            if not self.config.url:
+                raise TransportError("send_once(path=None) needs url=")
+            target = self.config.url if "://" in self.config.url else "http://" + self.config.url
+        else:
+            target = self._resolve() + path
+        parts = urlsplit(target)
+        conn = connection_for(f"{parts.scheme}://{parts.netloc}", self.config.timeout)
+        full = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            return exchange(conn, method, full, body, {**self._headers, **(headers or {})},
+                            time.monotonic() + self.config.timeout)
+        finally:
+            conn.close()
 
     def health(self) -> bool:
         """True when the server answers GET /health with 200 (one try, no retries)."""

@@ -4,19 +4,20 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from medret.config import RetrieverConfig
+from medret.config import EngineOptions
 from medret.engine import Engine
+from medret.transports.base import AnswerStats, BaseTransport
 
 
-class LocalTransport:
-    """Every transport's ``search`` answers Search-R1's scored items per query: ``[{"document", "score"}, ...]``."""
+class LocalTransport(BaseTransport):
+    """The engine in this process. ``search`` answers Search-R1's scored items per query."""
 
-    def __init__(self, config: RetrieverConfig, progress: bool = False):
-        self.engine = Engine(config, progress=progress)
+    def __init__(self, config: EngineOptions, progress: bool = False, engine: Engine | None = None):
+        self.engine = engine if engine is not None else Engine(config, progress=progress)
         self._lock = threading.Lock()  # the engine's buffers and encoders are not shared between threads
 
     @property
-    def answer_stats(self) -> tuple[int, int | None]:
+    def answer_stats(self) -> AnswerStats:
         """(documents in the corpus, their mean stored size in bytes) for answer-size limits."""
         return len(self.engine.store), self.engine.doc_bytes
 

@@ -23,20 +23,29 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from typing import Any
 
-from medret.config import ENCODER_OPTION_NAMES, RetrieverConfig
-from medret.errors import ConfigError, TransportError
+import numpy as np
+
+from medret import optional, options
+from medret.config import RayOptions, RetrieverConfig
+from medret.engine import Engine
+from medret.errors import (
+    ConfigError,
+    MedretError,
+    MissingDependencyError,
+    TransportError,
+)
+from medret.index.searchers import Shards
+from medret.index.sharded import DenseShard
+from medret.transports.base import BaseTransport
+from medret.transports.local import LocalTransport
 
 logger = logging.getLogger(__name__)
 
 RESOURCE = "medret_retriever"
-# settings that change which documents come back; they make the actor's name (and nothing else does)
-# what changes results, and what changes where and how the actor runs (a sharded or GPU actor is another actor)
-_IDENTITY_FIELDS = ("corpus_name", "retriever_name", "db_dir", "query_model", "doc_model", "rrf_k",
-                    "fusion_depth", "device", "fp16", "ray_num_gpus", "ray_shards", "nprobe", "ef_search", "rerank",
-                    *ENCODER_OPTION_NAMES)
 
 
 def job_id() -> str:
@@ -47,7 +56,9 @@ def actor_base_name(config: RetrieverConfig, job: str | None = None) -> str:
     """``medret:<corpus>:<retriever>:<job>:<hash>``; the same for every caller with the same configuration.
     The job is ``job``, else ``config.ray_job``, else ``$MEDRET_RAY_JOB`` / ``$SLURM_JOB_ID``."""
     job = job or config.ray_job
-    ident = {f: getattr(config, f) for f in _IDENTITY_FIELDS}
+    # the options declared identity=True: what changes results, and where and how the actor runs (a sharded or GPU
+    # actor is another actor)
+    ident = options.identity(config)
     if ident["db_dir"]:
         ident["db_dir"] = os.path.abspath(os.path.expanduser(ident["db_dir"]))
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -55,12 +66,11 @@ def actor_base_name(config: RetrieverConfig, job: str | None = None) -> str:
     return f"medret:{clean(config.corpus_name)}:{clean(config.retriever_name)}:{clean(job or job_id())}:{digest}"
 
 
-def _ray():
+def _ray() -> Any:
     try:
-        import ray
-    except ImportError:
+        return optional.ray()
+    except MissingDependencyError:
         raise TransportError("backend='ray' needs Ray: pip install 'medret[ray]'") from None
-    return ray
 
 
 def connect(address: str | None = None, namespace: str = "medret") -> Any:
@@ -77,7 +87,7 @@ def connect(address: str | None = None, namespace: str = "medret") -> Any:
     except (ConnectionError, RuntimeError, ValueError) as e:
         try:
             ray.shutdown()
-        except Exception:  # nothing to undo
+        except Exception:  # noqa: BLE001 - nothing to undo; the connection error below is the one to report
             pass
         raise TransportError(f"cannot connect to the Ray cluster at ray_address={addr!r}: {e}; start one with "
                              "`ray start --head` (or let the SLURM job do it) and pass its address") from None
@@ -93,8 +103,8 @@ def _match_ray_start_auth() -> None:
     if mode is not None and mode.lower() != "token":
         return
     try:
-        from ray._private.authentication import authentication_token_setup as auth
-    except ImportError:  # a Ray without token authentication
+        auth = optional.load("ray._private.authentication.authentication_token_setup", "ray")
+    except MissingDependencyError:  # a Ray without token authentication
         return
     try:
         if mode is None:
@@ -105,9 +115,7 @@ def _match_ray_start_auth() -> None:
         logger.debug("token auth probe failed", exc_info=True)
 
 
-def _node_context(ray) -> dict[str, Any]:
-    import socket
-
+def _node_context(ray: Any) -> dict[str, Any]:
     ctx = ray.get_runtime_context()
     node_id = ctx.get_node_id()
     ip = None
@@ -120,22 +128,76 @@ def _node_context(ray) -> dict[str, Any]:
             "slurm_node": os.environ.get("SLURMD_NODENAME")}
 
 
+class RayShardHost:
+    """Shard workers (:class:`medret.index.sharded.DenseShard`) as detached Ray actors named after the retriever
+    actor (``<name>#shard<i>.<j>``), one per GPU: ``shard_options[j]`` are Ray options of shard ``j`` (and its
+    device under the key ``_device``)."""
+
+    def __init__(self, name: str, shard_options: list[dict[str, Any]] | None = None,
+                 actor_options: dict[str, Any] | None = None):
+        self.name = name
+        self.shard_options = shard_options or []
+        self.actor_options = actor_options or {}
+        self.started = 0  # indexes sharded so far: each gets its own actors
+
+    def start(self, shards: list[dict[str, Any]]) -> list[Any]:
+        ray = _ray()
+        cls = shard_actor_class()
+        handles = []
+        for j, kw in enumerate(shards):
+            opts = dict(self.shard_options[j % len(self.shard_options)]) if self.shard_options else {}
+            device = opts.pop("_device", None)
+            opts = {"name": f"{self.name}#shard{self.started}.{j}", "lifetime": "detached", **self.actor_options,
+                    **opts}
+            if not self.name:
+                opts.pop("name")
+                opts.pop("lifetime")
+            handles.append(cls.options(**opts).remote(**({**kw, "device": device} if device else kw)))
+        self.started += 1
+        ray.get([h.describe.remote() for h in handles])  # surface construction errors now
+        return handles
+
+    def call(self, workers: list[Any], method: str, *args: Any) -> list[Any]:
+        ray = _ray()
+        refs = [ray.put(a) if isinstance(a, np.ndarray) else a for a in args]  # one copy of the queries for all
+        return ray.get([getattr(w, method).remote(*refs) for w in workers])
+
+    def close(self, workers: list[Any]) -> None:
+        ray = _ray()
+        for w in workers:
+            try:
+                ray.kill(w)
+            except Exception:  # already gone
+                logger.debug("shard actor already gone", exc_info=True)
+
+
+_SHARD_ACTOR = None
+
+
+def shard_actor_class() -> Any:
+    """The Ray actor class of :class:`DenseShard`."""
+    global _SHARD_ACTOR
+    if _SHARD_ACTOR is None:
+        _SHARD_ACTOR = _ray().remote(DenseShard)
+    return _SHARD_ACTOR
+
+
 class RetrieverActor:
-    """The engine in a Ray actor. Built through :func:`actor_class` (``ray.remote``)."""
+    """The engine in a Ray actor (built through :func:`actor_class`). A sharded engine's shard workers are Ray
+    actors too (:class:`RayShardHost`); the engine itself decides everything else, as in any process."""
 
     def __init__(self, config: dict[str, Any], name: str, shard_options: list[dict[str, Any]] | None = None):
-        import ray
-
-        from medret.transports.local import LocalTransport
-
         cfg = RetrieverConfig.from_mapping({**config, "backend": "local"})
         self.name = name
-        self.sharded = None
-        if cfg.ray_shards > 1:
-            self.local, self.sharded = _sharded_engine(cfg, name, shard_options or [])
-        else:
-            self.local = LocalTransport(cfg)
-        self.where = _node_context(ray)
+        shards = self.shard_plan(cfg, name, shard_options)
+        self.local = LocalTransport(cfg, engine=Engine(cfg, shards=shards))
+        self.where = _node_context(_ray())
+
+    def shard_plan(self, cfg: RetrieverConfig, name: str, shard_options: list[dict[str, Any]] | None
+                   ) -> Shards | None:
+        if cfg.ray_shards <= 1:
+            return None
+        return Shards(cfg.ray_shards, RayShardHost(name, shard_options or []))
 
     def search(self, queries: list[str], k: int) -> list[list[dict]]:
         return self.local.search(queries, k)
@@ -143,87 +205,40 @@ class RetrieverActor:
     def info(self) -> dict[str, Any]:
         info = dict(self.local.info())
         info["ray"] = {"actor": self.name, **self.where}
-        if self.sharded:
-            info["ray"]["shards"] = [ix.describe() for ix in self.sharded]
+        sharded = self.local.engine.sharded()
+        if sharded:
+            info["ray"]["shards"] = [ix.describe() for ix in sharded]
         return info
 
     def ping(self) -> bool:
         return True
 
     def shutdown(self) -> None:
-        for ix in self.sharded or []:
+        for ix in self.local.engine.sharded():
             ix.close()
-
-
-def _sharded_engine(cfg: RetrieverConfig, name: str, shard_options: list[dict[str, Any]]):
-    """An engine whose exact dense indexes are split over shard actors: built on CPU (memory-mapped, nothing
-    copied to a GPU), then each index swapped for a :class:`ShardedDenseIndex` and the query encoder moved to
-    the requested device."""
-    from medret.device import resolve_device
-    from medret.index.dense_searcher import DenseSearcher
-    from medret.index.sharded import DEFAULT_BLOCK, ShardedDenseIndex
-    from medret.transports.local import LocalTransport
-
-    want = resolve_device(cfg.device, cfg.gpu_id, cfg.allow_cpu_fallback)
-    local = LocalTransport(cfg.replace(device="cpu", gpu_id=None, ray_shards=1))
-    dense = [s for s in local.engine.searchers if isinstance(s, DenseSearcher)]
-    if not dense:
-        raise ConfigError(f"ray_shards={cfg.ray_shards} is invalid for retriever_name={cfg.retriever_name!r}: "
-                          "only dense indexes are sharded; use ray_shards=1")
-    sharded = []
-    for s in dense:
-        new = []
-        for offset, ix in s.indexes:
-            if getattr(ix, "embeddings", None) is None:
-                raise ConfigError(f"ray_shards={cfg.ray_shards} needs exact (flat) dense indexes, but one is "
-                                  f"{getattr(ix, 'index_type', '?')}; rebuild with --index-type flat or use ray_shards=1")
-            opts = [dict(shard_options[i % len(shard_options)]) if shard_options else {}
-                    for i in range(cfg.ray_shards)]
-            devices = [o.pop("_device", "cpu") for o in opts]
-            for i, o in enumerate(opts):
-                o.setdefault("name", f"{name}#shard{len(sharded)}.{i}")
-                o.setdefault("lifetime", "detached")
-            files = [getattr(e, "filename", None) for e in ix.embeddings]
-            ntotal = sum(int(e.shape[0]) for e in ix.embeddings)
-            # blocks small enough that every shard gets rows, however small the index
-            block = max(1, min(DEFAULT_BLOCK, -(-ntotal // cfg.ray_shards)))
-            if all(f and str(f).endswith(".npy") for f in files):
-                # memory-mapped .npy segments: each shard maps and loads only its own rows
-                sh = ShardedDenseIndex.over_actors(None, cfg.ray_shards, metric=ix.metric, devices=devices,
-                                                   actor_options=opts, row_map=ix.row_map, block=block,
-                                                   ntotal=ntotal, dim=ix.dim, npy_files=[str(f) for f in files])
-            else:
-                import numpy as np
-
-                # one segment (e.g. a flat faiss file's vectors, in place) is handed on without a copy
-                emb = (np.asarray(ix.embeddings[0]) if len(ix.embeddings) == 1
-                       else np.concatenate([np.asarray(e) for e in ix.embeddings], axis=0))
-                sh = ShardedDenseIndex.over_actors(emb, cfg.ray_shards, metric=ix.metric, devices=devices,
-                                                   actor_options=opts, row_map=ix.row_map, block=block)
-            sharded.append(sh)
-            new.append((offset, sh))
-        s.indexes = new
-        if want != "cpu" and hasattr(s.encoder, "device"):
-            s.encoder.device = want
-            s.device = want
-    local.engine.device = want
-    return local, sharded
 
 
 _ACTOR = None
 
 
-def actor_class():
+def actor_class() -> Any:
     global _ACTOR
     if _ACTOR is None:
         _ACTOR = _ray().remote(RetrieverActor)
     return _ACTOR
 
 
-class RayTransport:
-    """``search / info / close`` through the job's retriever actor (created on first use unless ``create=False``)."""
+class RayTransport(BaseTransport):
+    """``search / info / close`` through the job's retriever actor (created on first use unless ``create=False``).
 
-    def __init__(self, config: RetrieverConfig, create: bool = True, ready_timeout: float | None = None):
+    ``config``: the engine the actor runs (and its name); ``options``: the Ray transport's own (address, namespace,
+    placement, GPUs, shards, job; default: those in ``config``)."""
+
+    def __init__(self, config: RetrieverConfig, options: RayOptions | None = None, create: bool = True,
+                 ready_timeout: float | None = None):
+        if options is not None:
+            config = config.replace(**options.to_dict())
+        self.options = RayOptions.of(config)
         if config.ray_placement == "per-node" and config.ray_shards > 1:
             raise ConfigError("ray_shards > 1 with ray_placement='per-node' is not supported: shard one index over "
                               "the retriever node's GPUs with ray_placement='retriever-node'")
@@ -260,9 +275,8 @@ class RayTransport:
                     f"'{{\"{RESOURCE}\": 1000}}' (the rendered SLURM job does this)")
             opts["resources"] = {RESOURCE: 1}
         elif cfg.ray_placement == "per-node":
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=False)
+            strategies = optional.load("ray.util.scheduling_strategies", "ray")
+            opts["scheduling_strategy"] = strategies.NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=False)
         return opts
 
     def _shard_options(self) -> list[dict[str, Any]]:
@@ -323,9 +337,7 @@ class RayTransport:
         except self.ray.exceptions.RayActorError as e:
             raise TransportError(f"the retriever actor {self.name!r} is gone: {_cause(e)}") from None
         except self.ray.exceptions.RayTaskError as e:
-            cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
-            from medret.errors import MedretError
-
+            cause = e.as_instanceof_cause()
             if isinstance(cause, MedretError):
                 raise cause from None
             raise TransportError(f"the retriever actor {self.name!r} failed in {method}: {_cause(e)}") from None
@@ -344,8 +356,7 @@ def _cause(e: Exception) -> str:
 def kill_actors(config: RetrieverConfig) -> list[str]:
     """Kill the job's retriever actor(s) for this configuration: all placements, per-node copies and shards."""
     ray = connect(config.ray_address, config.ray_namespace)
-    from ray.util import list_named_actors
-
+    list_named_actors = optional.load("ray.util", "ray").list_named_actors
     base = actor_base_name(config)
     killed = []
     for entry in list_named_actors(all_namespaces=True):

@@ -4,7 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from medret.bench.harness import BenchConfig, format_table, make_batch, run_bench, write_outputs
+from medret.bench.harness import (
+    BenchConfig,
+    format_table,
+    make_batch,
+    run_bench,
+    write_outputs,
+)
 from medret.cli import main
 from medret.errors import ConfigError
 

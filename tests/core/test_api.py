@@ -3,7 +3,6 @@ import json
 import pytest
 
 from medret import Hit, get_retriever
-from medret.api import Retriever
 from medret.config import RetrieverConfig
 from medret.errors import ConfigError, IndexBuildError, QueryError
 from tests.conftest import TOY_DOCS
@@ -113,7 +112,7 @@ def test_searchr1_block_with_local_alias():
 def test_corpus_changed_since_index_build_is_refused(toy_corpus):
     from medret.corpus.registry import resolve_corpus
     from medret.corpus.store import open_corpus_store
-    from medret.engine import BM25Searcher
+    from medret.index.searchers import BM25Searcher
 
     corpus = resolve_corpus(str(toy_corpus), None)
     get_retriever(str(toy_corpus), "BM25")  # builds store + BM25

@@ -30,15 +30,15 @@ from medret import get_retriever
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import open_corpus_store
 from medret.encoders.specs import resolve_spec
-from medret.index.build import build_dense_index
+from medret.index.dense_build import build_dense_index
 Path(barrier, "ready-" + me).touch()
 while len(list(Path(barrier).glob("ready-*"))) < int(n):
     time.sleep(0.002)
 c = resolve_corpus(corpus, None)
 store = open_corpus_store(c)
 spec = resolve_spec(model, pooling="cls")
-build_dense_index(store, spec, c.sources[0].index_dir(spec.slug), device="cpu", batch_size=16, chunk_rows=100,
-                  progress=False)
+build_dense_index(store, spec, c.sources[0].artifact_dir / "index" / spec.slug, device="cpu", batch_size=16,
+                  chunk_rows=100, progress=False)
 get_retriever(corpus_name=corpus, retriever_name="BM25").search(["sepsis"], 1)
 r = get_retriever(corpus_name=corpus, retriever_name="BM25+" + model, pooling="cls", device="cpu")
 print(json.dumps(r.retrieve(json.loads(sys.argv[6]), topk=5, return_scores=True), sort_keys=True))
@@ -70,7 +70,7 @@ def test_processes_searching_a_new_corpus_at_once_all_succeed_with_one_build(tmp
                                str(N_PROCS), str(i), json.dumps(QUERIES)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for i in range(N_PROCS)]
     results = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     answers = [json.loads(out) for out, _ in results]
     assert all(a == answers[0] for a in answers[1:])

@@ -18,7 +18,7 @@ import pytest
 
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import build_store
-from medret.locks import artifact_lock
+from medret.storage.locks import artifact_lock
 
 WORDS = ("sepsis mortality elderly patients renal failure creatinine stroke anticoagulation delirium pneumonia "
          "insulin potassium fluids pressure heart lung kidney infection risk treatment outcome").split()
@@ -85,7 +85,7 @@ def test_killed_builds_are_reported_then_removed_by_the_next_build(tmp_path):
     [line] = doctor(corpus)
     assert line["status"] == "warn" and "1 temporary" in line["title"]
     assert f"{bm25_tmp} (" in line["detail"] and "medret index build" in line["fix"]
-    from medret.doctor import _gb
+    from medret.doctor import gb as _gb
 
     assert _gb(size) in line["title"]
 

@@ -254,7 +254,7 @@ def test_full_disk_while_building_bm25_gives_an_error_not_sigbus(tmp_path, stage
 
 
 def test_full_disk_while_writing_embeddings(tmp_path):
-    from medret.index.build import build_dense_index, partial_dir
+    from medret.index.dense_build import build_dense_index, partial_dir
     from tests.index.test_dense_build import SPEC, FakeEncoder, ListStore, make_docs
 
     store = ListStore(make_docs(3000))

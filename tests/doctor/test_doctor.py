@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from medret import cli
-from medret.doctor import Check, _Need, check_memory, check_server, format_checks
+from medret.doctor import Check, check_memory, check_server, format_checks
+from medret.doctor import Need as _Need
 
 TESTS = Path(__file__).resolve().parents[1]
 SEARCHR1_FAKE = TESTS / "integrations" / "fixtures" / "searchr1_fake"

@@ -34,7 +34,8 @@ def test_registry_matches_the_published_retrievers():
     assert all(x.dim == 768 for x in (m, c, s, e))
 
 
-@pytest.mark.parametrize("name", ["medcpt", "MEDCPT", " MedCPT ", "ncbi/MedCPT-Query-Encoder", "ncbi/medcpt-article-encoder"])
+@pytest.mark.parametrize("name", ["medcpt", "MEDCPT", " MedCPT ", "ncbi/MedCPT-Query-Encoder",
+                                  "ncbi/medcpt-article-encoder"])
 def test_lookup_is_case_insensitive_and_accepts_model_ids(name):
     assert resolve_spec(name).name == "MedCPT"
     assert get_spec(name).name == "MedCPT"

@@ -267,7 +267,7 @@ def test_model_in_the_hf_cache_loads_without_asking_the_hub(models, tmp_path, mo
         for mid, folder in models.items():
             _put_in_hf_cache(tmp_path / "hf_home", mid, folder)
         enc = Encoder(resolve_spec("MedCPT"), "cpu")
-        enc.load_docs_model()
+        enc.encode_docs([{"title": "t", "content": "c"}])  # loads the document model too
         assert enc._part("query").location == QUERY_ID and enc.dim == 32
         assert down.asked_for(QUERY_ID) == down.asked_for(DOC_ID) == []
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the documented offline switch works the same
@@ -324,14 +324,14 @@ def test_doctor_checks_every_model_of_the_retriever(models, tmp_path, monkeypatc
 
 
 def test_every_command_that_loads_models_takes_models_dir(models, tmp_path, monkeypatch, capsys):
-    from medret.commands import config_from_args
+    from medret.config import RetrieverConfig
     from medret.integrations.cli import rollout_block
 
     parser = cli.build_parser()
     for argv in (["search", "q"], ["index", "build"], ["serve"], ["doctor"], ["rollout-smoke", "--backend", "local"],
                  ["bench"]):
         assert parser.parse_args(argv + ["--models-dir", "/m"]).models_dir == "/m", argv
-    assert config_from_args(parser.parse_args(["search", "q", "--models-dir", "/m"])).models_dir == "/m"
+    assert RetrieverConfig.from_args(parser.parse_args(["search", "q", "--models-dir", "/m"])).models_dir == "/m"
     assert rollout_block(parser.parse_args(["rollout-smoke", "--backend", "local", "--models-dir", "/m"]))[
         "models_dir"] == "/m"
     # index build loads the article encoder from there: with the hub down and an empty cache nothing else could

@@ -3,8 +3,14 @@ import pytest
 
 from medret import get_retriever
 from medret.errors import CorpusError
-from medret.eval.qrels import (labelled_set, load_labelled, load_qrels, load_queries, pubmedqa_set,
-                               write_beir_corpus)
+from medret.eval.qrels import (
+    labelled_set,
+    load_labelled,
+    load_qrels,
+    load_queries,
+    pubmedqa_set,
+    write_beir_corpus,
+)
 
 
 def test_trec_qrels(tmp_path):

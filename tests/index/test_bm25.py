@@ -9,7 +9,7 @@ from bm25s.stopwords import STOPWORDS_EN
 
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import open_corpus_store
-from medret.index.bm25 import B, K1, BM25Index, build_bm25
+from medret.index.bm25 import K1, B, BM25Index, build_bm25
 from tests.conftest import TOY_DOCS
 
 STEM = Stemmer.Stemmer("english")

@@ -18,7 +18,7 @@ import medret.index.bm25 as bm25_mod
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import open_corpus_store
 from medret.errors import IndexBuildError
-from medret.index.bm25 import B, K1, METHOD, BM25Index, build_bm25, text_of
+from medret.index.bm25 import K1, METHOD, B, BM25Index, build_bm25, text_of
 from tests.conftest import TOY_DOCS, write_chunks
 
 BM25S_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json",

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medret.encoders.specs import resolve_spec
 from medret.errors import ConfigError, IndexBuildError
-from medret.index.build import build_dense_index, load_dense_index, partial_dir
 from medret.index.dense import DenseIndex
+from medret.index.dense_build import build_dense_index, load_dense_index, partial_dir
 
 DIM = 12
 

@@ -113,7 +113,8 @@ def test_a_flat_faiss_file_is_searched_in_place_by_the_exact_path(data, tmp_path
     np.testing.assert_allclose(s, fd if metric == "ip" else -fd, rtol=1e-4, atol=1e-3)
     other = "l2" if metric == "ip" else "ip"
     with pytest.raises(IndexBuildError, match=f"open it with metric='{metric}'"):
-        DenseIndex(metric=other, dim=x.shape[1], index_type="flat", faiss_index=read_faiss_index(tmp_path / "flat.index"))
+        DenseIndex(metric=other, dim=x.shape[1], index_type="flat",
+                   faiss_index=read_faiss_index(tmp_path / "flat.index"))
 
 
 def test_fp16_flat_uses_exact_backend(data):

@@ -12,8 +12,15 @@ import pytest
 
 from medret.errors import IndexBuildError
 from medret.index import emb_check
-from medret.index.build import build_dense_index, load_dense_index, partial_dir
-from tests.index.test_dense_build import SPEC, Crash, FakeEncoder, ListStore, crash_after, make_docs
+from medret.index.dense_build import build_dense_index, load_dense_index, partial_dir
+from tests.index.test_dense_build import (
+    SPEC,
+    Crash,
+    FakeEncoder,
+    ListStore,
+    crash_after,
+    make_docs,
+)
 
 
 def overwrite_rows(path, rows, value) -> None:

@@ -168,7 +168,8 @@ def test_missing_main_ppo_is_not_a_checkout(checkout: Path, capsys):
 
 
 def test_checkout_patched_before_main_ppo_was_known_is_completed(checkout: Path, capsys):
-    """A checkout an earlier medret patched (two files) reads 'not patched'; patch adds main_ppo.py, revert undoes all."""
+    """A checkout an earlier medret patched (two files) reads 'not patched'; patch adds main_ppo.py, revert undoes
+    all."""
     original = snapshot(checkout)
     sp.patch(checkout)
     shutil.copy(checkout / (REWARD + ".medret-orig"), checkout / REWARD)

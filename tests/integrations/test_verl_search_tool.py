@@ -21,7 +21,8 @@ try:
     from verl.tools.tool_registry import initialize_tools_from_config
 except ImportError as e:  # verl is optional: `pip install --no-deps verl==0.9.1` (see docs/verl.md)
     verl_base = None
-    if sys.version_info < (3, 10):  # Search-R1's env: verl 0.9.1 requires Python >= 3.10; Search-R1's own verl has no tools
+    # Search-R1's env: verl 0.9.1 requires Python >= 3.10; Search-R1's own verl has no tools
+    if sys.version_info < (3, 10):
         VERL_MISSING = (f"veRL's tool API cannot exist on Python {sys.version_info[0]}.{sys.version_info[1]}: "
                         "verl 0.9.1 requires Python >= 3.10 (Search-R1's vendored verl has no tools)")
     else:

@@ -138,7 +138,8 @@ def test_per_node_layout_each_node_uses_its_own_server(jobs):
     ready = {node: url for url, node in ready.items()}
     assert set(ready) == {"nodeA", "nodeB"} and ready["nodeA"] != ready["nodeB"], out[-3000:]
     for node in ("nodeA", "nodeB"):
-        assert f"[medret-job" in out and f"{node}] starting the retriever server on GPU 3 (CUDA_VISIBLE_DEVICES=3)" in out
+        assert "[medret-job" in out \
+            and f"{node}] starting the retriever server on GPU 3 (CUDA_VISIBLE_DEVICES=3)" in out
         assert f"{node}] rollout smoke on {node} against this node's retriever {ready[node]}" in out
     # the two transcripts, each against its own node's address
     used = re.findall(r"rollout-smoke: backend=http (http://127\.0\.0\.1:\d+)/retrieve", out)

@@ -10,7 +10,13 @@ import sys
 import pytest
 
 from medret.errors import ConfigError
-from medret.launch.slurm import JobSpec, check_script, plan_job, read_spec_header, render_job
+from medret.launch.slurm import (
+    JobSpec,
+    check_script,
+    plan_job,
+    read_spec_header,
+    render_job,
+)
 
 
 def spec(**kw):
@@ -27,7 +33,8 @@ def spec(**kw):
     (dict(layout="local", retriever_gpus="0"), (1, 2, 3), (0,), 1),
     (dict(layout="local", retriever_gpus="none"), (0, 1, 2, 3), (), 1),            # CPU retriever
     (dict(layout="per-node", nodes=3), (0, 1, 2), (3,), 3),
-    (dict(layout="per-node", nodes=2, gpus_per_node=8, retriever_gpus="7", tensor_parallel=7), tuple(range(7)), (7,), 2),
+    (dict(layout="per-node", nodes=2, gpus_per_node=8, retriever_gpus="7", tensor_parallel=7), tuple(range(7)), (7,),
+     2),
     (dict(layout="retriever-node", nodes=3), (0, 1, 2, 3), (0, 1, 2, 3), 2),       # last node retrieves
     (dict(layout="retriever-node", nodes=1, retriever_gpus="2,3", shards=2), (0, 1), (2, 3), 1),
 ])

@@ -1,7 +1,8 @@
 """A real two-node Ray cluster on 127.0.0.1 for the Ray backend tests.
 
 `ray start --head --block` (node A, resource nodeA) and `ray start --address ... --block` (node B, resources
-nodeB and medret_retriever) run as children of the test session in their own temp dir, with free ports, and
+nodeB and medret_retriever, and one GPU as far as Ray knows) run as children of the test session in their own temp
+dir, with free ports, and
 are stopped by SIGTERM at the end (Ray drains and stops its own processes); anything of that temp dir still
 alive after that is killed by pid.
 """
@@ -82,8 +83,10 @@ def ray_cluster(tmp_path_factory):
             if procs[0].poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray head did not start: {(logs / 'head.out').read_text()[-2000:]}")
             time.sleep(1)
+        # node B declares one GPU to Ray (none need exist): actors asking num_gpus=1 are scheduled there and get
+        # CUDA_VISIBLE_DEVICES from Ray, as on a GPU node; without CUDA they run with --allow-cpu-fallback
         worker = [str(RAY_BIN), "start", "--block", "--address", address, "--node-ip-address", "127.0.0.1",
-                  "--num-cpus", "2", "--num-gpus", "0", "--resources", '{"nodeB": 1, "medret_retriever": 1000}',
+                  "--num-cpus", "2", "--num-gpus", "1", "--resources", '{"nodeB": 1, "medret_retriever": 1000}',
                   "--disable-usage-stats", *_node_args(1)]
         procs.append(subprocess.Popen(worker, stdout=open(logs / "worker.out", "w"), stderr=subprocess.STDOUT,
                                       env=env))

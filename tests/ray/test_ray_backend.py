@@ -136,3 +136,28 @@ def test_cli_ray_up_info_down(ray_cluster, job):
     assert down.returncode == 0 and "killed 1 actor" in down.stdout, down.stdout + down.stderr
     gone = subprocess.run(base + ["info", *common], capture_output=True, text=True, env=env, timeout=120)
     assert gone.returncode == 1 and "no retriever actor" in gone.stderr
+
+
+def test_cli_ray_down_finds_the_gpu_actor_that_ray_up_created(ray_cluster, job):
+    """`ray up --device cuda --num-gpus 1` names its actor by every identity option (device and GPUs included);
+    `ray down` and `ray info` with the same flags find it (they once lacked --device/--num-gpus and missed it).
+    Node B offers one Ray GPU; without CUDA here the actor falls back to CPU (--allow-cpu-fallback)."""
+    env = dict(ray_cluster["env"])
+    base = [sys.executable, "-m", "medret.cli", "ray"]
+    common = ["--address", ray_cluster["address"], "--job", job, "--corpus", "sample", "--retriever", "BM25",
+              "--device", "cuda", "--num-gpus", "1", "--allow-cpu-fallback"]
+    up = subprocess.run(base + ["up", *common, "--timeout", "120", "--json"], capture_output=True, text=True,
+                        env=env, timeout=180)
+    assert up.returncode == 0, up.stderr[-3000:]
+    info = json.loads(up.stdout.strip().splitlines()[-1])
+    assert info["ray"]["node_id"] == ray_cluster["node_b"]  # the only node with a (Ray) GPU
+    assert info["ray"]["cuda_visible_devices"] not in (None, "")  # Ray gave the actor its GPU
+    found = subprocess.run(base + ["info", *common, "--json"], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert json.loads(found.stdout)["ray"]["pid"] == info["ray"]["pid"]
+    down = subprocess.run(base + ["down", *common], capture_output=True, text=True, env=env, timeout=120)
+    assert down.returncode == 0 and "killed 1 actor" in down.stdout, down.stdout + down.stderr
+    assert info["ray"]["actor"] in down.stdout
+    gone = subprocess.run(base + ["info", *common], capture_output=True, text=True, env=env, timeout=120)
+    assert gone.returncode == 1 and "no retriever actor" in gone.stderr

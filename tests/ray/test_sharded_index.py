@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from medret.errors import ConfigError
-from medret.index.sharded import (DenseShard, ShardedDenseIndex, exact_topk_slice, merge_shard_results, plan_shards,
-                                  score_block)
+from medret.index.sharded import (
+    DenseShard,
+    ShardedDenseIndex,
+    exact_topk_slice,
+    merge_shard_results,
+    plan_shards,
+    score_block,
+)
 
 
 def brute_force(X, Q, k, block, metric="ip"):
@@ -112,7 +118,10 @@ def test_shards_as_ray_actors_equal_unsharded_and_dense_index(ray_cluster):
     rng = np.random.default_rng(7)
     X = rng.standard_normal((3000, 24)).astype(np.float32)
     Q = rng.standard_normal((13, 24)).astype(np.float32)
-    idx = ShardedDenseIndex.over_actors(X, 3, block=256, actor_options={"num_cpus": 0})
+    from medret.index.sharded import shard_embeddings
+    from medret.transports.ray import RayShardHost
+
+    idx = shard_embeddings(X, 3, RayShardHost("", actor_options={"num_cpus": 0}), block=256)
     try:
         where = idx.describe()
         assert [(w["start"], w["end"]) for w in where] == plan_shards(3000, 3, 256)
@@ -126,7 +135,7 @@ def test_shards_as_ray_actors_equal_unsharded_and_dense_index(ray_cluster):
             np.testing.assert_allclose(ss, ds, rtol=1e-5, atol=1e-5)
         # with ties: still equal to the brute force definition
         Xt, Qt = tied_data(5)
-        tidx = ShardedDenseIndex.over_actors(Xt, 4, block=64, actor_options={"num_cpus": 0})
+        tidx = shard_embeddings(Xt, 4, RayShardHost("", actor_options={"num_cpus": 0}), block=64)
         bs, br = brute_force(Xt, Qt, 50, 64)
         ts, tr = tidx.search(Qt, 50)
         assert np.array_equal(tr, br) and np.array_equal(ts, bs)

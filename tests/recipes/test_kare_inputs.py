@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from medret.recipes.kare.prepare import PrepareOptions, prepare
-from medret.recipes.kare.records import KareInputError, load_samples, load_similar, parse_samples, split_label
+from medret.recipes.kare.records import (
+    KareInputError,
+    load_samples,
+    load_similar,
+    parse_samples,
+    split_label,
+)
 
 
 def rec(pid: str = "p1", vid: str = "v1", label: Any = 0, n: int = 2, **over: Any) -> dict[str, Any]:
@@ -50,7 +56,8 @@ def run_bad(tmp_path: Path, samples: Any, similar: Any = None) -> str:
 def test_missing_field_is_named(tmp_path: Path) -> None:
     bad = GOOD + [{k: v for k, v in rec("p9", "v9").items() if k != "drugs"}]
     msg = run_bad(tmp_path, bad)
-    assert "bad.json" in msg and "record #5 (patient_id='p9', visit_id='v9')" in msg and "missing field(s) ['drugs']" in msg
+    assert "bad.json" in msg and "record #5 (patient_id='p9', visit_id='v9')" in msg \
+        and "missing field(s) ['drugs']" in msg
 
 
 @pytest.mark.parametrize("label", [2, -1, "1", None, True, 0.5])
@@ -71,7 +78,8 @@ def test_duplicate_ids(tmp_path: Path) -> None:
 
 
 def test_wrong_types_and_all_errors_listed(tmp_path: Path) -> None:
-    bad = GOOD + [rec("p9", "v9", conditions="shock"), rec("p8", "v8", drugs=[["opioids", 3], ["x"]]), "not a record", rec("", "v7")]
+    bad = GOOD + [rec("p9", "v9", conditions="shock"), rec("p8", "v8", drugs=[["opioids", 3], ["x"]]), "not a record",
+                  rec("", "v7")]
     msg = run_bad(tmp_path, bad)
     assert "4 invalid sample record(s)" in msg
     assert "record #5" in msg and "'conditions' = 'shock' must be a list of visits" in msg

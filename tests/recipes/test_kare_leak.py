@@ -26,7 +26,12 @@ import pytest
 from scipy.stats import binom
 
 from medret.recipes.kare.prompts import PROMPT_END, build_prompt
-from medret.recipes.kare.records import Sample, SimilarEntry, parse_samples, parse_similar
+from medret.recipes.kare.records import (
+    Sample,
+    SimilarEntry,
+    parse_samples,
+    parse_similar,
+)
 from medret.recipes.kare.render import (
     ShownCase,
     SimilarSelection,
@@ -46,7 +51,8 @@ CLINICAL_LINE = re.compile(
 @pytest.fixture(scope="module")
 def data() -> tuple[list[Sample], dict[str, SimilarEntry]]:
     samples = parse_samples(synth_samples(N, positive_rate=0.5, seed=SEED), "synthetic")
-    similar = parse_similar(synth_similar(samples, seed=SEED, one_neighbour_rate=0.3, none_rate=0.05, lone_role="positive"), "synthetic")
+    similar = parse_similar(synth_similar(samples, seed=SEED, one_neighbour_rate=0.3, none_rate=0.05,
+                                          lone_role="positive"), "synthetic")
     return samples, similar
 
 
@@ -117,7 +123,8 @@ def accuracies(sections: list[str], y: np.ndarray) -> tuple[float, float, float]
 
 
 def render_all(
-    samples: list[Sample], similar: dict[str, SimilarEntry], select: Callable[[Sample], SimilarSelection], mode: str = "binary"
+    samples: list[Sample], similar: dict[str, SimilarEntry], select: Callable[[Sample], SimilarSelection],
+    mode: str = "binary"
 ) -> list[str]:
     return [similar_section(build_prompt(s, select(s), mode)) for s in samples]
 
@@ -131,7 +138,9 @@ def test_similar_cases_do_not_predict_the_target(data, policy: str, mode: str) -
     kinds = Counter(select_similar(similar.get(s.sample_id), case_rng(0, s.sample_id), policy).kind for s in samples)  # type: ignore[arg-type]
     assert kinds["paired"] > 400 and sum(v for k, v in kinds.items() if k.startswith("one_neighbour")) > 150
 
-    sections = render_all(samples, similar, lambda s: select_similar(similar.get(s.sample_id), case_rng(0, s.sample_id), policy), mode)  # type: ignore[arg-type]
+    sections = render_all(samples, similar,
+                          lambda s: select_similar(similar.get(s.sample_id), case_rng(0, s.sample_id), policy),  # type: ignore[arg-type]
+                          mode)
     # Sanity: the skeleton does contain the structure (headings and stated outcomes), not just nothing.
     assert any("Outcome of similar case B: mortality label" in "\n".join(skeleton(s)) for s in sections)
     table_acc, lr_acc, bound = accuracies(sections, y)
@@ -182,7 +191,8 @@ def test_leak_test_detects_unshuffled_roles(data) -> None:
             return SimilarSelection((), "none", 0)
         pos, neg = e.positive[0], e.negative[0]
         return SimilarSelection(
-            (ShownCase(clean_case_text(pos.text), pos.label), ShownCase(clean_case_text(neg.text), neg.label)), "paired", 0
+            (ShownCase(clean_case_text(pos.text), pos.label), ShownCase(clean_case_text(neg.text), neg.label)),
+            "paired", 0
         )
 
     table_acc, lr_acc, bound = accuracies(render_all(samples, similar, unshuffled), y)
@@ -192,7 +202,8 @@ def test_leak_test_detects_unshuffled_roles(data) -> None:
 def test_leak_test_detects_a_lone_neighbours_label() -> None:
     """With mostly one-neighbour entries, showing the lone case's label would leak; withholding does not."""
     samples = parse_samples(synth_samples(N, positive_rate=0.5, seed=SEED + 1), "synthetic")
-    similar = parse_similar(synth_similar(samples, seed=SEED + 1, one_neighbour_rate=0.95, none_rate=0.0, lone_role="positive"), "synthetic")
+    similar = parse_similar(synth_similar(samples, seed=SEED + 1, one_neighbour_rate=0.95, none_rate=0.0,
+                                          lone_role="positive"), "synthetic")
     y = np.array([s.label for s in samples])
 
     def shown(s: Sample) -> SimilarSelection:
@@ -205,5 +216,6 @@ def test_leak_test_detects_a_lone_neighbours_label() -> None:
 
     leaky = accuracies(render_all(samples, similar, shown), y)
     assert leaky[0] > leaky[2] and leaky[1] > leaky[2], leaky
-    safe = accuracies(render_all(samples, similar, lambda s: select_similar(similar.get(s.sample_id), case_rng(0, s.sample_id))), y)
+    safe = accuracies(render_all(samples, similar,
+                                 lambda s: select_similar(similar.get(s.sample_id), case_rng(0, s.sample_id))), y)
     assert safe[0] <= safe[2] and safe[1] <= safe[2], safe

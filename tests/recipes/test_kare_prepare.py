@@ -32,7 +32,8 @@ def records(syn: Path) -> list[dict[str, Any]]:
 
 
 def opts(syn: Path, out: Path, **kw: Any) -> PrepareOptions:
-    base: dict[str, Any] = dict(samples=syn / "samples.json", similar=syn / "similar.json", out=out, mode="binary", seed=0)
+    base: dict[str, Any] = dict(samples=syn / "samples.json", similar=syn / "similar.json", out=out, mode="binary",
+                                seed=0)
     base.update(kw)
     return PrepareOptions(**base)
 
@@ -81,7 +82,8 @@ def test_modes_have_distinct_sources_and_rewards_read_the_rows(syn: Path, tmp_pa
     assert set(b["data_source"]) == {"kare_mortality_binary"} and set(p["data_source"]) == {"kare_mortality_prob"}
     assert "mortality: 0.15, survival: 0.85" in p.iloc[0]["prompt"][0]["content"]
     for df, right, wrong in ((b, "<answer> {y} </answer>", "<answer> {n} </answer>"),
-                             (p, "<answer>mortality: {y}, survival: {n}</answer>", "<answer>mortality: {n}, survival: {y}</answer>")):
+                             (p, "<answer>mortality: {y}, survival: {n}</answer>",
+                              "<answer>mortality: {n}, survival: {y}</answer>")):
         for _, row in df.iterrows():
             y = int(row["reward_model"]["ground_truth"]["target"][0])
             text = f"<|im_start|>user\n{row['prompt'][0]['content']}<|im_end|>\n<|im_start|>assistant\n"
@@ -117,7 +119,8 @@ def test_same_seed_same_data_other_seed_other_data(syn: Path, tmp_path: Path) ->
     prepare(opts(syn, tmp_path / "b", balance=(20, 20), seed=5))
     prepare(opts(syn, tmp_path / "c", balance=(20, 20), seed=6))
     for split in ("train", "val"):
-        assert pq.read_table(tmp_path / "a" / f"{split}.parquet").equals(pq.read_table(tmp_path / "b" / f"{split}.parquet"))
+        assert pq.read_table(tmp_path / "a" / f"{split}.parquet").equals(
+            pq.read_table(tmp_path / "b" / f"{split}.parquet"))
     ids = lambda d: [e["sample_id"] for e in pd.read_parquet(d / "train.parquet")["extra_info"]]  # noqa: E731
     assert ids(tmp_path / "a") != ids(tmp_path / "c")
 
@@ -134,7 +137,8 @@ def test_explicit_val_and_test_files(syn: Path, tmp_path: Path) -> None:
     for name, recs in parts.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(recs))
     summary = prepare(
-        opts(syn, tmp_path / "o", samples=tmp_path / "train.json", val=tmp_path / "val.json", test=tmp_path / "test.json", balance=(10, 10))
+        opts(syn, tmp_path / "o", samples=tmp_path / "train.json", val=tmp_path / "val.json",
+             test=tmp_path / "test.json", balance=(10, 10))
     )
     assert set(summary["splits"]) == {"train", "val", "test"}
     te = pd.read_parquet(tmp_path / "o" / "test.parquet")
@@ -177,8 +181,10 @@ def long_patient(n_visits: int = 8) -> list[dict[str, Any]]:
     conds = [[f"condition {v} alpha", "essential hypertension"] for v in range(n_visits)]
     procs = [[] if v % 2 else [f"procedure {v}"] for v in range(n_visits)]
     drugs = [[f"drug {v} beta", "antithrombotic agents"] for v in range(n_visits)]
-    recs = [{"visit_id": "v-long", "patient_id": "P1", "conditions": conds, "procedures": procs, "drugs": drugs, "label": 1}]
-    recs += [{"visit_id": f"v{i}", "patient_id": f"Q{i}", "conditions": [["shock"]], "procedures": [[]], "drugs": [["opioids"]], "label": i % 2} for i in range(6)]
+    recs = [{"visit_id": "v-long", "patient_id": "P1", "conditions": conds, "procedures": procs, "drugs": drugs,
+             "label": 1}]
+    recs += [{"visit_id": f"v{i}", "patient_id": f"Q{i}", "conditions": [["shock"]], "procedures": [[]],
+              "drugs": [["opioids"]], "label": i % 2} for i in range(6)]
     return recs
 
 
@@ -192,10 +198,12 @@ def test_patient_context_layout(tmp_path: Path) -> None:
         "Patient ID: P1_0\n\n"
         "Visit 0:\nConditions:\n1. condition 0 alpha\n2. essential hypertension\n\n"
         "Procedures:\n1. procedure 0\n\nMedications:\n1. drug 0 beta\n2. antithrombotic agents\n\n"
-        "Visit 1:\nConditions:\n1. condition 1 alpha (new)\n2. essential hypertension (continued from previous visit)\n\n"
+        "Visit 1:\nConditions:\n1. condition 1 alpha (new)\n"
+        "2. essential hypertension (continued from previous visit)\n\n"
         "Procedures:\nNo documented procedures.\n\n"
         "Medications:\n1. drug 1 beta (new)\n2. antithrombotic agents (continued from previous visit)\n\n"
-        "Visit 2:\nConditions:\n1. condition 2 alpha (new)\n2. essential hypertension (continued from previous visit)\n\n"
+        "Visit 2:\nConditions:\n1. condition 2 alpha (new)\n"
+        "2. essential hypertension (continued from previous visit)\n\n"
         "Procedures:\n1. procedure 2 (new)\n\n"
         "Medications:\n1. drug 2 beta (new)\n2. antithrombotic agents (continued from previous visit)\n"
     )
@@ -212,7 +220,8 @@ def test_over_long_prompt_drops_oldest_visits_never_instructions(tmp_path: Path)
     full_text = row["prompt"][0]["content"]
     assert full["token_count_method"].startswith("estimate")
     budget = -(-len(full_text) // 4) - 60  # estimate is ceil(chars / 4); make it too long by ~240 chars
-    prepare(PrepareOptions(samples=tmp_path / "s.json", out=tmp_path / "cut", val_fraction=0.4, seed=1, max_prompt_tokens=budget))
+    prepare(PrepareOptions(samples=tmp_path / "s.json", out=tmp_path / "cut", val_fraction=0.4, seed=1,
+                           max_prompt_tokens=budget))
     row = next(r for _, r in both(tmp_path / "cut").iterrows() if r["extra_info"]["patient_id"] == "P1")
     text = row["prompt"][0]["content"]
     info = row["extra_info"]
@@ -233,7 +242,8 @@ def test_prompt_that_cannot_fit_is_skipped_and_counted(tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text(json.dumps(long_patient(8)))
     inst = -(-len(instructions("binary", with_similar=False)) // 4)
     with pytest.raises(KareInputError, match="would be empty.*prompt_too_long"):
-        prepare(PrepareOptions(samples=tmp_path / "s.json", out=tmp_path / "o", val_fraction=0.4, seed=1, max_prompt_tokens=inst))
+        prepare(PrepareOptions(samples=tmp_path / "s.json", out=tmp_path / "o", val_fraction=0.4, seed=1,
+                               max_prompt_tokens=inst))
     assert not (tmp_path / "o" / "train.parquet").exists()
 
 

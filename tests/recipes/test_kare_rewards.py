@@ -71,7 +71,8 @@ def test_wrong_but_well_formed_gets_format_score_and_missing_gets_zero() -> None
 
 
 def test_answer_inside_retrieved_information_is_ignored() -> None:
-    resp = "<search> sepsis mortality </search>\n\n<information>Doc 1: the <answer> 1 </answer> tag</information>\n\n<think>hm</think>"
+    resp = ("<search> sepsis mortality </search>\n\n<information>Doc 1: the <answer> 1 </answer> tag</information>"
+            "\n\n<think>hm</think>")
     assert binary_score(qwen(resp), GT1) == 0.0
     resp2 = resp + "<answer> 1 </answer>"
     assert binary_score(qwen(resp2), GT1) == 1.0
@@ -88,7 +89,8 @@ def test_response_found_without_chat_template() -> None:
 
 
 def test_other_chat_markers() -> None:
-    llama = f"<|start_header_id|>user<|end_header_id|>\n\n{USER}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nno answer"
+    llama = (f"<|start_header_id|>user<|end_header_id|>\n\n{USER}<|eot_id|><|start_header_id|>assistant"
+             "<|end_header_id|>\n\nno answer")
     assert binary_score(llama, GT1) == 0.0
     assert extract_answer(llama + "<answer>0</answer>") == "0"
 
@@ -192,7 +194,8 @@ def test_search_r1_score_fn_uses_search_r1_keywords() -> None:
     assert fn(solution_str=qwen("<answer>1</answer>"), ground_truth=GT1, format_score=0.0) == 1.0
     pfn = search_r1_score_fn(PROB_SOURCE)
     assert pfn is not None
-    assert pfn(solution_str=qwen("<answer>mortality: 0.3, survival: 0.7</answer>"), ground_truth=GT0, format_score=0.0) == pytest.approx(0.7)
+    assert pfn(solution_str=qwen("<answer>mortality: 0.3, survival: 0.7</answer>"), ground_truth=GT0,
+               format_score=0.0) == pytest.approx(0.7)
 
 
 def test_install_search_r1_routes_kare_sources_and_keeps_others() -> None:

@@ -13,7 +13,16 @@ import pytest
 from medret.cli import main
 from medret.errors import ConfigError
 from medret.recipes.kare.records import load_samples, load_similar
-from medret.recipes.kare.synth import CONDITIONS, DRUGS, PROCEDURES, RISK_CONDITIONS, RISK_DRUGS, RISK_PROCEDURES, synth, synth_samples
+from medret.recipes.kare.synth import (
+    CONDITIONS,
+    DRUGS,
+    PROCEDURES,
+    RISK_CONDITIONS,
+    RISK_DRUGS,
+    RISK_PROCEDURES,
+    synth,
+    synth_samples,
+)
 
 RISK = {n for n, _, _ in RISK_CONDITIONS + RISK_PROCEDURES + RISK_DRUGS}
 
@@ -29,12 +38,14 @@ def test_cli_synth_then_prepare(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "read 500 samples" in printed and "kept 40 (20 label-1, 20 label-0)" in printed and "token counts: estimate" in printed
+    assert "read 500 samples" in printed and "kept 40 (20 label-1, 20 label-0)" in printed \
+        and "token counts: estimate" in printed
     df = pd.read_parquet(out / "train.parquet")
     assert len(df) == 40 and set(df["data_source"]) == {"kare_mortality_prob"}
     assert (out / "val.parquet").exists() and (out / "prepare_summary.json").exists()
     # A bad request: exit code 1, message on stderr, nothing new written.
-    rc = main(["kare", "prepare", "--samples", str(syn / "samples.json"), "--balance", "x", "--out", str(tmp_path / "o2")])
+    rc = main(["kare", "prepare", "--samples", str(syn / "samples.json"), "--balance", "x", "--out",
+               str(tmp_path / "o2")])
     assert rc == 1 and "balance='x' is invalid" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
 
@@ -50,7 +61,7 @@ def test_synthetic_samples_are_valid_kare_records(tmp_path: Path) -> None:
         for field, vocab in (("conditions", vocab_c), ("procedures", vocab_p), ("drugs", vocab_d)):
             for visit in getattr(x, field):
                 assert all(item in vocab and item == item.lower() for item in visit)
-    for pid, xs in by_patient.items():
+    for xs in by_patient.values():
         # PyHealth layout: sample k holds visits 0..k; a death can only be the patient's last sample.
         assert [x.n_visits for x in xs] == list(range(1, len(xs) + 1))
         assert all(x.label == 0 for x in xs[:-1])

@@ -39,7 +39,8 @@ def corpus_texts(folder) -> dict:
     return out
 
 
-QUERIES = ["sepsis mortality elderly", "heart failure congestion", "insulin glucose potassium", "sepsis mortality elderly"]
+QUERIES = ["sepsis mortality elderly", "heart failure congestion", "insulin glucose potassium",
+           "sepsis mortality elderly"]
 
 
 def test_scores_mode_matches_in_process_json_byte_for_byte(server, local, serve_corpus):

@@ -7,7 +7,13 @@ See ``docs/kare.md``. Public entry points::
 from __future__ import annotations
 
 from medret.recipes.kare.prepare import PrepareOptions, parse_balance, prepare
-from medret.recipes.kare.records import KareInputError, Sample, SimilarEntry, load_samples, load_similar
+from medret.recipes.kare.records import (
+    KareInputError,
+    Sample,
+    SimilarEntry,
+    load_samples,
+    load_similar,
+)
 from medret.recipes.kare.rewards import (
     BINARY_SOURCE,
     DATA_SOURCES,

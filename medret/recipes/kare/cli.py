@@ -6,6 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medret.recipes.kare.prepare import (
+    PrepareOptions,
+    format_summary,
+    parse_balance,
+    prepare,
+)
+from medret.recipes.kare.synth import synth
+
 
 def register(subparsers: Any) -> None:
     kare = subparsers.add_parser("kare", help="KARE mortality recipe: prepare Search-R1 data, make synthetic data")
@@ -19,7 +27,8 @@ def register(subparsers: Any) -> None:
         "train.parquet / val.parquet (and test.parquet with --test) plus prepare_summary.json.",
     )
     p.add_argument("--samples", required=True, type=Path, help="KARE samples JSON (training split, or all data)")
-    p.add_argument("--val", type=Path, help="validation samples JSON; without it --val-fraction of the patients are held out")
+    p.add_argument("--val", type=Path,
+                   help="validation samples JSON; without it --val-fraction of the patients are held out")
     p.add_argument("--test", type=Path, help="test samples JSON; written to test.parquet, never balanced")
     p.add_argument("--similar", type=Path, help="KARE similar-patient JSON (patient_to_top_1_patient_contexts_*.json)")
     p.add_argument("--mode", choices=["binary", "probability"], default="binary", help="answer and reward type")
@@ -30,7 +39,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--tokenizer", type=Path, help="local Hugging Face tokenizer directory for exact token counts")
-    p.add_argument("--max-prompt-tokens", type=int, help="shorten history (oldest visits first) to fit; skip if impossible")
+    p.add_argument("--max-prompt-tokens", type=int,
+                   help="shorten history (oldest visits first) to fit; skip if impossible")
     p.add_argument(
         "--one-neighbour",
         choices=["withhold", "drop"],
@@ -51,8 +61,6 @@ def register(subparsers: Any) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from medret.recipes.kare.prepare import PrepareOptions, format_summary, parse_balance, prepare
-
     opts = PrepareOptions(
         samples=args.samples,
         out=args.out,
@@ -75,8 +83,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from medret.recipes.kare.synth import synth
-
     summary = synth(
         args.out,
         n=args.n,

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from medret.atomic import temp_name
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from medret.errors import ConfigError
 from medret.recipes.kare.prompts import MODES, TokenCounter, fit_prompt
 from medret.recipes.kare.records import (
@@ -38,6 +40,7 @@ from medret.recipes.kare.records import (
 )
 from medret.recipes.kare.render import ONE_NEIGHBOUR_POLICIES, case_rng, select_similar
 from medret.recipes.kare.rewards import DATA_SOURCES
+from medret.storage.atomic import temp_name
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +50,6 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def parquet_schema() -> Any:
-    import pyarrow as pa
-
     return pa.schema(
         [
             ("data_source", pa.string()),
@@ -117,7 +118,8 @@ class PrepareOptions:
         if self.mode not in MODES:
             raise ConfigError(f"mode={self.mode!r} is invalid: use one of {list(MODES)}")
         if self.one_neighbour not in ONE_NEIGHBOUR_POLICIES:
-            raise ConfigError(f"one_neighbour={self.one_neighbour!r} is invalid: use one of {list(ONE_NEIGHBOUR_POLICIES)}")
+            raise ConfigError(f"one_neighbour={self.one_neighbour!r} is invalid: use one of "
+                              f"{list(ONE_NEIGHBOUR_POLICIES)}")
         if self.val is None and not (0.0 < self.val_fraction < 1.0):
             raise ConfigError(
                 f"val_fraction={self.val_fraction!r} is invalid: without --val it must be between 0 and 1 (exclusive)"
@@ -198,7 +200,8 @@ def _token_stats(values: list[int]) -> dict[str, Any]:
     def pct(q: float) -> int:
         return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
 
-    return {"n": len(v), "min": v[0], "mean": round(sum(v) / len(v), 1), "median": pct(0.5), "p95": pct(0.95), "max": v[-1]}
+    return {"n": len(v), "min": v[0], "mean": round(sum(v) / len(v), 1), "median": pct(0.5), "p95": pct(0.95),
+            "max": v[-1]}
 
 
 def build_rows(
@@ -284,9 +287,6 @@ def _check_disjoint(named: dict[str, list[Sample]]) -> None:
 
 def write_parquet_set(out: Path, tables: dict[str, list[dict[str, Any]]], summary: dict[str, Any]) -> list[Path]:
     """Write every split and the summary under temporary names, then rename them all."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out.mkdir(parents=True, exist_ok=True)
     schema = parquet_schema()
     staged: list[tuple[Path, Path]] = []
@@ -329,7 +329,7 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
     similar_info: dict[str, Any] = {}
     if opts.similar is not None:
         similar = load_similar(opts.similar)
-        for name, samples in named.items():
+        for samples in named.values():
             check_similar_consistency(samples, similar, str(opts.similar))
         all_ids = [s.sample_id for ss in named.values() for s in ss]
         matched = sum(1 for i in all_ids if i in similar)
@@ -339,7 +339,8 @@ def prepare(opts: PrepareOptions) -> dict[str, Any]:
                 f"{opts.similar}: none of its {len(similar)} keys matches a sample id (sample ids look like "
                 f"{all_ids[0]!r}, keys like {example!r}); pass the similar-patient file made for these samples"
             )
-        similar_info = {"entries": len(similar), "samples_with_entry": matched, "samples_without_entry": len(all_ids) - matched}
+        similar_info = {"entries": len(similar), "samples_with_entry": matched,
+                        "samples_without_entry": len(all_ids) - matched}
 
     balances = {"train": opts.balance, "val": opts.val_balance, "test": None}
     results: dict[str, SplitResult] = {}

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+from medret import optional
 from medret.errors import ConfigError, ModelNotFoundError
 from medret.recipes.kare.records import Sample
 from medret.recipes.kare.render import (
@@ -105,7 +106,7 @@ class TokenCounter:
         if not os.path.isdir(path):
             raise ConfigError(f"tokenizer={path!r} is invalid: pass a local directory holding a Hugging Face tokenizer")
         try:
-            from transformers import AutoTokenizer
+            AutoTokenizer = optional.transformers().AutoTokenizer
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ConfigError("--tokenizer needs the 'transformers' package: pip install 'medret[dense]'") from e
         try:
@@ -124,7 +125,8 @@ class TokenCounter:
             return math.ceil(len(content) / 4)
         tok = self._tok
         if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+            text = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                           tokenize=False)
         else:
             text = content
         return len(tok(text, add_special_tokens=False)["input_ids"])

@@ -110,7 +110,8 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
 def _visit_lists(rec: dict[str, Any], field: str, where: str, errors: list[str]) -> tuple[tuple[str, ...], ...] | None:
     value = rec[field]
     if not isinstance(value, list):
-        errors.append(f"{where}: field {field!r} = {_short(value)} must be a list of visits (a list of lists of strings)")
+        errors.append(f"{where}: field {field!r} = {_short(value)} must be a list of visits (a list of lists of "
+                      "strings)")
         return None
     visits: list[tuple[str, ...]] = []
     for j, visit in enumerate(value):
@@ -162,7 +163,8 @@ def parse_samples(records: Any, source: str) -> list[Sample]:
         vid = _id_value(rec, "visit_id", where, errors)
         label = rec["label"]
         if isinstance(label, bool) or label not in (0, 1) or not isinstance(label, (int, float)):
-            errors.append(f"{where}: field 'label' = {_short(label)} is not 0 or 1 (mortality label must be the integer 0 or 1)")
+            errors.append(f"{where}: field 'label' = {_short(label)} is not 0 or 1 (mortality label must be the "
+                          "integer 0 or 1)")
         lists = {f: _visit_lists(rec, f, where, errors) for f in VISIT_FIELDS}
         if len(errors) > n_err or pid is None or vid is None:
             continue
@@ -178,7 +180,8 @@ def parse_samples(records: Any, source: str) -> list[Sample]:
             continue
         key = (pid, vid)
         if key in seen_visits:
-            errors.append(f"{where}: duplicate id: patient_id={pid!r} visit_id={vid!r} also at record #{seen_visits[key]}")
+            errors.append(f"{where}: duplicate id: patient_id={pid!r} visit_id={vid!r} also at record "
+                          f"#{seen_visits[key]}")
             continue
         seen_visits[key] = i
         k = per_patient.get(pid, 0)
@@ -263,7 +266,8 @@ def parse_similar(obj: Any, source: str) -> dict[str, SimilarEntry]:
             out[key] = SimilarEntry((), ())
             continue
         if not isinstance(value, dict):
-            errors.append(f"{where}: is {_short(value)}, expected {{\"positive\": [...], \"negative\": [...]}} or [\"None\"]")
+            errors.append(f"{where}: is {_short(value)}, expected "
+                          '{"positive": [...], "negative": [...]} or ["None"]')
             continue
         unknown = sorted(set(value) - {"positive", "negative"})
         if unknown:

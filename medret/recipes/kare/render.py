@@ -104,7 +104,8 @@ def shorten_case_text(text: str, drop_oldest: int) -> str:
     drop = min(drop_oldest, len(blocks) - 1)
     if drop <= 0:
         return text
-    return f"(Oldest {drop} visit(s) omitted for length.)\n" + "\n".join(b.strip("\n") + "\n" for b in blocks[drop:]).strip()
+    kept = "\n".join(b.strip("\n") + "\n" for b in blocks[drop:]).strip()
+    return f"(Oldest {drop} visit(s) omitted for length.)\n" + kept
 
 
 def case_visit_count(text: str) -> int:

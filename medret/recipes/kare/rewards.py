@@ -90,7 +90,8 @@ def _targets(ground_truth: Any) -> list[str]:
     try:
         items = [str(t) for t in target]  # list, tuple or the numpy array pandas gives back
     except TypeError:
-        raise KareInputError(f"ground_truth target={target!r} is not a list of labels: expected ['0'] or ['1']") from None
+        raise KareInputError(f"ground_truth target={target!r} is not a list of labels: expected ['0'] or "
+                             "['1']") from None
     if not items:
         raise KareInputError("ground_truth target is empty: expected ['0'] or ['1']")
     return items

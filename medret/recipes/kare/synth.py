@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from medret.atomic import atomic_write_text
 from medret.errors import ConfigError
 from medret.recipes.kare.records import Sample, parse_samples
 from medret.recipes.kare.render import render_patient_context
+from medret.storage.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,8 @@ def synth_similar(
     vocab: dict[str, int] = {}
     rows: list[list[int]] = []
     for s in samples:
-        last = [f"c:{x}" for x in s.conditions[-1]] + [f"p:{x}" for x in s.procedures[-1]] + [f"d:{x}" for x in s.drugs[-1]]
+        last = ([f"c:{x}" for x in s.conditions[-1]] + [f"p:{x}" for x in s.procedures[-1]]
+                + [f"d:{x}" for x in s.drugs[-1]])
         rows.append([vocab.setdefault(x, len(vocab)) for x in sorted(set(last))])
     m = np.zeros((len(samples), max(1, len(vocab))), dtype=np.float32)
     for i, cols in enumerate(rows):
@@ -243,7 +244,8 @@ def synth_similar(
             i = start + r
             other = patients != samples[i].patient_id
             entry: dict[str, list[str]] = {}
-            for role, mask in (("positive", other & (labels == samples[i].label)), ("negative", other & (labels != samples[i].label))):
+            same = labels == samples[i].label
+            for role, mask in (("positive", other & same), ("negative", other & ~same)):
                 if not mask.any():
                     entry[role] = ["None"]
                     continue

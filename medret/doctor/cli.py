@@ -5,20 +5,20 @@ import argparse
 import json
 import sys
 
+from medret.config import EngineOptions, RetrieverConfig
+from medret.doctor.run import DoctorOptions, exit_status, format_checks, run_checks
+from medret.options import add_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from medret.commands import add_retriever_flags
-
     p = subparsers.add_parser(
         "doctor", help="check Python, torch/CUDA, GPUs, corpus, index, encoder, server, Search-R1 patch, job script",
         description="Print a checklist (ok / warn / fail, each with the fix). Exit status 1 when anything fails.")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML/JSON file with the retriever settings (keys as get_retriever; a `retriever:` block "
                         "of a Search-R1/hydra config works too); flags given explicitly override it")
-    add_retriever_flags(p)
-    p.add_argument("--backend", default=None, choices=["local", "http", "ray"], help="transport to check")
-    p.add_argument("--url", default=None, help="retrieval server to check (answers /health)")
-    p.add_argument("--address-file", default=None, help="address file written by `medret serve --address-file`")
+    add_flags(p, EngineOptions)
+    add_flags(p, RetrieverConfig, only=("backend", "url", "address_file"), title="transport to check")
     p.add_argument("--searchr1", default=None, metavar="PATH", help="Search-R1 checkout that must be patched")
     p.add_argument("--sbatch", default=None, metavar="FILE", help="SLURM job script to check")
     p.add_argument("--query", default="What is the first-line treatment of type 2 diabetes?",
@@ -33,8 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from medret.doctor import DoctorOptions, exit_status, format_checks, run_checks
-
     opts = DoctorOptions.from_args(args)
     checks = run_checks(opts)
     if args.json:

@@ -1,9 +1,9 @@
 """Storage failures while writing a store or an index, as one-line errors that name the file and the fix.
 
 A full disk (``ENOSPC``, a quota ``EDQUOT``, a file-size limit ``EFBIG``, or numpy's short-write ``OSError``
-"N requested and M written", which carries no errno) and a folder medret may not write (``EROFS``, ``EACCES``, ``EPERM``)
-become :class:`medret.errors.StorageError`; every other ``OSError`` passes through unchanged. The builds that use
-:func:`writing` write under temporary names, so after such an error nothing half-written is left behind.
+"N requested and M written", which carries no errno) and a folder medret may not write (``EROFS``, ``EACCES``,
+``EPERM``) become :class:`medret.errors.StorageError`; every other ``OSError`` passes through unchanged. The builds
+that use :func:`writing` write under temporary names, so after such an error nothing half-written is left behind.
 """
 from __future__ import annotations
 

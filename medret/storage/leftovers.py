@@ -6,8 +6,8 @@ and, for dense indexes, ``.<name>.partial`` (resumable work: the next build of t
 A build killed with SIGKILL, or by the out-of-memory killer, leaves them behind.
 
 :func:`remove_stale` runs at the start of every build of an artifact, while that build holds the artifact's lock
-(:mod:`medret.locks`): nobody else is building it then, so its ``tmp``/``old`` leftovers are orphans — except ones
-whose PID is a live process on this machine, which are kept in case a medret without locks is writing them.
+(:mod:`medret.storage.locks`): nobody else is building it then, so its ``tmp``/``old`` leftovers are orphans —
+except ones whose PID is a live process on this machine, which are kept in case a medret without locks is writing them.
 ``.partial`` folders are left to the dense builder, which resumes or discards them. :func:`find_leftovers` lists
 every leftover in a folder for ``medret doctor``.
 """

@@ -15,36 +15,34 @@ lock is held now belong to a running build and are reported as such.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from medret.checksums import mismatches, total_bytes
-from medret.doctor import FAIL, OK, WARN, Check, _corpus, _gb
+from medret.doctor.checks import FAIL, OK, WARN, Check, gb
+from medret.doctor.data import corpus_of
+from medret.encoders.specs import spec_for
 from medret.errors import MedretError
+from medret.index.identity import encoder_identity
+from medret.index.locate import bm25_dir, locate_dense
+from medret.index.manifest import read_manifest
+from medret.retrievers import retriever_parts
+from medret.storage.checksums import mismatches, total_bytes
+from medret.storage.leftovers import find_leftovers
+from medret.storage.locks import holder
 
 DEEP_AUTO_BYTES = 1 << 30
+
 HASH_BYTES_PER_S = 1e9  # for the time estimate shown when hashing is skipped
-
-
-def _manifest(path: Path) -> dict | None:
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return m if isinstance(m, dict) else None
 
 
 def _targets(config: Any, corpus: Any) -> list[tuple[str, Path, dict[str, str], str, list[str]]]:
     """(label, folder, {file: sha256}, fix, notes) for every recorded file the configuration reads."""
-    from medret.engine import retriever_parts
-
     build = (f"medret index build --corpus {corpus.display_name} --retriever {config.retriever_name}"
              + (f" --db-dir {config.db_dir}" if config.db_dir else ""))
-    out = []
+    out: list[tuple[str, Path, dict[str, str], str, list[str]]] = []
     for src in corpus.sources:
-        m = _manifest(src.store_dir / "manifest.json")
+        m = read_manifest(src.store_dir)
         if m is None:
             continue
         records = m.get("chunk_files")
@@ -61,26 +59,22 @@ def _targets(config: Any, corpus: Any) -> list[tuple[str, Path, dict[str, str], 
         parts = ()
     for part in parts:
         if part == "bm25":
-            folder = corpus.artifact_dir / "bm25"
-            m = _manifest(folder / "manifest.json")
+            folder = bm25_dir(corpus)
+            m = read_manifest(folder)
             if m is not None:
                 out.append((f"BM25 index of {corpus.display_name}", folder, dict(m.get("file_sha256") or {}),
                             f"{build} --rebuild", [] if m.get("file_sha256") else ["no hashes recorded"]))
             continue
-        from medret.encoders.specs import spec_for
-        from medret.index.dense_searcher import locate
-        from medret.index.identity import encoder_identity
-
         try:
             spec = spec_for(part, config)
             identity = encoder_identity(spec, config.doc_model, config.query_model, config.models_dir)
         except MedretError:
             continue
         for src in corpus.sources:
-            kind, folder = locate(src, 0, spec, identity, config)  # the index a search of this config opens
+            kind, folder, _ = locate_dense(src, 0, spec, identity, config)  # the index a search of this config opens
             if kind not in ("own", "copy"):
                 continue
-            m = _manifest(folder / "manifest.json")
+            m = read_manifest(folder)
             if m is not None:
                 out.append((f"{spec.name} index of {src.name}", folder, dict(m.get("emb_sha256") or {}),
                             f"{build} --rebuild", [] if m.get("emb_sha256") else ["no hashes recorded"]))
@@ -88,7 +82,7 @@ def _targets(config: Any, corpus: Any) -> list[tuple[str, Path, dict[str, str], 
 
 
 def check_integrity(config: Any, deep: bool = False) -> list[Check]:
-    corpus, err = _corpus(config)
+    corpus, err = corpus_of(config)
     if err is not None:
         return []
     targets = _targets(config, corpus)
@@ -97,7 +91,7 @@ def check_integrity(config: Any, deep: bool = False) -> list[Check]:
     total = sum(total_bytes(folder, sums) for _, folder, sums, _, _ in targets)
     labels = ", ".join(label for label, *_ in targets)
     if not deep and total > DEEP_AUTO_BYTES:
-        return [Check("integrity", OK, f"content hashes not checked ({_gb(total)} to read, about "
+        return [Check("integrity", OK, f"content hashes not checked ({gb(total)} to read, about "
                       f"{total / HASH_BYTES_PER_S / 60:.0f} min): `medret doctor --deep` checks them", labels)]
     t0 = time.perf_counter()
     fails, notes = [], []
@@ -110,15 +104,12 @@ def check_integrity(config: Any, deep: bool = False) -> list[Check]:
     if fails:
         return fails
     detail = labels + (f"; not recorded: {'; '.join(notes)}" if notes else "")
-    return [Check("integrity", OK, f"content hashes match: {_gb(total)} read in {time.perf_counter() - t0:.1f}s",
+    return [Check("integrity", OK, f"content hashes match: {gb(total)} read in {time.perf_counter() - t0:.1f}s",
                   detail)]
 
 
 def check_leftovers(config: Any) -> list[Check]:
-    from medret.leftovers import find_leftovers
-    from medret.locks import holder
-
-    corpus, err = _corpus(config)
+    corpus, err = corpus_of(config)
     if err is not None:
         return []
     folders = []
@@ -140,7 +131,7 @@ def check_leftovers(config: Any) -> list[Check]:
     if busy:
         out.append(Check("leftovers", OK, f"{len(busy)} build(s) running now: " + ", ".join(
             f"{left.artifact.name} by {who}" for left, who in busy[:3]),
-            ", ".join(f"{left.path} ({_gb(left.nbytes)})" for left, _ in busy[:5])))
+            ", ".join(f"{left.path} ({gb(left.nbytes)})" for left, _ in busy[:5])))
     if stale:
         size = sum(left.nbytes for left in stale)
         partial = [left for left in stale if left.kind == "partial"]
@@ -148,6 +139,6 @@ def check_leftovers(config: Any) -> list[Check]:
                (" (a .partial folder is resumed by it, or discarded when its settings differ)" if partial else "")
                + "; or delete them: rm -r " + " ".join(str(left.path) for left in stale[:5]))
         out.append(Check("leftovers", WARN, f"{len(stale)} temporary file(s)/folder(s) left by interrupted builds, "
-                         f"{_gb(size)}", "; ".join(f"{left.path} ({_gb(left.nbytes)})" for left in stale[:5])
+                         f"{gb(size)}", "; ".join(f"{left.path} ({gb(left.nbytes)})" for left in stale[:5])
                          + (f" and {len(stale) - 5} more" if len(stale) > 5 else ""), fix))
     return out

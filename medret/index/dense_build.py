@@ -16,7 +16,7 @@ While building, everything goes to the sibling folder ``.<name>.partial``; each 
 under a temporary name and renamed when complete, so an interrupted build resumes at the first missing
 chunk (existing chunks are verified by shape, dtype and their sha256). Only when every file is written is the
 partial folder renamed onto ``out_dir``: a crash never leaves a half index where the loader looks, and the loader
-checks the manifest anyway. One process builds a given index at a time (a lock file beside it, medret.locks):
+checks the manifest anyway. One process builds a given index at a time (a lock file beside it, medret.storage.locks):
 others wait, then find it complete.
 """
 from __future__ import annotations
@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from medret.encoders.specs import EncoderSpec
+from medret import __version__
+from medret.encoders.hf import Encoder
+from medret.encoders.specs import REGISTRY, EncoderSpec
 from medret.errors import ConfigError, IndexBuildError
 from medret.index import emb_check
 from medret.index.dense import (
@@ -43,12 +46,15 @@ from medret.index.dense import (
     new_faiss_index,
     train_faiss_index,
 )
-from medret.leftovers import remove_stale
-from medret.locks import serialized
+from medret.index.identity import EncoderIdentity, check, encoder_identity, mismatch
+from medret.index.manifest import MANIFEST, read_manifest
+from medret.storage.atomic import atomic_write_text
+from medret.storage.leftovers import remove_stale
+from medret.storage.locks import serialized
+from medret.validate import check_whole
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 BUILD_STATE = "build.json"
 FORMAT = "medret-dense-build"
 FORMAT_VERSION = 1
@@ -81,8 +87,6 @@ def rebuild_hint(spec_name: str | EncoderSpec, corpus: str | None) -> str:
     """The command that rebuilds the index (a spec that is not a named retriever as it is: its model folder)."""
     c = corpus or "NAME"
     if isinstance(spec_name, EncoderSpec):
-        from medret.encoders.specs import REGISTRY
-
         named = REGISTRY.get(spec_name.name.lower())
         r = spec_name.name if named is not None else spec_name.doc_model
         more = "" if named == spec_name else " (with the same model flags)"
@@ -90,18 +94,8 @@ def rebuild_hint(spec_name: str | EncoderSpec, corpus: str | None) -> str:
     return f"`medret index build --corpus {c} --retriever {spec_name} --rebuild`"
 
 
-def _versions() -> str:
-    try:
-        from medret import __version__
-
-        return __version__
-    except Exception:  # pragma: no cover - partial package during development
-        return "unknown"
-
-
 def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ConfigError(f"{name}={v!r} is invalid: give a positive integer")
+    check_whole(name, v)
     return int(v)
 
 
@@ -132,17 +126,6 @@ def _chunk_ok(path: Path, rows: int, dtype: str) -> int | None:
     return int(arr.shape[1]) if emb_check.verified(path, arr) else None  # its sha256, or its vectors if none
 
 
-def read_manifest(index_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    p = Path(index_dir) / MANIFEST
-    if not p.is_file():
-        return None
-    try:
-        m = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return m if isinstance(m, dict) else None
-
-
 @serialized("the dense index")  # one build per index at a time: others wait, then find it complete
 def build_dense_index(
     store: StoreLike,
@@ -162,7 +145,7 @@ def build_dense_index(
     train_size: int | None = None,
     doc_model_path: str | os.PathLike[str] | None = None,
     corpus_name: str | None = None,
-    identity: Any = None,
+    identity: EncoderIdentity | None = None,
 ) -> Path:
     """Encode every row of ``store`` with ``spec``'s document encoder and write a dense index to ``out_dir``.
 
@@ -186,16 +169,12 @@ def build_dense_index(
         raise IndexBuildError(f"the document store is empty: nothing to index into {out_dir}")
     dtype = "float16" if fp16_storage else "float32"
     if identity is None:
-        from medret.index.identity import encoder_identity
-
         identity = encoder_identity(spec, doc_model_path)
     params = _build_params(store, spec, index_type, dtype, chunk_rows, identity)
     hint = rebuild_hint(spec, corpus_name)
 
     existing = read_manifest(out_dir)
     if existing is not None and existing.get("complete") and not rebuild:
-        from medret.index.identity import mismatch
-
         why = mismatch(existing, identity)
         same = (existing.get("store_checksum") == store.checksum and existing.get("count") == n
                 and existing.get("index_type") == index_type and why is None)
@@ -228,8 +207,6 @@ def build_dense_index(
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
-    from medret.atomic import atomic_write_text
-
     atomic_write_text(work / BUILD_STATE, json.dumps(params, indent=2, sort_keys=True))
 
     n_chunks = (n + chunk_rows - 1) // chunk_rows
@@ -252,12 +229,8 @@ def build_dense_index(
     bar = None
     if todo:
         if encoder is None:
-            from medret.encoders.hf import Encoder
-
             encoder = Encoder(spec, device=device, load_query=False, doc_model_path=doc_model_path)
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=n, initial=done_rows, unit="doc", unit_scale=True, smoothing=0.05,
                        desc=f"embed {spec.name}", dynamic_ncols=True)
     last_log = time.monotonic()
@@ -266,13 +239,15 @@ def build_dense_index(
             docs = store.get(range(s, e))
             emb = np.asarray(encoder.encode_docs(docs, batch_size=batch_size))  # type: ignore[union-attr]
             if emb.ndim != 2 or emb.shape[0] != e - s:
-                raise IndexBuildError(f"the encoder returned shape {emb.shape} for {e - s} documents (rows {s}..{e - 1})")
+                raise IndexBuildError(f"the encoder returned shape {emb.shape} for {e - s} documents (rows "
+                                      f"{s}..{e - 1})")
             if dim is None:
                 dim = int(emb.shape[1])
             elif emb.shape[1] != dim:
                 raise IndexBuildError(f"the encoder returned dim {emb.shape[1]} but earlier chunks have {dim}")
             if not np.isfinite(emb).all():
-                raise IndexBuildError(f"the encoder returned NaN/inf for rows {s}..{e - 1}; check the model and fp16 settings")
+                raise IndexBuildError(f"the encoder returned NaN/inf for rows {s}..{e - 1}; check the model and fp16 "
+                                      "settings")
             if fp16_storage:
                 peak = float(np.abs(emb).max()) if emb.size else 0.0
                 if peak > FP16_MAX:
@@ -350,14 +325,12 @@ def build_dense_index(
         "corpus": corpus_name,
         "spec": spec.to_dict(),
         "encoder": identity.to_manifest(_encode_dtype(encoder)),
-        "medret_version": _versions(),
+        "medret_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "build_seconds": round(time.perf_counter() - t0, 3),
         "files": sizes,
         "emb_sha256": emb_sha256,  # verified on resume and by `medret doctor` (medret.index.emb_check)
     }
-    from medret.atomic import atomic_write_text
-
     atomic_write_text(work / MANIFEST, json.dumps(manifest, indent=2))
     emb_check.drop_sidecars(work)
     _commit(work, out_dir)
@@ -392,7 +365,7 @@ def load_dense_index(
     mmap: bool = True,
     device: str = "cpu",
     corpus_name: str | None = None,
-    identity: Any = None,
+    identity: EncoderIdentity | None = None,
     **search_params: Any,
 ) -> DenseIndex:
     """Load a dense index built by :func:`build_dense_index`, refusing incomplete, stale or foreign ones.
@@ -420,12 +393,14 @@ def load_dense_index(
             f"`medret index build --corpus {corpus_name or 'NAME'} --retriever {name}`"
         )
     if manifest.get("format") != FORMAT or not manifest.get("complete"):
-        raise IndexBuildError(f"the dense index at {index_dir} is incomplete or not a medret index; rebuild it with {hint}")
+        raise IndexBuildError(f"the dense index at {index_dir} is incomplete or not a medret index; rebuild it with "
+                              f"{hint}")
     for fname, size in (manifest.get("files") or {}).items():
         p = index_dir / fname
         if not p.is_file() or p.stat().st_size != size:
             raise IndexBuildError(
-                f"the dense index at {index_dir} is damaged: {fname} is missing or has the wrong size; rebuild it with {hint}"
+                f"the dense index at {index_dir} is damaged: {fname} is missing or has the wrong size; rebuild it "
+                f"with {hint}"
             )
     if store is not None:
         if manifest.get("store_checksum") != store.checksum or int(manifest.get("count", -1)) != len(store):
@@ -436,8 +411,6 @@ def load_dense_index(
                 f"the wrong snippets. Rebuild it with {hint}"
             )
     if identity is not None:
-        from medret.index.identity import check
-
         check(manifest, identity, index_dir, hint)
     elif spec is not None and manifest.get("spec"):
         built = EncoderSpec.from_dict(manifest["spec"])

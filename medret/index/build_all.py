@@ -1,15 +1,29 @@
-"""`medret index build`: the document store(s) and every index a retriever name needs."""
+"""`medret index build`: everything a retriever needs (document stores, BM25, one dense index per source).
+
+Building one dense index is :func:`medret.index.dense_build.build_dense_index`; where each index goes is
+:mod:`medret.index.locate`'s decision, as for the searchers that open them.
+"""
 from __future__ import annotations
 
 from typing import Iterator
 
-from medret.config import RetrieverConfig
+from medret.config import EngineOptions
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import build_store, open_corpus_store
-from medret.engine import retriever_parts
+from medret.device import resolve_device
+from medret.encoders.locate import model_location
+from medret.encoders.specs import spec_for
+from medret.index.bm25 import build_bm25
+from medret.index.dense_build import build_dense_index
+from medret.index.identity import adopt_legacy as adopt
+from medret.index.identity import encoder_identity, keyed_dir, legacy_dir
+from medret.index.locate import bm25_dir, source_stores
+from medret.index.manifest import read_manifest
+from medret.index.searchers import fp16_storage
+from medret.retrievers import retriever_parts
 
 
-def build_all(config: RetrieverConfig, index_type: str = "flat", rebuild: bool = False,
+def build_all(config: EngineOptions, index_type: str = "flat", rebuild: bool = False,
               progress: bool = True, adopt_legacy: bool = False) -> Iterator[str]:
     """Build what ``config`` needs; yields one line per step for the CLI. ``adopt_legacy``: move dense indexes of
     medret's first layout into the new one, recording the configured encoder, instead of encoding again."""
@@ -22,34 +36,22 @@ def build_all(config: RetrieverConfig, index_type: str = "flat", rebuild: bool =
     yield f"document store: {corpus.display_name}, {len(store)} snippets"
     for part in parts:
         if part == "bm25":
-            from medret.index.bm25 import build_bm25
-
-            folder = corpus.artifact_dir / "bm25"
+            folder = bm25_dir(corpus)
             build_bm25(store, folder, progress=progress, only_if_missing=not rebuild)
             yield f"BM25 index: {folder}"
             continue
-        from medret.device import resolve_device
-        from medret.encoders.specs import spec_for
-        from medret.index.build import build_dense_index, read_manifest
-        from medret.index.dense_searcher import fp16_storage, source_stores
-        from medret.index.identity import adopt_legacy as adopt, encoder_identity, keyed_dir, legacy_dir
-
-        from medret.encoders.locate import model_location
-
         spec = spec_for(part, config)
         identity = encoder_identity(spec, config.doc_model, config.query_model, config.models_dir)
         device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
         doc_model_path = model_location(spec.doc_model, config.doc_model, config.models_dir)
         for (_, sub), source in zip(source_stores(store), corpus.sources):
-            out = keyed_dir(source, identity)
+            out = keyed_dir(source, identity)  # medret builds its own index for this encoder (locate: "own")
             if adopt_legacy and read_manifest(out) is None:
                 old = legacy_dir(source, spec)
                 if read_manifest(old) is not None:
                     adopt(old, out, identity, sub)
                     yield f"{spec.name} index for {source.name}: adopted {old} as {out} ({identity.describe()})"
             build_dense_index(sub, spec, out, device=device, batch_size=config.batch_size, index_type=index_type,
-                              rebuild=rebuild,
-                              fp16_storage=fp16_storage(config, device),
-                              progress=progress, doc_model_path=doc_model_path, corpus_name=corpus.display_name,
-                              identity=identity)
+                              rebuild=rebuild, fp16_storage=fp16_storage(config, device), progress=progress,
+                              doc_model_path=doc_model_path, corpus_name=corpus.display_name, identity=identity)
             yield f"{spec.name} index ({index_type}) for {source.name}: {out}"

@@ -28,7 +28,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-from medret.storage import storage_error
+from medret.storage.disk import storage_error
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])

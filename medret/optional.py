@@ -1,0 +1,83 @@
+"""medret's optional dependencies, each imported in this one place.
+
+Core medret (BM25, the document store, the HTTP client) needs none of them; a module that uses one calls the
+function here when it needs it (``torch = optional.torch()``), so importing medret never imports a dependency
+that a configuration does not use, and a missing one is reported with the extra that installs it:
+
+=================  =========================================  ==========================
+function           for                                        extra
+=================  =========================================  ==========================
+torch()            dense encoders, exact GPU search, shards    dense
+transformers()     the Hugging Face encoders                  dense
+faiss()            HNSW / IVF-PQ / faiss-file indexes         dense (faiss-cpu)
+ray()              the Ray backend                            ray
+hub()              downloads (``medret corpus|models ...``)   download (huggingface_hub)
+requests()         Search-R1's own HTTP path, hub sessions    client
+psutil()           benchmarks (memory)                        bench
+pyplot()           benchmark plots                            bench
+omegaconf()        hydra blocks (None when not installed)     (the trainer's)
+=================  =========================================  ==========================
+
+(veRL's ``BaseTool`` is imported by :mod:`medret.integrations.verl_tool` itself, which has a stand-in without it;
+starlette and uvicorn by :mod:`medret.serve.app` and :mod:`medret.serve.server`, which only ``medret serve`` and
+the serve tests import.)
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from medret.errors import MissingDependencyError
+
+
+def load(module: str, extra: str, what: str = "") -> Any:
+    """``module`` (a dotted name is fine), or :class:`MissingDependencyError` naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        top = module.split(".")[0]
+        raise MissingDependencyError(
+            f"{what or top} needs the Python package {top!r}, which is not installed ({e}): "
+            f"pip install 'medret[{extra}]'") from e
+
+
+def torch() -> Any:
+    return load("torch", "dense", "dense retrieval")
+
+
+def transformers() -> Any:
+    return load("transformers", "dense", "dense retrieval")
+
+
+def faiss() -> Any:
+    return load("faiss", "dense", "this index type (faiss-cpu)")
+
+
+def ray() -> Any:
+    return load("ray", "ray", "backend='ray'")
+
+
+def hub() -> Any:
+    return load("huggingface_hub", "download", "downloading from the Hugging Face hub")
+
+
+def requests() -> Any:
+    return load("requests", "client")
+
+
+def psutil() -> Any:
+    return load("psutil", "bench", "benchmarks")
+
+
+def pyplot() -> Any:
+    load("matplotlib", "bench", "benchmark plots").use("Agg")
+    return load("matplotlib.pyplot", "bench", "benchmark plots")
+
+
+def omegaconf() -> ModuleType | None:
+    """omegaconf when installed (hydra's configs are its objects; without it there are none to convert)."""
+    try:
+        return importlib.import_module("omegaconf")
+    except ImportError:
+        return None
