@@ -1,4 +1,5 @@
-"""A real two-node Ray cluster on 127.0.0.1 for the Ray backend tests.
+"""Fixtures of the transports' tests: medret's server in a thread (from tests/serve) for the HTTP transport, and a
+real two-node Ray cluster on 127.0.0.1 for the Ray transport.
 
 `ray start --head --block` (node A, resource nodeA) and `ray start --address ... --block` (node B, resources
 nodeB and medret_retriever, and one GPU as far as Ray knows) run as children of the test session in their own temp
@@ -19,6 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+# the HTTP transport's tests run against medret's own server (tests/serve)
+from tests.serve.conftest import serve_corpus, serve_thread  # noqa: F401 - fixtures
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 
