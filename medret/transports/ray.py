@@ -147,11 +147,12 @@ class RayShardHost:
         for j, kw in enumerate(shards):
             opts = dict(self.shard_options[j % len(self.shard_options)]) if self.shard_options else {}
             device = opts.pop("_device", None)
-            opts = {"name": f"{self.name}#shard{self.started}.{j}", "lifetime": "detached", **self.actor_options,
-                    **opts}
+            # a restarted retriever actor (ray_max_restarts) finds its shards, which outlive it, by name
+            opts = {"name": f"{self.name}#shard{self.started}.{j}", "lifetime": "detached", "get_if_exists": True,
+                    **self.actor_options, **opts}
             if not self.name:
-                opts.pop("name")
-                opts.pop("lifetime")
+                for key in ("name", "lifetime", "get_if_exists"):
+                    opts.pop(key)
             handles.append(cls.options(**opts).remote(**({**kw, "device": device} if device else kw)))
         self.started += 1
         ray.get([h.describe.remote() for h in handles])  # surface construction errors now
@@ -263,7 +264,7 @@ class RayTransport(BaseTransport):
     def _options(self) -> dict[str, Any]:
         cfg = self.config
         opts: dict[str, Any] = {"name": self.name, "namespace": self.namespace, "lifetime": "detached",
-                                "get_if_exists": True, "max_restarts": 0}
+                                "get_if_exists": True, "max_restarts": cfg.ray_max_restarts}
         if cfg.ray_num_gpus:
             opts["num_gpus"] = cfg.ray_num_gpus
         if cfg.ray_placement == "retriever-node":

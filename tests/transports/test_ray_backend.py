@@ -161,3 +161,39 @@ def test_cli_ray_down_finds_the_gpu_actor_that_ray_up_created(ray_cluster, job):
     assert info["ray"]["actor"] in down.stdout
     gone = subprocess.run(base + ["info", *common], capture_output=True, text=True, env=env, timeout=120)
     assert gone.returncode == 1 and "no retriever actor" in gone.stderr
+
+
+def test_ray_max_restarts_brings_a_killed_actor_back(ray_cluster, job):
+    """`ray_max_restarts` (one option declaration, used where the actor is created): Ray restarts the retriever
+    actor after its process dies, under the same name; callers find it again. With the default 0 it stays dead."""
+    import time
+
+    from medret.transports.ray import RayTransport
+
+    def info_when_back(t: RayTransport, timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return t.info()
+            except TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    restarting = RayTransport(ray_config(ray_cluster, job, ray_max_restarts=1, rrf_k=61))
+    first = restarting.info()["ray"]
+    restarting.ray.kill(restarting.handle, no_restart=False)  # as an out-of-memory kill would end it
+    again = info_when_back(restarting)["ray"]
+    assert again["actor"] == first["actor"] and again["pid"] != first["pid"]
+    assert [i["document"]["id"] for i in restarting.search(QUERIES[:1], 3)[0]] == \
+        [h.id for h in get_retriever("sample", "BM25", rrf_k=61).search(QUERIES[:1], 3)[0]]
+
+    once = RayTransport(ray_config(ray_cluster, job, rrf_k=62))  # default: no restart
+    once.ray.kill(once.handle, no_restart=False)
+    time.sleep(2)
+    with pytest.raises(TransportError, match="is gone"):
+        once.info()
+    from medret.transports.ray import kill_actors
+
+    for t in (restarting, once):
+        kill_actors(t.config)
