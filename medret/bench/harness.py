@@ -31,6 +31,7 @@ from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import open_corpus_store
 from medret.errors import ConfigError
 from medret.storage.atomic import atomic_path, atomic_write_text
+from medret.transports.local import LocalTransport
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,8 @@ def run_backend(backend: str, cfg: BenchConfig, pool: Sequence[str]) -> dict[str
             retriever.retrieve([pool[0]], topk=cfg.topk)
             out["inprocess_startup_s"] = time.perf_counter() - t
         retriever.retrieve(make_batch(pool, min(8, len(pool)), 0.0, 1), topk=cfg.topk)  # warm-up
-        engine = getattr(getattr(retriever, "transport", None), "engine", None) if backend == "local" else None
+        # the engine share of the time is measured in-process only
+        engine = retriever.transport.engine if isinstance(retriever.transport, LocalTransport) else None
         out["info"] = retriever.info()
         out["rows"] = time_batches(retriever, cfg, pool, engine)
         out["client_rss_bytes"] = rss_bytes()

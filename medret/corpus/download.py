@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -99,10 +98,15 @@ def hf_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def _require_hub() -> Any:
+# ---- the pieces medret's other downloads (MedRAG embeddings: medret.corpus.embeddings; models:
+# medret.encoders.download) share with this one: the hub, partial files, the download record, progress bars
+
+
+def require_hub() -> Any:
+    """huggingface_hub (with its ``utils``), or CorpusError saying to install the ``download`` extra."""
     try:
-        hub = importlib.import_module("huggingface_hub")
-        importlib.import_module("huggingface_hub.utils")  # a lazy attribute of the package: load it for .utils
+        hub = optional.hub()
+        optional.load("huggingface_hub.utils", "download")  # a lazy attribute of the package: load it for .utils
         return hub
     except ImportError:
         raise CorpusError("huggingface_hub is not installed: downloading MedRAG's corpora needs it; "
@@ -178,7 +182,7 @@ class SourcePlan:
 def list_remote_files(repo_id: str, revision: str | None = None, *, token: str | bool | None = None,
                       endpoint: str | None = None) -> tuple[str, list[RemoteFile]]:
     """The commit ``revision`` resolves to and the ``chunk/*.jsonl`` files at that commit."""
-    hub = _require_hub()
+    hub = require_hub()
     api = hub.HfApi(endpoint=endpoint or hf_endpoint(), token=token)
     try:
         info = api.dataset_info(repo_id, revision=revision)
@@ -278,7 +282,7 @@ def _checksum_matches(path: Path, rf: RemoteFile) -> bool | None:
     return None
 
 
-def _partial_path(final: Path) -> Path:
+def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.part")
 
 
@@ -301,7 +305,7 @@ def _stat_key(path: Path) -> list[int]:
 def inspect_local(rf: RemoteFile, local: Path, manifest_files: dict) -> FileState:
     """Compare a local chunk file with the hub's record of it."""
     if not local.exists():
-        part = _partial_path(local)
+        part = partial_path(local)
         n = part.stat().st_size if part.exists() else 0
         if 0 < n <= rf.size:
             return FileState(rf, local, "partial", partial_bytes=n)
@@ -317,11 +321,11 @@ def inspect_local(rf: RemoteFile, local: Path, manifest_files: dict) -> FileStat
     ok = _checksum_matches(local, rf)
     if ok is False:
         return FileState(rf, local, "checksum")
-    manifest_files[rf.name] = _manifest_entry(local, rf)
+    manifest_files[rf.name] = manifest_entry(local, rf)
     return FileState(rf, local, "ok")
 
 
-def _manifest_entry(local: Path, rf: RemoteFile) -> dict:
+def manifest_entry(local: Path, rf: RemoteFile) -> dict:
     return {"stat": _stat_key(local), "sha256": rf.sha256, "blob_id": rf.blob_id, "size": rf.size}
 
 
@@ -413,10 +417,10 @@ def fetch_url(url: str, final: Path, *, expected_size: int | None, headers: dict
     partial file is deleted and CorpusError raised, leaving ``final`` as it was.
     """
     if session is None:
-        _require_hub()
+        require_hub()
         session = compat.hub_session()
     errors = compat.http_transport_errors(session)
-    part = _partial_path(final)
+    part = partial_path(final)
     base_headers = dict(headers or {})
     base_headers["Accept-Encoding"] = "identity"
     with _locked(part) as out:
@@ -530,12 +534,12 @@ def _length_from(headers: Any, have: int) -> int | None:
     return None
 
 
-def _bars(progress: bool, total: int, desc: str) -> Any:
+def total_bar(progress: bool, total: int, desc: str) -> Any:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress,
                 position=0, dynamic_ncols=True)
 
 
-def _file_bar(progress: bool, rf_size: int | None, name: str) -> Any:
+def file_bar(progress: bool, rf_size: int | None, name: str) -> Any:
     return tqdm(total=rf_size, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress,
                 position=1, leave=False, dynamic_ncols=True)
 
@@ -560,13 +564,13 @@ class DownloadResult:
 def download_plans(plans: list[SourcePlan], *, token: str | bool | None = None, progress: bool = True,
                    max_retries: int = 5, endpoint: str | None = None) -> list[DownloadResult]:
     """Fetch every file the plans mark as needed. Call :func:`check_disk` first."""
-    hub = _require_hub()
+    hub = require_hub()
     endpoint = endpoint or hf_endpoint()
     headers = hub.utils.build_hf_headers(token=token, library_name="medret")
     session = compat.hub_session()
     results = []
     total = sum(p.bytes_to_fetch for p in plans)
-    with _bars(progress, total, "total") as overall:
+    with total_bar(progress, total, "total") as overall:
         for plan in plans:
             res = DownloadResult(plan.source, plan.dest, revision=plan.revision)
             manifest = _read_manifest(plan.dest)
@@ -583,13 +587,13 @@ def download_plans(plans: list[SourcePlan], *, token: str | bool | None = None, 
                     logger.warning("%s differs from the hub (%s); downloading it again", st.local, st.status)
                 url = hub.hf_hub_url(plan.repo_id, st.remote.path, repo_type="dataset", revision=plan.revision,
                                      endpoint=endpoint)
-                with _file_bar(progress, st.remote.size, st.remote.name) as fbar:
+                with file_bar(progress, st.remote.size, st.remote.name) as fbar:
                     fetch_url(url, st.local, expected_size=st.remote.size, headers=headers, sha256=st.remote.sha256,
                               blob_id=st.remote.blob_id, max_retries=max_retries, file_bar=fbar,
                               overall_bar=overall, session=session)
                 res.fetched.append(st.remote.name)
                 res.bytes_fetched += st.bytes_to_fetch
-                mfiles[st.remote.name] = _manifest_entry(st.local, st.remote)
+                mfiles[st.remote.name] = manifest_entry(st.local, st.remote)
                 _write_manifest(plan.dest, {"repo_id": plan.repo_id, "revision": plan.revision, "files": mfiles})
             logger.info("%s: %d files fetched, %d already complete", plan.source, len(res.fetched),
                         len(res.already_ok))
@@ -603,7 +607,7 @@ def download_plans(plans: list[SourcePlan], *, token: str | bool | None = None, 
 
 def copy_from_hf_cache(source: str, db_dir: str | os.PathLike[str], *, revision: str | None = None) -> DownloadResult:
     """Offline mode: copy ``chunk/*.jsonl`` of ``source`` out of the local Hugging Face cache, or say what to do."""
-    hub = _require_hub()
+    hub = require_hub()
     repo_id = HUB_REPOS[source]
     cache = hf_cache_dir()
     try:
@@ -632,7 +636,7 @@ def copy_from_hf_cache(source: str, db_dir: str | os.PathLike[str], *, revision:
             continue
         if final.exists() and is_lfs_pointer(final):
             res.replaced_pointers.append(src.name)
-        part = _partial_path(final)
+        part = partial_path(final)
         shutil.copyfile(real, part)
         os.replace(part, final)
         res.fetched.append(src.name)
@@ -659,11 +663,11 @@ def download_statpearls(db_dir: str | os.PathLike[str], *, from_file: str | os.P
         archive = dest / STATPEARLS_ARCHIVE
         url = url or os.environ.get("MEDRET_STATPEARLS_URL") or STATPEARLS_URL
         if force or not archive.is_file():
-            _require_hub()
+            require_hub()
             session = compat.hub_session()
-            size = _remote_size(session, url)
+            size = remote_size(session, url)
             if size is not None:
-                part = _partial_path(archive)
+                part = partial_path(archive)
                 have = part.stat().st_size if part.exists() else 0
                 need = 3 * size - have  # the archive plus its chunks (about twice its size)
                 free = (free_fn or disk_free)(dest)
@@ -671,7 +675,7 @@ def download_statpearls(db_dir: str | os.PathLike[str], *, from_file: str | os.P
                     raise CorpusError(f"not enough disk space in {dest.parent}: StatPearls needs about "
                                       f"{human_bytes(need)} but only {human_bytes(free)} is free; free space or "
                                       "choose another --db-dir")
-            with _file_bar(progress, size, STATPEARLS_ARCHIVE) as fbar:
+            with file_bar(progress, size, STATPEARLS_ARCHIVE) as fbar:
                 fetch_url(url, archive, expected_size=size, max_retries=max_retries, file_bar=fbar, session=session)
             res.fetched.append(STATPEARLS_ARCHIVE)
             res.bytes_fetched = archive.stat().st_size
@@ -699,7 +703,7 @@ def download_statpearls(db_dir: str | os.PathLike[str], *, from_file: str | os.P
 _STATPEARLS_FIX = f"download {STATPEARLS_ARCHIVE} where the internet is reachable and pass it with --from FILE"
 
 
-def _remote_size(session: Any, url: str, fix: str = _STATPEARLS_FIX) -> int | None:
+def remote_size(session: Any, url: str, fix: str = _STATPEARLS_FIX) -> int | None:
     """The size a server gives for ``url`` (after redirects), None when it gives none; CorpusError (with ``fix``)
     when it cannot be reached or refuses."""
     try:

@@ -262,11 +262,11 @@ def download_one(source: str, spec, db_dir: str | os.PathLike[str], *, mirror: s
     archive = index_dir / ARCHIVE
     index_dir.mkdir(parents=True, exist_ok=True)
     if not archive.is_file():
-        session = dl._require_hub().utils.get_session()
+        session = dl.require_hub().utils.get_session()
         fix = (f"download {url} where it is reachable and put it at {archive}, or set {MIRROR_ENV} to a mirror; "
                "then run the same command again")
-        size = dl._remote_size(session, url, fix=fix)
-        part = dl._partial_path(archive)
+        size = dl.remote_size(session, url, fix=fix)
+        part = dl.partial_path(archive)
         have = part.stat().st_size if part.exists() else 0
         if size is not None:
             need = max(size - have, 0) + size  # what is left to fetch, and about as much again to unpack it
@@ -275,7 +275,7 @@ def download_one(source: str, spec, db_dir: str | os.PathLike[str], *, mirror: s
                 raise CorpusError(f"not enough disk space in {index_dir}: MedRAG's {spec.name} embeddings of "
                                   f"{source} need about {dl.human_bytes(need)} (archive and unpacked files), "
                                   f"{dl.human_bytes(free)} is free; free space or choose another --db-dir")
-        with dl._file_bar(progress, size, f"{source} {spec.name} {ARCHIVE}") as bar:
+        with dl.file_bar(progress, size, f"{source} {spec.name} {ARCHIVE}") as bar:
             dl.fetch_url(url, archive, expected_size=size, max_retries=max_retries, file_bar=bar, session=session)
         res.bytes_fetched = archive.stat().st_size - have
     files = unpack(archive, target, rows, src_dir / dl.CHUNK_DIR, free_fn=free_fn)

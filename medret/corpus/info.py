@@ -37,7 +37,7 @@ def corpus_info(name: str, db_dir: str | None, cache_dir: str | None = None) -> 
             "chunk_bytes": sum(p.stat().st_size for p in s.chunk_files), "rows": rows,
             "expected_rows": KNOWN_ROWS.get(s.name), "store_bytes": _du(s.store_dir) if rows is not None else None,
             "indexes": indexes})
-    bm25 = corpus.artifact_dir / "bm25"
+    bm25 = corpus.bm25_dir
     rows = [s["rows"] or s["expected_rows"] for s in sources]
     n = sum(r for r in rows if r) if all(rows) else None
     return {

@@ -62,6 +62,11 @@ class Corpus:
     def display_name(self) -> str:
         return DISPLAY.get(self.name.lower(), self.name)
 
+    @property
+    def bm25_dir(self) -> Path:
+        """Where the corpus's BM25 index (one over the union of its sources) lives."""
+        return self.artifact_dir / "bm25"
+
 
 def default_cache_dir() -> Path:
     """Where the shipped sample corpus's artifacts (and benchmarks' work) go: $MEDRET_CACHE, else ~/.cache/medret."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from medret import optional
 from medret.api import Retriever
-from medret.config import HttpOptions
+from medret.config import DEFAULT_TOPK, HttpOptions
 from medret.corpus.download import hf_cache_dir, hf_offline
 from medret.doctor.checks import FAIL, OK, WARN, Check
 from medret.doctor.data import device_or_none
@@ -115,7 +115,7 @@ def check_search(config: Any, query: str, ready: bool) -> list[Check]:
         t0 = time.perf_counter()
         r = Retriever(cfg)
         try:
-            res = r.retrieve([query], topk=3, return_scores=True)
+            res = r.retrieve([query], topk=DEFAULT_TOPK, return_scores=True)
         finally:
             r.close()
         dt = time.perf_counter() - t0

@@ -1,8 +1,8 @@
-"""Dense encoders: retriever specs (specs), pooling, and the Hugging Face encoder (hf, imports torch lazily)."""
+"""Dense encoders: retriever specs (specs), pooling, and the Hugging Face encoder (hf, imports torch when it loads a
+model)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from medret.encoders.hf import Encoder
 from medret.encoders.specs import (
     REGISTRY,
     EncoderSpec,
@@ -13,9 +13,6 @@ from medret.encoders.specs import (
     known_names,
     resolve_spec,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from medret.encoders.hf import Encoder
 
 __all__ = [
     "REGISTRY",
@@ -28,9 +25,3 @@ __all__ = [
     "known_names",
     "resolve_spec",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Encoder":
-        return Encoder
-    raise AttributeError(name)

@@ -138,7 +138,7 @@ def _refuse_offline() -> None:
 def plan_model(model_id: str, root: str | os.PathLike[str], *, token: str | bool | None = None,
                endpoint: str | None = None) -> ModelPlan:
     """List ``model_id``'s files on the hub (one commit of ``main``) and compare them with ``root/<model id>``."""
-    hub = dl._require_hub()
+    hub = dl.require_hub()
     _refuse_offline()
     check_model_id(model_id)
     endpoint = endpoint or dl.hf_endpoint()
@@ -170,12 +170,12 @@ def plan_model(model_id: str, root: str | os.PathLike[str], *, token: str | bool
 def download_models(plans: list[ModelPlan], *, token: str | bool | None = None, progress: bool = True,
                     max_retries: int = 5, endpoint: str | None = None) -> list[ModelResult]:
     """Fetch what each plan marks as needed; the record says ``complete`` only when every file is verified."""
-    hub = dl._require_hub()
+    hub = dl.require_hub()
     endpoint = endpoint or dl.hf_endpoint()
     headers = hub.utils.build_hf_headers(token=token, library_name="medret")
     session = hub.utils.get_session()
     results = []
-    with dl._bars(progress, sum(p.bytes_to_fetch for p in plans), "total") as overall:
+    with dl.total_bar(progress, sum(p.bytes_to_fetch for p in plans), "total") as overall:
         for plan in plans:
             res = ModelResult(plan.model_id, plan.dest, plan.revision)
             record = _read_record(plan.dest)
@@ -186,18 +186,18 @@ def download_models(plans: list[ModelPlan], *, token: str | bool | None = None, 
             for st in plan.files:
                 if not st.needs_fetch:
                     res.already_ok.append(st.remote.name)
-                    known[st.remote.name] = dl._manifest_entry(st.local, st.remote)
+                    known[st.remote.name] = dl.manifest_entry(st.local, st.remote)
                     continue
                 if st.status in ("size", "checksum", "pointer"):
                     logger.warning("%s differs from the hub (%s); downloading it again", st.local, st.status)
                 url = hub.hf_hub_url(plan.model_id, st.remote.path, revision=plan.revision, endpoint=endpoint)
-                with dl._file_bar(progress, st.remote.size, st.remote.name) as fbar:
+                with dl.file_bar(progress, st.remote.size, st.remote.name) as fbar:
                     dl.fetch_url(url, st.local, expected_size=st.remote.size, headers=headers,
                                  sha256=st.remote.sha256, blob_id=st.remote.blob_id, max_retries=max_retries,
                                  file_bar=fbar, overall_bar=overall, session=session)
                 res.fetched.append(st.remote.name)
                 res.bytes_fetched += st.bytes_to_fetch
-                known[st.remote.name] = dl._manifest_entry(st.local, st.remote)
+                known[st.remote.name] = dl.manifest_entry(st.local, st.remote)
                 _write_record(plan.dest, plan, known, complete=False)
             _write_record(plan.dest, plan, known, complete=True)
             logger.info("%s: %d files fetched, %d already complete -> %s", plan.model_id, len(res.fetched),

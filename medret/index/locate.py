@@ -51,7 +51,7 @@ class Location(NamedTuple):
 
 
 def bm25_dir(corpus: Corpus) -> Path:
-    return corpus.artifact_dir / "bm25"
+    return corpus.bm25_dir
 
 
 def locate_bm25(corpus: Corpus, store: Any, auto_build: bool) -> Location:

@@ -34,6 +34,7 @@ from string import Template
 from typing import Any, Mapping
 
 from medret import __version__
+from medret.config import DEFAULT_TOPK
 from medret.errors import ConfigError
 
 LAYOUTS = ("local", "per-node", "retriever-node")
@@ -110,7 +111,7 @@ class JobSpec:
     corpus: str = "MedCorp"
     retriever: str = "MedCPT"
     db_dir: str | None = None
-    topk: int = 3
+    topk: int = DEFAULT_TOPK
     shards: int = 1
     # SLURM resources
     job_name: str = "medret-train"
