@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from medret import __version__, commands
+from medret import commands
 from medret.bench import cli as bench_cli
 from medret.doctor import cli as doctor_cli
 from medret.encoders import models_cli
@@ -15,6 +15,7 @@ from medret.integrations import cli as integrations_cli
 from medret.launch import cli as launch_cli
 from medret.recipes.kare import cli as kare_cli
 from medret.serve import cli as serve_cli
+from medret.version import __version__
 
 # Each module defines register(subparsers); its handlers take the parsed args and return an exit code.
 COMMANDS = (

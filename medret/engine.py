@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from medret import __version__
 from medret.config import EngineOptions
 from medret.corpus.registry import Corpus, resolve_corpus
 from medret.corpus.store import DocStore, UnionStore, open_corpus_store
@@ -20,6 +19,7 @@ from medret.index.fusion import rrf
 from medret.index.searchers import BM25Searcher, DenseSearcher, Searcher, Shards
 from medret.index.sharded import ShardedDenseIndex
 from medret.retrievers import retriever_parts
+from medret.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,9 @@ import numpy as np
 
 from medret.corpus import download as dl
 from medret.corpus.reader import count_lines
-from medret.corpus.registry import DISPLAY, KNOWN_ROWS
+from medret.corpus.registry import DISPLAY, KNOWN_ROWS, medrag_index_dir
 from medret.encoders.specs import get_spec
 from medret.errors import ConfigError, CorpusError
-from medret.index.medrag import medrag_index_dir
 from medret.retrievers import retriever_parts
 from medret.storage.atomic import atomic_path, atomic_write_text
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from medret.encoders.specs import EncoderSpec
 from medret.errors import CorpusError
 
 SOURCES: dict[str, tuple[str, ...]] = {
@@ -66,6 +67,13 @@ class Corpus:
     def bm25_dir(self) -> Path:
         """Where the corpus's BM25 index (one over the union of its sources) lives."""
         return self.artifact_dir / "bm25"
+
+
+def medrag_index_dir(source_dir: str | os.PathLike[str], doc_model: str | EncoderSpec) -> Path:
+    """Where MedRAG keeps a source's precomputed index: ``<source_dir>/index/<doc model id>`` (e.g.
+    ``.../pubmed/index/ncbi/MedCPT-Article-Encoder``)."""
+    model = doc_model.doc_model if isinstance(doc_model, EncoderSpec) else doc_model
+    return Path(source_dir) / "index" / model
 
 
 def default_cache_dir() -> Path:

@@ -9,11 +9,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from medret import __version__, optional
+from medret import optional
 from medret.device import FIX_HINT, parse_visible_devices, resolve_device
 from medret.doctor.checks import FAIL, OK, WARN, Check, gb
 from medret.errors import ConfigError, DeviceError, MedretError, MissingDependencyError
 from medret.retrievers import retriever_parts
+from medret.version import __version__
 
 logger = logging.getLogger(__name__)
 

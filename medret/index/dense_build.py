@@ -32,7 +32,6 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from medret import __version__
 from medret.encoders.hf import Encoder
 from medret.encoders.specs import REGISTRY, EncoderSpec
 from medret.errors import ConfigError, IndexBuildError
@@ -52,6 +51,7 @@ from medret.storage.atomic import atomic_write_text
 from medret.storage.leftovers import remove_stale
 from medret.storage.locks import serialized
 from medret.validate import check_whole
+from medret.version import __version__
 
 logger = logging.getLogger(__name__)
 

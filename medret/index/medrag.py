@@ -23,7 +23,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import orjson
 
-from medret.encoders.specs import EncoderSpec
+from medret.corpus.registry import medrag_index_dir  # noqa: F401 - part of this module's surface
 from medret.errors import IndexBuildError
 from medret.index.dense import DenseIndex, metric_of_faiss, read_faiss_index
 from medret.storage.atomic import atomic_path
@@ -33,12 +33,6 @@ logger = logging.getLogger(__name__)
 FAISS_NAME = "faiss.index"
 METADATA_NAME = "metadatas.jsonl"
 EMBEDDING_DIR = "embedding"
-
-
-def medrag_index_dir(source_dir: str | os.PathLike[str], doc_model: str | EncoderSpec) -> Path:
-    """``<source_dir>/index/<doc model id>`` (e.g. ``.../pubmed/index/ncbi/MedCPT-Article-Encoder``)."""
-    model = doc_model.doc_model if isinstance(doc_model, EncoderSpec) else doc_model
-    return Path(source_dir) / "index" / model
 
 
 def has_medrag_faiss(index_dir: str | os.PathLike[str]) -> bool:

@@ -33,9 +33,9 @@ from importlib import resources
 from string import Template
 from typing import Any, Mapping
 
-from medret import __version__
 from medret.config import DEFAULT_TOPK
 from medret.errors import ConfigError
+from medret.version import __version__
 
 LAYOUTS = ("local", "per-node", "retriever-node")
 MODES = ("train", "smoke")

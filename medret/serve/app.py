@@ -35,7 +35,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from medret import __version__
 from medret.config import RetrieverConfig
 from medret.errors import QueryError
 from medret.serve.batcher import Batcher, SearchBackend
@@ -48,6 +47,7 @@ from medret.validate import (
     check_queries,
     check_topk,
 )
+from medret.version import __version__
 
 log = logging.getLogger(__name__)
 
