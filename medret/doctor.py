@@ -149,7 +149,7 @@ def needs(config: Any) -> dict[str, str]:
 def check_packages(config: Any) -> list[Check]:
     from medret import __version__
 
-    core = ["numpy", "bm25s", "PyStemmer", "scipy", "pyarrow", "orjson", "tqdm", "PyYAML"]
+    core = ["numpy", "bm25s", "PyStemmer", "orjson", "tqdm", "PyYAML"]
     optional = ["torch", "transformers", "faiss-cpu", "faiss-gpu", "huggingface_hub", "starlette", "uvicorn", "httpx",
                 "ray"]
     missing_core = [d for d in core if _version(d) is None]

@@ -1,7 +1,7 @@
 """`medret serve`: the retriever as a Search-R1/veRL-compatible HTTP service.
 
 The request limits come from :data:`medret.config.LIMITS` and the server knobs from the fields of
-:class:`medret.serve.app.ServeSettings`: each is declared once there, with its help, and turned into a flag here.
+:class:`medret.serve.settings.ServeSettings`: each is declared once there, with its help, and turned into a flag here.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _TYPES = {"int": int, "float": float}
 
 
 def _settings_fields():
-    from medret.serve.app import ServeSettings
+    from medret.serve.settings import ServeSettings
 
     return [f for f in dataclasses.fields(ServeSettings) if f.metadata.get("flag")]
 
