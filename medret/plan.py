@@ -1,8 +1,21 @@
-"""`medret plan`: what each index option needs (GPU memory, RAM, disk, build time) and which fit a machine.
+"""`medret plan`: what each index option needs (GPU memory, RAM, disk, build time), which fit a cluster's nodes,
+and, for the best one, the `medret index build` and `medret slurm render` commands that set it up.
 
 Every number is arithmetic on the corpus size (MedRAG's snippet counts, :data:`medret.corpus.registry.KNOWN_ROWS`)
-and the constants in :data:`ASSUMPTIONS`; nothing is measured. Sizes are bytes; "G" in flags is GiB (2**30),
-"GB" is 10**9.
+and the constants in :data:`ASSUMPTIONS`; nothing is measured. Sizes are bytes; in flags "G" / "GiB" is 2**30,
+"GB" is 10**9, and a number without a unit is refused.
+
+The machine is ``nodes`` nodes of ``gpus`` GPUs with ``gpu_mem`` each and ``ram`` of host memory, for a training
+job: every option leaves GPUs to train on. The layout that realises an option (medret.launch.slurm):
+
+* one GPU holds the index: ``local`` (one node; the retriever on the last GPU) or ``per-node`` (a server on the
+  last GPU of every node);
+* the index sharded over ``g`` GPUs: ``retriever-node`` with ``shards=g`` — on one node its last ``g`` GPUs, on
+  several the last node (the trainer nodes keep all their GPUs);
+* CPU indexes (HNSW, IVF-PQ, BM25): the retriever on CPU, ``--retriever-gpus none`` (``local``, or ``per-node``
+  on several nodes); every GPU trains.
+
+The best option is the first that fits in :data:`PREFERENCE` order: exact before approximate, GPU before CPU.
 """
 from __future__ import annotations
 
@@ -10,12 +23,14 @@ import argparse
 import json
 import math
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from medret.config import EngineOptions
-from medret.corpus.registry import DISPLAY, KNOWN_ROWS, SOURCES
+from medret.corpus.registry import DISPLAY, KNOWN_ROWS, SAMPLE_DIR, SOURCES
 from medret.errors import ConfigError
+from medret.launch import recipes
 from medret.options import add_flags
 
 GiB = 1 << 30
@@ -43,13 +58,18 @@ ASSUMPTIONS: dict[str, Any] = {
     # faiss IVF-PQ adds (medret builds it with faiss on CPU), vectors/s — a rough estimate
     "ivfpq_add_per_s": 50_000,
     # BM25 (bm25s): non-zeros per snippet (distinct stemmed non-stop-word terms), 8 bytes each (float32 + int32)
-    "bm25_terms_per_snippet": {"pubmed": 110, "wikipedia": 75, "textbooks": 85, "statpearls": 80},
+    "bm25_terms_per_snippet": {"pubmed": 110, "wikipedia": 75, "textbooks": 85, "statpearls": 80, "sample": 40},
     "bm25_bytes_per_nnz": 8,
     "bm25_tokenize_per_s": 25_000,
     # document store: JSON bytes per snippet (id, title, content), + 8-byte offset
-    "store_bytes_per_snippet": {"pubmed": 1_300, "wikipedia": 700, "textbooks": 950, "statpearls": 900},
+    "store_bytes_per_snippet": {"pubmed": 1_300, "wikipedia": 700, "textbooks": 950, "statpearls": 900,
+                                "sample": 600},
     "store_build_per_s": 150_000,
 }
+
+
+# Which option the commands are printed for: the first that fits, in this order (prefixes of Option.name).
+PREFERENCE = ("flat fp16 (GPU", "sharded flat fp16", "flat fp32 (GPU", "HNSW", "IVF", "flat fp32 (CPU", "BM25")
 
 
 @dataclass
@@ -65,83 +85,114 @@ class Option:
     fits: bool = False
     why: str = ""
     notes: list[str] = field(default_factory=list)
+    # the job layout that realises it (medret slurm render), when it fits the nodes
+    layout: str | None = None
+    retriever_gpus: list[int] = field(default_factory=list)
+    shards: int = 1
+    train_gpus_per_node: int = 0
+    train_nodes: int = 0
+
+
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([KMGTP]?)(I?)(B?)\s*", re.I)
 
 
 def parse_size(text: str | int | None, name: str) -> int | None:
-    """'80G' / '80GiB' → 80·2**30; '80GB' → 80·10**9; plain numbers are bytes."""
-    if text is None or isinstance(text, int):
+    """'80G' / '80GiB' / '80Gi' -> 80 * 2**30; '80GB' -> 80 * 10**9; '512M', '1.5T', '4096B'. A number without a
+    unit is refused (80 what?); an int is a number of bytes. ``name`` is how the message names the setting."""
+    if text is None or (isinstance(text, int) and not isinstance(text, bool)):
         return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B?)\s*", str(text).upper())
+    m = _SIZE.fullmatch(str(text))
     if not m:
-        raise ConfigError(f"{name}={text!r} is invalid: give a size such as 80G (GiB), 80GB (10^9 bytes) or 256G")
-    num, unit, b = float(m.group(1)), m.group(2), m.group(3)
-    power = "KMGT".index(unit) + 1 if unit else 0
-    base = 1000 if b == "B" and unit else 1024
+        raise ConfigError(f"{name}={text!r} is invalid: give a size with a unit, e.g. 80G (GiB), 80GB (10^9 bytes), "
+                          "512M or 1.5T")
+    num, unit, i, b = float(m.group(1)), m.group(2).upper(), m.group(3), m.group(4)
+    if not unit and not b:
+        v = m.group(1)
+        raise ConfigError(f"{name}={text!r} has no unit: write {v}G for {v} GiB (2^30 bytes), {v}GB for {v}*10^9 "
+                          f"bytes, or {v}B if you mean bytes")
+    if not unit and i:
+        raise ConfigError(f"{name}={text!r} is invalid: give a size with a unit, e.g. 80G (GiB) or 80GB (10^9 bytes)")
+    power = "KMGTP".index(unit) + 1 if unit else 0
+    base = 1000 if b and not i and unit else 1024
     return int(num * base ** power)
 
 
 def corpus_rows(corpus: str) -> dict[str, int]:
     key = corpus.strip().lower()
+    if key == "sample":  # the shipped sample: count its snippets
+        return {"sample": sum(1 for f in sorted((SAMPLE_DIR / "chunk").glob("*.jsonl"))
+                              for line in f.read_text(encoding="utf-8").splitlines() if line.strip())}
     if key not in SOURCES:
         raise ConfigError(f"corpus={corpus!r} is unknown to the planner: use one of "
-                          f"{', '.join(DISPLAY[k] for k in SOURCES)}")
+                          f"{', '.join(DISPLAY[k] for k in SOURCES)} or sample")
     return {s: KNOWN_ROWS[s] for s in SOURCES[key]}
 
 
 def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str | None = "80G",
-         ram: int | str | None = "256G", gpus: int = 1, pq_m: int = 96, pq_nbits: int = 8,
-         dim: int | None = None) -> dict[str, Any]:
-    """Requirements of every index option for ``corpus`` and ``retriever``, and which fit the machine."""
+         ram: int | str | None = "256G", gpus: int = 8, pq_m: int = 96, pq_nbits: int = 8,
+         dim: int | None = None, nodes: int = 1, recipe: str = "none", db_dir: str | None = None) -> dict[str, Any]:
+    """Requirements of every index option for ``corpus`` and ``retriever``, which fit ``nodes`` nodes of ``gpus``
+    GPUs (``gpu_mem`` each, ``None``: no GPU) and ``ram``, the best one, and the commands that set it up."""
     rows = corpus_rows(corpus)
     n = sum(rows.values())
-    gpu_b = parse_size(gpu_mem, "gpu_mem")
-    ram_b = parse_size(ram, "ram")
-    if not isinstance(gpus, int) or gpus < 1:
-        raise ConfigError(f"gpus={gpus!r} is invalid: the number of GPUs, at least 1")
+    gpu_b = parse_size(gpu_mem, "gpu_mem (--gpu-mem)")
+    ram_b = parse_size(ram, "ram (--ram)")
+    for name, v, low in (("gpus", gpus, 0), ("nodes", nodes, 1)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ConfigError(f"{name} (--{name})={v!r} is invalid: a whole number >= {low}"
+                              + (" (GPUs per node)" if name == "gpus" else ""))
+    if gpu_b is None:
+        gpus = 0
     r = retriever.strip().lower()
     dense = r != "bm25"
     if dim is None:
         if dense and r not in DIMS:
             raise ConfigError(f"retriever={retriever!r} is unknown to the planner: use BM25, "
-                              f"{', '.join(['MedCPT', 'Contriever', 'SPECTER', 'e5'])} or pass dim=")
+                              f"{', '.join(['MedCPT', 'Contriever', 'SPECTER', 'e5'])}, or give the embedding "
+                              "dimension of your model with --dim N (dim=N in Python), e.g. --dim 768")
         dim = DIMS.get(r, 768)
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ConfigError(f"dim (--dim)={dim!r} is invalid: the embedding dimension, a whole number such as 768")
     if dim % pq_m:
         raise ConfigError(f"pq_m={pq_m} is invalid: it must divide the dimension {dim} (e.g. 96, 48, 192)")
     if not 1 <= pq_nbits <= 16:
         raise ConfigError(f"pq_nbits={pq_nbits} is invalid: 4 to 16 bits per sub-quantizer (8 is usual)")
+    recipes.recipe_keys(recipe)  # refuses an unknown recipe
     a = ASSUMPTIONS
     model = a["gpu_model_bytes"] + a["gpu_context_bytes"]
     temp = a["gpu_search_temp_bytes"]
     proc = a["process_ram_bytes"]
     store_disk = sum(rows[s] * (a["store_bytes_per_snippet"][s] + 8) for s in rows)
     store_ram = 8 * n  # offsets, if every page of them is touched; the texts stay on disk (read by row)
+    encode_gpus = 1  # `medret index build` encodes on one device
     encode_s = n / a["encode_snippets_per_s_per_gpu"]
     opts: list[Option] = []
+    nlist = 0
     if dense:
         fp32, fp16 = n * dim * 4, n * dim * 2
         opts.append(Option("flat fp32 (GPU, exact)", "gpu", fp32 + model + temp, 1, proc + store_ram, fp32 + store_disk,
-                           encode_s / gpus, "exact"))
+                           encode_s / encode_gpus, "exact"))
         opts.append(Option("flat fp16 (GPU, exact)", "gpu", fp16 + model + temp, 1, proc + store_ram, fp16 + store_disk,
-                           encode_s / gpus, "≥0.99 vs fp32"))
+                           encode_s / encode_gpus, "≥0.99 vs fp32"))
         if gpu_b:
             usable = gpu_b - model - temp
             g = max(2, math.ceil(fp16 / usable)) if usable > 0 else 0
         else:
-            g = max(2, gpus)
+            g = 2
         if g:
             opts.append(Option(f"sharded flat fp16 over {g} GPU(s)", "gpu", math.ceil(fp16 / g) + model + temp, g,
-                               proc + store_ram, fp16 + store_disk, encode_s / max(g, gpus),
+                               proc + store_ram, fp16 + store_disk, encode_s / encode_gpus,
                                "≥0.99 vs fp32", notes=[f"{g} GPU(s) of {_fmt(gpu_b)} each" if gpu_b else ""]))
         opts.append(Option("flat fp32 (CPU, faiss IndexFlatIP in RAM)", "cpu", 0, 0, proc + store_ram + fp32,
-                           fp32 + store_disk, encode_s / gpus, "exact"))
+                           fp32 + store_disk, encode_s / encode_gpus, "exact"))
         hnsw = n * (dim * 4 + a["hnsw_link_bytes_per_vector"])
-        hnsw_s = encode_s / gpus + n / (a["hnsw_add_per_s_per_core"] * a["cpu_cores"])
+        hnsw_s = encode_s / encode_gpus + n / (a["hnsw_add_per_s_per_core"] * a["cpu_cores"])
         opts.append(Option(f"HNSW{a['hnsw_m']},Flat (CPU, faiss)", "cpu", 0, 0, proc + store_ram + hnsw,
                            hnsw + store_disk, hnsw_s, "approximate (≈0.95-0.99 at efSearch 128)"))
         code = math.ceil(pq_m * pq_nbits / 8)
         nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(n)))))
         ivf = n * (code + 8) + nlist * dim * 4 + (2 ** pq_nbits) * dim * 4
-        ivf_s = encode_s / gpus + n / a["ivfpq_add_per_s"]
+        ivf_s = encode_s / encode_gpus + n / a["ivfpq_add_per_s"]
         # the fp16 vectors stay on disk (memory-mapped): the re-rank reads k x rerank rows of them per query
         opts.append(Option(f"IVF{nlist},PQ{pq_m}x{pq_nbits} (CPU, re-ranked)", "cpu", 0, 0, proc + store_ram + ivf,
                            ivf + fp16 + store_disk, ivf_s, "approximate; candidates re-scored exactly (fp16)"))
@@ -154,26 +205,122 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
                        n / a["store_build_per_s"], "-", notes=["needed by every option; included in their RAM/disk"]))
     for o in opts:
         o.notes = [x for x in o.notes if x]
-        fit_gpu = True
         why = []
         if o.where == "gpu":
             if gpu_b is None:
-                fit_gpu = False
                 why.append("no GPU")
-            elif o.gpus > gpus:
-                fit_gpu = False
-                why.append(f"needs {o.gpus} GPUs with {_fmt(o.gpu_bytes_per_gpu)} each")
             elif o.gpu_bytes_per_gpu > gpu_b:
-                fit_gpu = False
                 why.append(f"GPU memory {_fmt(o.gpu_bytes_per_gpu)} > {_fmt(gpu_b)}")
-        fit_ram = ram_b is None or o.ram_bytes <= ram_b
-        if not fit_ram:
+            else:
+                why += _place_on_gpus(o, gpus, nodes)
+        elif not o.name.startswith("document store"):
+            _place_on_cpu(o, gpus, nodes)
+        if ram_b is not None and o.ram_bytes > ram_b:
             why.append(f"RAM {_fmt(o.ram_bytes)} > {_fmt(ram_b)}")
-        o.fits = fit_gpu and fit_ram
+        o.fits = not why
         o.why = "; ".join(why)
-    return {"corpus": DISPLAY.get(corpus.strip().lower(), corpus), "retriever": retriever, "rows": rows,
-            "n": n, "dim": dim if dense else None, "gpu_mem": gpu_b, "ram": ram_b, "gpus": gpus,
-            "options": [asdict(o) for o in opts], "assumptions": a}
+    out = {"corpus": DISPLAY.get(corpus.strip().lower(), corpus), "retriever": retriever, "rows": rows,
+           "n": n, "dim": dim if dense else None, "gpu_mem": gpu_b, "ram": ram_b, "gpus": gpus, "nodes": nodes,
+           "recipe": recipe, "options": [asdict(o) for o in opts], "assumptions": a}
+    best = next((o for prefix in PREFERENCE for o in opts if o.name.startswith(prefix) and o.fits), None)
+    out["best"] = best.name if best else None
+    out["commands"] = _commands(out, best, db_dir, pq_m, pq_nbits, nlist) if best else None
+    return out
+
+
+def _place_on_gpus(o: Option, gpus: int, nodes: int) -> list[str]:
+    """The layout for an option whose index takes ``o.gpus`` GPUs, leaving GPUs to train; why not, if none."""
+    g = o.gpus
+    if g == 1:
+        if gpus < 2:
+            return [f"a node of {gpus} GPU(s) has none left to train on beside the retriever's"]
+        o.layout = "local" if nodes == 1 else "per-node"
+        o.retriever_gpus, o.train_gpus_per_node, o.train_nodes = [gpus - 1], gpus - 1, nodes
+        return []
+    if nodes == 1:
+        if g > gpus - 1:
+            return [f"needs {g} GPUs for the retriever and one to train on; the node has {gpus}"]
+        o.layout, o.retriever_gpus, o.shards = "retriever-node", list(range(gpus - g, gpus)), g
+        o.train_gpus_per_node, o.train_nodes = gpus - g, 1
+        return []
+    if g > gpus:
+        return [f"needs {g} GPUs on the retriever node; a node has {gpus}"]
+    o.layout, o.retriever_gpus, o.shards = "retriever-node", list(range(g)), g
+    o.train_gpus_per_node, o.train_nodes = gpus, nodes - 1
+    return []
+
+
+def _place_on_cpu(o: Option, gpus: int, nodes: int) -> None:
+    """CPU indexes: the retriever on CPU beside the trainer, every GPU trains (no layout without GPUs)."""
+    if gpus >= 1:
+        o.layout = "local" if nodes == 1 else "per-node"
+        o.retriever_gpus, o.train_gpus_per_node, o.train_nodes = [], gpus, nodes
+
+
+def _commands(p: dict[str, Any], best: Option, db_dir: str | None, pq_m: int, pq_nbits: int,
+              nlist: int) -> dict[str, Any]:
+    """The shell commands that build ``best``'s index and render, check and dry-run its training job."""
+    corpus, retriever = p["corpus"], p["retriever"]
+    sample = corpus == "sample"
+    db = [] if sample else ["--db-dir", shlex.quote(db_dir) if db_dir else '"$DB"']
+    notes: list[str] = []
+    if not sample and not db_dir:
+        notes.append("DB is the folder of MedRAG's corpora (medret corpus download NAME --db-dir \"$DB\")")
+    build = ["medret", "index", "build", "--corpus", shlex.quote(corpus), "--retriever", shlex.quote(retriever), *db]
+    if p["dim"] is not None:
+        build += ["--device", "cuda" if p["gpu_mem"] else "cpu"]
+        if best.name.startswith("HNSW"):
+            build += ["--index-type", "hnsw"]
+        elif best.name.startswith("IVF"):
+            build += ["--index-type", f"IVF{nlist},PQ{pq_m}x{pq_nbits}np"]
+        else:
+            build += ["--index-type", "flat"]
+        if "fp32" in best.name:
+            build.append("--fp32")
+        if retriever.strip().lower() == "medcpt" and best.name.startswith(("flat", "sharded")):
+            published = [s for s in p["rows"] if s in ("pubmed", "textbooks", "wikipedia")]
+            if published:
+                rest = [DISPLAY[s] for s in p["rows"] if s not in published]
+                notes.append("MedRAG publishes MedCPT embeddings for " + ", ".join(DISPLAY[s] for s in published)
+                             + ": with them in place (medret corpus download ... --embeddings MedCPT) the flat index "
+                             "of those needs no encoding pass; "
+                             + (f"build only {', '.join(rest)} with this command's --corpus {rest[0]}"
+                                if rest else "skip this build") + " (the document stores are built on first use)")
+    out: dict[str, Any] = {"index_build": " ".join(build), "render": None, "check": None, "dry_run": None,
+                           "notes": notes}
+    if best.layout is None:
+        notes.append("no training job: the machine has no GPU to train on (--gpu-mem)")
+        return out
+    render = ["medret", "slurm", "render", "--layout", best.layout, "--nodes", str(p["nodes"]),
+              "--gpus-per-node", str(p["gpus"]),
+              "--retriever-gpus", ",".join(map(str, best.retriever_gpus)) or "none"]
+    if best.shards > 1:
+        render += ["--shards", str(best.shards)]
+    render += ["--corpus", shlex.quote(corpus), "--retriever", shlex.quote(retriever), *db]
+    world = best.train_gpus_per_node * best.train_nodes
+    if p["recipe"] != "none":
+        render += ["--recipe", p["recipe"]]
+        values = {recipes.bare_key(k): v for k, v in recipes.recipe_keys(p["recipe"])}
+        changes: dict[str, str] = {}
+        errors, uneven = recipes.batch_problems(values, world)
+        if errors or uneven:
+            fit = recipes.fit_train_batch(values, world)
+            if fit is not None and str(fit) != values[recipes.TRAIN_BATCH]:
+                changes[recipes.TRAIN_BATCH] = str(fit)
+        for key in recipes.PER_GPU_KEYS:
+            if key in values and int(values[key]) < world:
+                changes[key] = str(world)
+        for key, value in changes.items():
+            render += ["--override", f"{key}={value}"]
+        if changes:
+            notes.append(f"Search-R1's {p['recipe']} recipe on {world} training GPUs: "
+                         + ", ".join(f"{k}={v} (recipe: {values[k]})" for k, v in changes.items())
+                         + ", so that its batches split evenly over the GPUs (veRL)")
+    render += ["-o", "job.sbatch"]
+    notes.append(f"training GPUs: {best.train_gpus_per_node} per node on {best.train_nodes} node(s) ({world}); "
+                 "add --model, --data-dir (or set MODEL, DATA_DIR when submitting), --partition, --time ...")
+    out.update(render=" ".join(render), check="medret slurm check job.sbatch", dry_run="bash job.sbatch --dry-run")
+    return out
 
 
 def _fmt(b: int | None) -> str:
@@ -192,7 +339,8 @@ def format_plan(p: dict[str, Any]) -> str:
     lines = [f"corpus {p['corpus']}: {p['n']:,} snippets ("
              + ", ".join(f"{DISPLAY[s]} {v:,}" for s, v in p["rows"].items()) + f"); retriever {p['retriever']}"
              + (f", {p['dim']}-d" if p["dim"] else ""),
-             f"machine: {p['gpus']} GPU(s) x {_fmt(p['gpu_mem'])}, RAM {_fmt(p['ram'])}", ""]
+             f"machine: {p['nodes']} node(s) of {p['gpus']} GPU(s) x {_fmt(p['gpu_mem'])}, RAM {_fmt(p['ram'])} "
+             "(each option leaves GPUs to train on)", ""]
     head = f"{'option':44} {'GPU mem/GPU':>12} {'GPUs':>4} {'RAM':>11} {'disk':>11} {'build (est.)':>13}  fits"
     lines += [head, "-" * len(head)]
     for o in p["options"]:
@@ -200,31 +348,50 @@ def format_plan(p: dict[str, Any]) -> str:
         fit = "yes" if o["fits"] else f"no ({o['why']})"
         lines.append(f"{o['name'][:44]:44} {gpu:>12} {o['gpus'] or '-':>4} {_fmt(o['ram_bytes']):>11} "
                      f"{_fmt(o['disk_bytes']):>11} {_hours(o['build_s']):>13}  {fit}")
+    c = p.get("commands")
+    if c:
+        lines += ["", f"best: {p['best']}" + (f" (recipe {p['recipe']})" if p["recipe"] != "none" else ""),
+                  "  " + c["index_build"]]
+        if c["render"]:
+            lines += ["  " + c["render"], "  " + c["check"], "  " + c["dry_run"]]
+        lines += [f"  # {note}" for note in c["notes"]]
+    elif p.get("options"):
+        lines += ["", "no option fits: see the reasons above (more GPUs, GPU memory or RAM)"]
     a = p["assumptions"]
-    lines += ["", "Estimates, not measurements. Build time = encoding at "
-              f"{a['encode_snippets_per_s_per_gpu']:,} snippets/s per GPU (MedCPT, 256 tokens, one H200) plus index "
-              "construction; CPU options encode queries on the CPU (or need the encoder's GPU memory); GPU memory "
-              f"includes the query encoder ({_fmt(a['gpu_model_bytes'])}), the CUDA context "
-              f"({_fmt(a['gpu_context_bytes'])}) and search scratch ({_fmt(a['gpu_search_temp_bytes'])}); RAM includes "
-              f"{_fmt(a['process_ram_bytes'])} for the process and the store offsets (texts stay on disk)."]
+    lines += ["", "Estimates, not measurements. Build time = encoding on one GPU (`medret index build` uses one "
+              f"device) at {a['encode_snippets_per_s_per_gpu']:,} snippets/s (MedCPT, 256 tokens, one H200) plus "
+              "index construction; CPU options encode queries on the CPU (or need the encoder's GPU memory); GPU "
+              f"memory includes the query encoder ({_fmt(a['gpu_model_bytes'])}), the CUDA context "
+              f"({_fmt(a['gpu_context_bytes'])}) and search scratch ({_fmt(a['gpu_search_temp_bytes'])}); RAM "
+              f"includes {_fmt(a['process_ram_bytes'])} for the process and the store offsets (texts stay on disk)."]
     return "\n".join(lines)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plan", help="memory, disk and build time of each index option, and what fits a machine")
-    add_flags(p, EngineOptions, only=("corpus_name", "retriever_name"), show_defaults=False,
-              title="what to plan for (default MedCorp and MedCPT; MedRAG's named corpora, named retrievers)")
-    p.add_argument("--gpu-mem", default="80G", help="memory per GPU, e.g. 80G (GiB) or 141GB; 'none' for no GPU")
-    p.add_argument("--gpus", type=int, default=1, help="number of GPUs")
-    p.add_argument("--ram", default="256G", help="host RAM, e.g. 256G")
+    p = sub.add_parser("plan", help="memory, disk and build time of each index option, what fits your nodes, and "
+                       "the index build and slurm render commands of the best one")
+    add_flags(p, EngineOptions, only=("corpus_name", "retriever_name", "db_dir"), show_defaults=False,
+              title="what to plan for (default MedCorp and MedCPT; --db-dir is written into the commands, "
+              "default $DB)")
+    p.add_argument("--dim", type=int, default=None, help="embedding dimension, for a retriever the planner does not "
+                   "know (e.g. a local model folder)")
+    p.add_argument("--gpu-mem", default="80G", help="memory per GPU with a unit: 80G (GiB), 141GB (10^9 bytes); "
+                   "'none' for no GPU")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8); the plan leaves GPUs to train on")
+    p.add_argument("--nodes", type=int, default=1, help="nodes of the training job (default 1)")
+    p.add_argument("--ram", default="256G", help="host RAM per node with a unit, e.g. 256G (GiB) or 512GB")
     p.add_argument("--pq-m", type=int, default=96, help="IVF-PQ sub-quantizers (must divide the dimension)")
     p.add_argument("--pq-nbits", type=int, default=8, help="IVF-PQ bits per sub-quantizer")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--recipe", choices=["none", "ppo", "grpo"], default="none",
+                   help="the training recipe of the printed `slurm render` command (Search-R1's ppo / grpo; their "
+                   "batch sizes are fitted to the training GPUs)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan, corpus_name="MedCorp", retriever_name="MedCPT")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    gpu = None if str(args.gpu_mem).lower() in ("none", "0") else args.gpu_mem
-    p = plan(args.corpus_name, args.retriever_name, gpu, args.ram, args.gpus, args.pq_m, args.pq_nbits)
+    gpu = None if str(args.gpu_mem).strip().lower() in ("none", "0") else args.gpu_mem
+    p = plan(args.corpus_name, args.retriever_name, gpu, args.ram, args.gpus, args.pq_m, args.pq_nbits, dim=args.dim,
+             nodes=args.nodes, recipe=args.recipe, db_dir=args.db_dir)
     print(json.dumps(p, indent=2) if args.json else format_plan(p))
     return 0

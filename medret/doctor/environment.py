@@ -54,7 +54,7 @@ def needs(config: Any) -> dict[str, str]:
 
 
 def check_packages(config: Any) -> list[Check]:
-    core = ["numpy", "bm25s", "PyStemmer", "scipy", "pyarrow", "orjson", "tqdm", "PyYAML"]
+    core = ["numpy", "bm25s", "PyStemmer", "orjson", "tqdm", "PyYAML"]
     optional_packages = ["torch", "transformers", "faiss-cpu", "faiss-gpu", "huggingface_hub", "starlette", "uvicorn",
                          "httpx",
                 "ray"]

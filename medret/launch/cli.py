@@ -26,7 +26,8 @@ _SPEC_FLAGS = {
     "qos": "qos", "time": "time", "mem": "mem", "cpus_per_task": "cpus_per_task", "log": "output",
     "sbatch_extra": "sbatch_extra", "model": "model", "data_dir": "data_dir", "max_turns": "max_turns",
     "override": "overrides", "train_cmd": "train_cmd", "mode": "mode", "smoke_turns": "smoke_turns",
-    "health_timeout": "health_timeout", "python": "python",
+    "health_timeout": "health_timeout", "python": "python", "recipe": "recipe", "train_file": "train_file",
+    "val_file": "val_file",
 }
 
 
@@ -64,8 +65,16 @@ def register(sub) -> None:
     t = r.add_argument_group("trainer")
     t.add_argument("--model")
     t.add_argument("--data-dir")
+    t.add_argument("--train-file", help="data.train_files, relative to --data-dir unless absolute "
+                   "(default train.parquet)")
+    t.add_argument("--val-file", help="data.val_files, relative to --data-dir unless absolute (default val.parquet, "
+                   "as `medret kare prepare` writes; Search-R1's NQ data: test.parquet)")
+    t.add_argument("--recipe", choices=["none", "ppo", "grpo"],
+                   help="Search-R1's hyper-parameters: ppo (train_ppo.sh) or grpo (train_grpo.sh), every key of "
+                   "the script, --override to change one; none (default): only the keys medret sets")
     t.add_argument("--max-turns", type=int)
-    t.add_argument("--override", action="append", help="extra hydra override key=value (repeatable)")
+    t.add_argument("--override", action="append", help="hydra override key=value (repeatable); replaces a "
+                   "recipe key in place")
     t.add_argument("--train-cmd", help="run this shell command instead of Search-R1's trainer")
     t.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
                    help="run `medret rollout-smoke` on every trainer node instead of training (CPU tests)")

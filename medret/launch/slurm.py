@@ -1,7 +1,8 @@
 """SLURM job scripts for RL training with medret: plan the GPU split, render the sbatch, check a script.
 
-Everything here is a pure function of its inputs (no SLURM, no files except the packaged templates), so
-every refusal can be tested without a cluster.
+Everything here is a pure function of its inputs (no SLURM, no files except the packaged templates, and the
+data files that ``check_script`` looks for), so every refusal can be tested without a cluster. Search-R1's
+recipes (the hyper-parameters of its train_ppo.sh / train_grpo.sh) are data in :mod:`medret.launch.recipes`.
 
 Layouts
 -------
@@ -26,6 +27,7 @@ that hand out physical ids.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from dataclasses import asdict, dataclass, field, fields
@@ -35,6 +37,7 @@ from typing import Any, Mapping
 
 from medret.config import DEFAULT_TOPK
 from medret.errors import ConfigError
+from medret.launch import recipes
 from medret.version import __version__
 
 LAYOUTS = ("local", "per-node", "retriever-node")
@@ -45,7 +48,6 @@ SPEC_FORMAT = "medret-slurm-job"
 SPEC_VERSION = 1
 RAY_RESOURCE = "medret_retriever"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._+-]+")  # used with fullmatch ("$" would let a trailing newline through)
-_HYDRA_KEY = re.compile(r"^[+~]{0,2}[A-Za-z_][A-Za-z0-9_.\[\]-]*=")
 # Newlines and other control characters (C0, DEL, NEL and the Unicode line/paragraph separators) are refused in
 # every field: in a script a newline ends a comment or an #SBATCH line and starts a command.
 _CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
@@ -84,12 +86,14 @@ _FLAG_OF = {"output": "--log", "overrides": "--override", "tensor_parallel": "--
 # Words of the rendered training / smoke commands that expand variables: written by the templates, never from a
 # user value. Any other word of those commands must be a LITERAL_WORD (`slurm check` enforces it).
 TEMPLATE_WORDS = frozenset({
+    'data.train_files="$TRAIN_PATH"', 'data.val_files="$VAL_PATH"',
+    # what medret rendered before train_file / val_file existed (issue 14): scripts rendered then still pass
     'data.train_files="$DATA_DIR/train.parquet"', 'data.val_files="$DATA_DIR/test.parquet"',
     'actor_rollout_ref.model.path="$MODEL"', 'critic.model.path="$MODEL"', '+retriever.gpu_id="$RETRIEVER_GPU"',
     '${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}', 'retriever.url="$RETRIEVER_URL/retrieve"',
     '+retriever.ray_address="$RAY_ADDRESS"', '+retriever.ray_job="$MEDRET_RAY_JOB"', '"${MEDRET[@]}"',
     '${MEDRET_DB_DIR:+--db-dir "$MEDRET_DB_DIR"}', '"$RETRIEVER_URL/retrieve"',
-})
+}) | {f'"{k}=${{{k}:-{v}}}"' for k, v in recipes.ENV}  # a recipe's environment, unless the job's has it
 
 
 class _Tmpl(Template):
@@ -126,6 +130,12 @@ class JobSpec:
     # trainer
     model: str = "Qwen/Qwen2.5-7B"
     data_dir: str = "data/nq_search"
+    # data.train_files / data.val_files: relative to data_dir unless absolute. val.parquet is what `medret kare
+    # prepare` writes for validation (Search-R1's NQ scripts validate on test.parquet: val_file="test.parquet")
+    train_file: str = "train.parquet"
+    val_file: str = "val.parquet"
+    # Search-R1's hyper-parameters: none (only the keys medret sets), ppo (train_ppo.sh) or grpo (train_grpo.sh)
+    recipe: str = "none"
     max_turns: int = 2
     overrides: tuple[str, ...] = ()
     train_cmd: str | None = None
@@ -158,7 +168,8 @@ class JobSpec:
             if name in data:
                 data[name] = _int_field(name, data[name])
         for name in ("corpus", "retriever", "db_dir", "job_name", "partition", "account", "qos", "time", "mem",
-                     "output", "model", "data_dir", "train_cmd", "python", "layout", "mode"):
+                     "output", "model", "data_dir", "train_cmd", "python", "layout", "mode", "recipe", "train_file",
+                     "val_file"):
             if name in data and not isinstance(data[name], str):
                 data[name] = str(data[name])
         return cls(**data)
@@ -306,7 +317,7 @@ class Plan:
             "tensor_parallel": self.tensor_parallel, "shards": self.shards, "retriever_node": self.retriever_node,
             "retriever_device": self.retriever_device, "health_check": self.layout != "local",
             "health_timeout": spec.health_timeout, "corpus": spec.corpus, "retriever": spec.retriever,
-            "mode": "custom" if spec.train_cmd else spec.mode,
+            "mode": "custom" if spec.train_cmd else spec.mode, "recipe": spec.recipe,
         }
 
 
@@ -330,10 +341,11 @@ def plan_job(spec: JobSpec) -> Plan:
                                                          and not any(c in v for c in " '\"$`\\")):
             raise ConfigError(f"{_field(name)}={v!r} is invalid: use letters, digits and . _ + - only (e.g. MedCorp, "
                               "MedCPT)" + (", or a folder path without spaces or quotes" if name == "corpus" else ""))
-    for o in spec.overrides:
-        if not _HYDRA_KEY.match(o):
-            raise ConfigError(f"overrides entry {o!r} is invalid: give hydra overrides as key=value, "
-                              "e.g. trainer.total_epochs=15 or +trainer.val_before_train=false")
+    for name in ("train_file", "val_file"):
+        if not getattr(spec, name).strip():
+            raise ConfigError(f"{_field(name)}={getattr(spec, name)!r} is empty: give a parquet file, relative to "
+                              "data_dir (--data-dir) or absolute, e.g. train.parquet")
+    recipe_pairs, _ = recipes.apply_overrides(recipes.recipe_keys(spec.recipe), spec.overrides)
     G, N = spec.gpus_per_node, spec.nodes
     notes: list[str] = []
     if spec.retriever_gpus is None:
@@ -392,6 +404,13 @@ def plan_job(spec: JobSpec) -> Plan:
         if rg and spec.shards > len(rg):
             raise ConfigError(f"shards={spec.shards} is invalid: each shard takes one retriever GPU and "
                               f"retriever_gpus={list(rg)} has {len(rg)}; use shards <= {len(rg)} or list more GPUs")
+    if spec.recipe != "none" and spec.mode == "train" and not spec.train_cmd:
+        errors, batch_notes = recipes.batch_problems(dict((recipes.bare_key(k), v) for k, v in recipe_pairs),
+                                                     len(train) * train_nodes)
+        if errors:
+            raise ConfigError(f"recipe={spec.recipe} on {len(train) * train_nodes} training GPU(s) "
+                              f"({len(train)} per node x {train_nodes} node(s)): " + "; ".join(errors))
+        notes += batch_notes
     return Plan(layout=spec.layout, nodes=N, gpus_per_node=G, retriever_gpus=rg, train_gpus=train,
                 train_nodes=train_nodes, tensor_parallel=tp, shards=spec.shards, retriever_node=retriever_node,
                 notes=tuple(notes))
@@ -408,40 +427,70 @@ def _q(s: str) -> str:
     return shlex.quote(s)
 
 
+# The keys of the training command in the order medret writes them without a recipe (with one: the recipe's order)
+_BARE_ORDER = ("data.train_files", "data.val_files", "actor_rollout_ref.model.path", "critic.model.path",
+               "actor_rollout_ref.rollout.tensor_model_parallel_size", "trainer.n_gpus_per_node", "trainer.nnodes",
+               "max_turns", "retriever.url", "retriever.topk")
+
+
+def _medret_words(spec: JobSpec, plan: Plan) -> dict[str, list[str]]:
+    """What medret writes for each key it sets (recipes.SET_BY_MEDRET): the words of the training command."""
+    words = {
+        "data.train_files": ['data.train_files="$TRAIN_PATH"'],
+        "data.val_files": ['data.val_files="$VAL_PATH"'],
+        "actor_rollout_ref.model.path": ['actor_rollout_ref.model.path="$MODEL"'],
+        "critic.model.path": ['critic.model.path="$MODEL"'],
+        "actor_rollout_ref.rollout.tensor_model_parallel_size":
+            [f"actor_rollout_ref.rollout.tensor_model_parallel_size={plan.tensor_parallel}"],
+        "trainer.n_gpus_per_node": [f"trainer.n_gpus_per_node={len(plan.train_gpus)}"],
+        "trainer.nnodes": [f"trainer.nnodes={plan.train_nodes}"],
+        "max_turns": [f"max_turns={spec.max_turns}"],
+        "retriever.topk": [f"retriever.topk={spec.topk}"],
+    }
+    # where Search-R1's scripts pass retriever.url, the layout's way to the retriever
+    if plan.layout == "local":
+        retr = ["+retriever.backend=local", f"+retriever.corpus_name={_q(spec.corpus)}",
+                f"+retriever.retriever_name={_q(spec.retriever)}",
+                '+retriever.gpu_id="$RETRIEVER_GPU"' if plan.retriever_gpus else "+retriever.device=cpu",
+                '${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}']
+    elif plan.layout == "per-node":
+        retr = ['retriever.url="$RETRIEVER_URL/retrieve"']
+    else:
+        retr = ["+retriever.backend=ray", f"+retriever.corpus_name={_q(spec.corpus)}",
+                f"+retriever.retriever_name={_q(spec.retriever)}", "+retriever.ray_placement=retriever-node",
+                '+retriever.ray_address="$RAY_ADDRESS"', '+retriever.ray_job="$MEDRET_RAY_JOB"',
+                '${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}']
+        if plan.shards > 1:
+            retr.append(f"+retriever.ray_shards={plan.shards}")
+    words["retriever.url"] = retr
+    return words
+
+
 def _trainer_command(spec: JobSpec, plan: Plan) -> str:
-    """The training command as bash text (uses $MODEL, $DATA_DIR, $RETRIEVER_* set by the script)."""
+    """The training command as bash text (uses $MODEL, $TRAIN_PATH, $VAL_PATH, $RETRIEVER_* set by the script).
+
+    Without a recipe: the keys medret sets, then the overrides. With ``recipe`` ppo / grpo: every key of Search-R1's
+    script in its order, medret's value for the keys it sets, the overrides of recipe keys in place, the other
+    overrides at the end, run with the script's environment (VLLM_ATTENTION_BACKEND, PYTHONUNBUFFERED)."""
     if spec.train_cmd:
         return f"bash -c {_q(spec.train_cmd)}"
-    lines = [
-        " ".join(_q(w) for w in python_words(spec.python)) + " -m verl.trainer.main_ppo",
-        'data.train_files="$DATA_DIR/train.parquet"',
-        'data.val_files="$DATA_DIR/test.parquet"',
-        'actor_rollout_ref.model.path="$MODEL"',
-        'critic.model.path="$MODEL"',
-        f"actor_rollout_ref.rollout.tensor_model_parallel_size={plan.tensor_parallel}",
-        f"trainer.n_gpus_per_node={len(plan.train_gpus)}",
-        f"trainer.nnodes={plan.train_nodes}",
-        f"max_turns={spec.max_turns}",
-    ]
-    if plan.layout == "local":
-        lines += ["+retriever.backend=local", f"+retriever.corpus_name={_q(spec.corpus)}",
-                  f"+retriever.retriever_name={_q(spec.retriever)}"]
-        if plan.retriever_gpus:
-            lines.append('+retriever.gpu_id="$RETRIEVER_GPU"')
-        else:
-            lines.append("+retriever.device=cpu")
-        lines.append('${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}')
-    elif plan.layout == "per-node":
-        lines.append('retriever.url="$RETRIEVER_URL/retrieve"')
+    head = " ".join(_q(w) for w in python_words(spec.python)) + " -m verl.trainer.main_ppo"
+    recipe = recipes.recipe_keys(spec.recipe)
+    pairs, extra = recipes.apply_overrides(recipe, spec.overrides)
+    if recipe:
+        env = " ".join(f'"{k}=${{{k}:-{v}}}"' for k, v in recipes.ENV)  # TEMPLATE_WORDS has them
+        head = f"env {env} {head}"
     else:
-        lines += ["+retriever.backend=ray", f"+retriever.corpus_name={_q(spec.corpus)}",
-                  f"+retriever.retriever_name={_q(spec.retriever)}", "+retriever.ray_placement=retriever-node",
-                  '+retriever.ray_address="$RAY_ADDRESS"', '+retriever.ray_job="$MEDRET_RAY_JOB"',
-                  '${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}']
-        if plan.shards > 1:
-            lines.append(f"+retriever.ray_shards={plan.shards}")
-    lines.append(f"retriever.topk={spec.topk}")
-    lines += [_q(o) for o in spec.overrides]
+        pairs = [(k, "") for k in _BARE_ORDER]
+    words = _medret_words(spec, plan)
+    lines = [head]
+    for key, value in pairs:
+        bare = recipes.bare_key(key)
+        if bare in words:
+            lines += words[bare]
+        else:
+            lines.append(_q(f"{key}={value}"))
+    lines += [_q(o) for o in extra]
     return " \\\n    ".join(lines)
 
 
@@ -486,6 +535,7 @@ def render_job(spec: JobSpec) -> str:
         "corpus": _q(spec.corpus), "retriever": _q(spec.retriever),
         "db_dir": _q(spec.db_dir or ""),
         "model": _q(spec.model), "data_dir": _q(spec.data_dir),
+        "train_file": _q(spec.train_file), "val_file": _q(spec.val_file),
         "health_timeout": str(spec.health_timeout),
         "python": _q(spec.python),
         "mode": mode,
@@ -591,12 +641,17 @@ def _gpu_set(v: str | None) -> set[int] | None:
         return None
 
 
-def check_script(text: str, path: str = "<script>") -> CheckReport:
+def check_script(text: str, path: str = "<script>", files: bool = True, environ: Mapping[str, str] | None = None,
+                 cwd: str | None = None) -> CheckReport:
     """Validate a job script: GPU arithmetic, tensor-parallel divisibility, retriever GPU excluded from
-    training, a health check that can fail the job, cleanup, dry-run safety.
+    training, a health check that can fail the job, cleanup, dry-run safety, the trainer's batch sizes.
 
     Scripts rendered by medret carry a spec block that is re-checked against the script text (so hand edits
     that break the split are caught); other scripts (e.g. Search-R1's own) are checked from their text.
+    With ``files`` (the one part that looks at the file system), a rendered training job's data files are looked
+    for as the job will look for them: ``DATA_DIR`` from ``environ`` (default: this process's; sbatch passes the
+    submitting shell's environment to the job), else the script's default, relative to ``cwd`` (where sbatch is
+    run); a folder that cannot be read here is reported as not checked.
     """
     rep = CheckReport(path)
     env = _assignments(text)
@@ -619,6 +674,9 @@ def check_script(text: str, path: str = "<script>") -> CheckReport:
         _check_text_only(rep, text, env, tp, n_gpn, nnodes, sb_gpus)
 
     _check_injection(rep, text, header is not None)
+    _check_batches(rep, text, env, n_gpn, nnodes)
+    if files and header is not None and header.get("mode") == "train":
+        _check_data_files(rep, text, os.environ if environ is None else environ, cwd)
 
     # Generic script hygiene, for any script.
     if re.search(r"^\s*set\s+-[a-zA-Z]*u|set\s+-o\s+nounset", text, re.M):
@@ -701,6 +759,76 @@ def _check_with_header(rep: CheckReport, h: dict, text: str, env: Mapping[str, s
             rep.errors.append("health check missing: the retriever actor is not created and awaited with "
                               "`medret ray up ... --timeout` before training")
     rep.facts["health_check"] = h["layout"] != "local"
+
+
+def _check_batches(rep: CheckReport, text: str, env: Mapping[str, str], n_gpn: int | None,
+                   nnodes: int | None) -> None:
+    """Search-R1's batch sizes in the training command against its training GPUs (recipes.batch_problems)."""
+    if n_gpn is None:
+        return
+    keys = (recipes.TRAIN_BATCH, recipes.N_AGENT, recipes.MINI_BATCH, *recipes.PER_GPU_KEYS)
+    values = {k: v for k in keys for v in [_hydra_value(text, k, env)] if v is not None}
+    if recipes.TRAIN_BATCH in values or any(k in values for k in recipes.PER_GPU_KEYS):
+        errors, _ = recipes.batch_problems(values, n_gpn * (nnodes or 1))
+        rep.errors += errors
+
+
+_DATA_DIR_LINE = re.compile(r'^if \[ -z "\$\{DATA_DIR:-\}" \]; then DATA_DIR=(.*); fi\s*$', re.M)
+
+
+def _block_value(line_value: str) -> str | None:
+    try:
+        words = shlex.split(line_value, comments=True)
+    except ValueError:
+        return None
+    return words[0] if len(words) == 1 else None
+
+
+def _check_data_files(rep: CheckReport, text: str, environ: Mapping[str, str], cwd: str | None) -> None:
+    """data.train_files / data.val_files of a rendered training job exist, where their folder is readable here."""
+    m = _DATA_DIR_LINE.search(text)
+    files = {key: re.search(rf"^{name}=(.*)$", text, re.M) for key, name in (("train", "TRAIN_FILE"),
+                                                                               ("val", "VAL_FILE"))}
+    if not m or not all(files.values()):
+        return  # rendered before train_file / val_file existed
+    default = _block_value(m.group(1))
+    data_dir = environ.get("DATA_DIR") or default
+    source = "DATA_DIR from the environment" if environ.get("DATA_DIR") else "the script's DATA_DIR"
+    if data_dir is None:
+        return
+    base = cwd or os.getcwd()
+    missing, unchecked, found = [], [], []
+    for key, fm in files.items():
+        name = _block_value(fm.group(1)) if fm else None
+        if not name:
+            continue
+        path = name if os.path.isabs(name) else os.path.join(data_dir, name)
+        full = os.path.join(base, path)
+        folder = os.path.dirname(full)
+        if not (os.path.isdir(folder) and os.access(folder, os.R_OK | os.X_OK)):
+            unchecked.append(f"data.{key}_files={path}")
+        elif os.path.isfile(full) and os.access(full, os.R_OK):
+            found.append(f"data.{key}_files={path}")
+        else:
+            missing.append(f"data.{key}_files={path}")
+    if found:
+        rep.facts["data_files"] = ", ".join(found)
+    if unchecked:
+        rep.facts["data_files_not_checked"] = (", ".join(unchecked) + f": the folder cannot be read here ({source}"
+                                               + (f", relative to {base}" if not os.path.isabs(data_dir) else "")
+                                               + ")")
+    if missing:
+        folder = os.path.join(base, data_dir)
+        try:
+            has = sorted(n for n in os.listdir(folder) if n.endswith(".parquet"))
+        except OSError:
+            has = []
+        rep.errors.append(
+            f"missing training data: {', '.join(missing)} ({source} is {data_dir!r}"
+            + (f", relative to {base}" if not os.path.isabs(data_dir) else "")
+            + f"; it holds {', '.join(has) if has else 'no .parquet file'}). Write them with `medret kare prepare "
+            "--out DIR` (train.parquet, val.parquet), or re-render with --data-dir DIR --train-file NAME --val-file "
+            "NAME (Search-R1's data scripts write train.parquet and test.parquet: --val-file test.parquet)")
 
 
 def _check_text_only(rep: CheckReport, text: str, env: Mapping[str, str], tp: int | None, n_gpn: int | None,

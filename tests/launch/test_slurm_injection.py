@@ -157,6 +157,7 @@ SENTINELS = {  # field -> (value in the clean render, extra job options)
     "qos": ("sentinelqos", {}), "time": ("98:76:54", {}), "mem": ("98765M", {}),
     "output": ("sentinel-%j.out", {}), "sbatch_extra": ("sentinelextra", {"sbatch_extra": ["--constraint=SENT"]}),
     "model": ("sentinel/model", {}), "data_dir": ("sentinel/data", {}),
+    "train_file": ("sentinel-train.parquet", {}), "val_file": ("/sentinel/val.parquet", {}),
     "overrides": ("sentinelov", {"overrides": ["trainer.note=SENT"]}), "train_cmd": ("sentinel-train-cmd", {}),
     "python": ("sentinelpy", {}), "health_timeout": ("987654", {}), "max_turns": ("8765", {}),
     "topk": ("8764", {}), "cpus_per_task": ("8763", {}), "smoke_turns": ("8762", {"mode": "smoke"}),

@@ -96,6 +96,14 @@ TRAIN_PROBE = ("python -c \"import json, os, ray; ray.init(); "
                "if n['Alive']), 'url': os.environ['RETRIEVER_URL']}))\"")
 
 
+def _nq_style_data(tmp):
+    d = tmp / "nq_search"
+    d.mkdir()
+    for name in ("train.parquet", "test.parquet"):
+        (d / name).write_bytes(b"PAR1")
+    return d
+
+
 @pytest.fixture(scope="module")
 def jobs(slurm_cluster, tmp_path_factory):
     """All layouts (and a broken retriever) submitted at once, so they run side by side."""
@@ -110,6 +118,9 @@ def jobs(slurm_cluster, tmp_path_factory):
                                  train_cmd=TRAIN_PROBE),
         "broken": submit(slurm_cluster, tmp, "mr-broken", layout="per-node", nodes=1,
                          corpus=str(tmp / "no-such-corpus")),
+        # Search-R1's recipe over a folder that has train.parquet and test.parquet but not val.parquet
+        "no-val-file": submit(slurm_cluster, tmp, "mr-noval", layout="local", gpus_per_node=4, retriever_gpus="none",
+                              mode="train", recipe="ppo", data_dir=str(_nq_style_data(tmp))),
     }
     states = wait_all(slurm_cluster, list(ids.values()))
     out = {}
@@ -201,3 +212,12 @@ def test_job_whose_retriever_cannot_start_fails_quickly(jobs):
     assert "FAILED: the retriever" in j["out"]
     # failed because the server process exited, not because the health timeout ran out
     assert "were not ready within" not in j["out"]
+
+
+def test_a_training_job_without_its_validation_file_fails_before_starting_anything(jobs):
+    j = jobs["no-val-file"]
+    assert j["state"] == "FAILED", j["out"][-3000:]
+    out = j["out"]
+    assert "FAILED: missing training data: data.val_files=" in out and "/nq_search/val.parquet" in out
+    assert "test.parquet train.parquet" in out and "--val-file test.parquet" in out
+    assert "ray head" not in out  # it failed in the job's set-up, before Ray or the trainer

@@ -106,6 +106,9 @@ medret_setup() {
     export MEDRET_RAY_JOB MEDRET_DB_DIR MODEL DATA_DIR RUN_DIR PORT_BASE RAY_PORT HEAD_IP RAY_TMP HEALTH_TIMEOUT
     export LAYOUT GPUS_PER_NODE TRAIN_GPU_INDICES RETRIEVER_GPU_INDICES RETRIEVER_DEVICE CORPUS RETRIEVER SHARDS
     export RAY_RESOURCE
+    TRAIN_PATH="$(medret_data_path "$TRAIN_FILE")"
+    VAL_PATH="$(medret_data_path "$VAL_FILE")"
+    export TRAIN_PATH VAL_PATH
     # Ray >= 2.5x: `ray start` uses token auth when ~/.ray/auth_token exists, but drivers given an address do
     # not; one explicit mode for the whole job (raylets, medret, the trainer) avoids "Missing authorization".
     if [ -z "${RAY_AUTH_MODE:-}" ]; then
@@ -115,6 +118,31 @@ medret_setup() {
     export MEDRET_CMD="${MEDRET_CMD:-medret}" MEDRET_RAY="${MEDRET_RAY:-ray}"
     [ "$DRY_RUN" = 1 ] || mkdir -p "$RUN_DIR"
     medret_log "job $JOB_ID layout=$LAYOUT mode=$MEDRET_MODE nodes=${NODE_NAMES[*]} run dir $RUN_DIR"
+    [ "$MEDRET_MODE" != train ] || medret_check_data
+}
+
+medret_data_path() { # a data file: relative to DATA_DIR unless absolute
+    case "$1" in
+        /*) echo "$1" ;;
+        *) echo "${DATA_DIR%/}/$1" ;;
+    esac
+}
+
+# Training (also in a dry run): the parquet files the trainer reads must exist where their folder can be read
+# here; a folder this node cannot read is reported as not checked (the trainer reads them on this node).
+medret_check_data() {
+    local f key dir missing=""
+    for key in train val; do
+        if [ "$key" = train ]; then f="$TRAIN_PATH"; else f="$VAL_PATH"; fi
+        dir="$(dirname -- "$f")"
+        if [ -d "$dir" ] && [ -r "$dir" ] && [ -x "$dir" ]; then
+            [ -f "$f" ] && [ -r "$f" ] || missing="$missing data.${key}_files=$f"
+        else
+            medret_log "data.${key}_files=$f not checked: its folder $dir cannot be read here"
+        fi
+    done
+    [ -z "$missing" ] && return 0
+    medret_fail "missing training data:$missing (DATA_DIR=$DATA_DIR holds: $(cd "$DATA_DIR" 2>/dev/null && ls -1 -- *.parquet 2>/dev/null | tr '\n' ' ' || true)). Write them with \`medret kare prepare --out DIR\` (train.parquet, val.parquet), or render with --data-dir DIR --train-file NAME --val-file NAME (Search-R1's data scripts write train.parquet and test.parquet: --val-file test.parquet)"
 }
 
 # The functions every node task needs, as text for `bash -c` (srun steps start a fresh shell).

@@ -414,4 +414,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"token counts: {summary['token_count_method']}")
     for p in summary.get("written", []):
         lines.append(f"wrote {p}")
+    if summary.get("written"):
+        out = Path(summary["written"][0]).parent
+        lines.append(f"train on it: medret slurm render ... --data-dir {out} (the job reads train.parquet and "
+                     "val.parquet there by default)")
     return "\n".join(lines)

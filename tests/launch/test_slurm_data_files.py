@@ -1,0 +1,134 @@
+"""What `medret kare prepare` writes and what a rendered job reads agree by default (train.parquet, val.parquet), and
+`medret slurm check`, the script's dry run and `medret doctor --sbatch` report training data files that do not exist
+when the data folder can be read at check time."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from medret.cli import main
+from medret.doctor import FAIL, OK, check_sbatch
+from medret.launch.slurm import JobSpec, check_script, render_job
+
+
+def spec(**kw):
+    base = dict(layout="local", corpus="sample", retriever="BM25")
+    base.update(kw)
+    return JobSpec.from_mapping(base)
+
+
+def dry_run(job, cwd, **env):
+    environ = {"PATH": os.environ["PATH"], "HOME": str(cwd), "LANG": "C.UTF-8", **env}
+    return subprocess.run(["bash", str(job), "--dry-run"], capture_output=True, text=True, cwd=cwd, env=environ,
+                          timeout=60)
+
+
+@pytest.fixture(scope="module")
+def kare_out(tmp_path_factory):
+    """A real `medret kare prepare` output folder (synthetic samples)."""
+    root = tmp_path_factory.mktemp("kare")
+    assert main(["kare", "synth", "--n", "120", "--positive-rate", "0.2", "--seed", "1",
+                 "--out", str(root / "syn")]) == 0
+    assert main(["kare", "prepare", "--samples", str(root / "syn" / "samples.json"), "--out", str(root / "data")]) == 0
+    return root / "data"
+
+
+def test_a_job_rendered_with_defaults_reads_what_kare_prepare_writes(kare_out, tmp_path, capsys):
+    capsys.readouterr()
+    written = sorted(p.name for p in kare_out.glob("*.parquet"))
+    assert written == ["train.parquet", "val.parquet"]
+    job = tmp_path / "job.sbatch"
+    job.write_text(render_job(spec(data_dir=str(kare_out))))
+    rep = check_script(job.read_text(), str(job), environ={})
+    assert rep.ok, rep.format()
+    assert rep.facts["data_files"] == (f"data.train_files={kare_out}/train.parquet, "
+                                       f"data.val_files={kare_out}/val.parquet")
+    r = dry_run(job, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"data.train_files={kare_out}/train.parquet" in r.stdout
+    assert f"data.val_files={kare_out}/val.parquet" in r.stdout
+    checks = check_sbatch(str(job))
+    assert [c.status for c in checks] == [OK], [c.title for c in checks]
+
+
+@pytest.fixture()
+def nq_style(tmp_path):
+    """A folder as Search-R1's data scripts write it: train.parquet and test.parquet."""
+    d = tmp_path / "nq_search"
+    d.mkdir()
+    for name in ("train.parquet", "test.parquet"):
+        (d / name).write_bytes(b"PAR1")
+    return d
+
+
+def test_missing_validation_file_is_reported_by_check_dry_run_and_doctor(nq_style, tmp_path):
+    job = tmp_path / "job.sbatch"
+    job.write_text(render_job(spec(data_dir=str(nq_style))))
+    missing = f"data.val_files={nq_style}/val.parquet"
+    # slurm check
+    rep = check_script(job.read_text(), str(job), environ={})
+    assert not rep.ok
+    err = next(e for e in rep.errors if e.startswith("missing training data"))
+    assert missing in err and "it holds test.parquet, train.parquet" in err and "--val-file test.parquet" in err
+    assert "data.train_files" not in err
+    assert main(["slurm", "check", str(job)]) == 1
+    # the script's dry run
+    r = dry_run(job, tmp_path)
+    assert r.returncode == 1
+    assert f"FAILED: missing training data: {missing}" in r.stderr and "test.parquet train.parquet" in r.stderr
+    # doctor --sbatch
+    fails = [c for c in check_sbatch(str(job)) if c.status == FAIL]
+    assert len(fails) == 1 and missing in fails[0].detail
+    # the fix the messages name
+    job.write_text(render_job(spec(data_dir=str(nq_style), val_file="test.parquet")))
+    assert check_script(job.read_text(), environ={}).ok
+    assert dry_run(job, tmp_path).returncode == 0
+
+
+def test_both_files_missing_and_absolute_names(tmp_path):
+    data = tmp_path / "empty"
+    data.mkdir()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "v.parquet").write_bytes(b"PAR1")
+    job = tmp_path / "job.sbatch"
+    job.write_text(render_job(spec(data_dir=str(data), val_file=str(other / "v.parquet"))))
+    rep = check_script(job.read_text(), environ={})
+    err = next(e for e in rep.errors if e.startswith("missing training data"))
+    assert f"data.train_files={data}/train.parquet" in err and "v.parquet" not in err and "no .parquet file" in err
+    r = dry_run(job, tmp_path)
+    assert r.returncode == 1 and f"data.train_files={data}/train.parquet" in r.stderr
+    assert "data.val_files" not in r.stderr
+
+
+def test_a_folder_that_cannot_be_read_here_is_not_checked(tmp_path):
+    job = tmp_path / "job.sbatch"
+    job.write_text(render_job(spec(data_dir="/nonexistent/cluster/data")))
+    rep = check_script(job.read_text(), environ={})
+    assert rep.ok and "cannot be read here" in rep.facts["data_files_not_checked"]
+    r = dry_run(job, tmp_path)
+    assert r.returncode == 0 and "not checked: its folder /nonexistent/cluster/data cannot be read here" in r.stdout
+
+
+def test_data_dir_from_the_environment_and_relative_to_the_submit_folder(nq_style, kare_out, tmp_path):
+    """sbatch passes the submitting shell's DATA_DIR to the job, and a relative folder is the submit folder's: the
+    check looks where the job will look."""
+    job = tmp_path / "job.sbatch"
+    job.write_text(render_job(spec(data_dir="nq_search")))  # relative: tmp_path/nq_search has no val.parquet
+    assert not check_script(job.read_text(), environ={}, cwd=str(tmp_path)).ok
+    assert dry_run(job, tmp_path).returncode == 1
+    assert check_script(job.read_text(), environ={"DATA_DIR": str(kare_out)}, cwd=str(tmp_path)).ok
+    assert dry_run(job, tmp_path, DATA_DIR=str(kare_out)).returncode == 0
+    # elsewhere, relative to a folder without nq_search/: not checked
+    assert check_script(job.read_text(), environ={}, cwd=str(kare_out)).ok
+
+
+@pytest.mark.parametrize("kw", [dict(mode="smoke"), dict(train_cmd="python3 my_trainer.py")])
+def test_jobs_that_do_not_run_search_r1s_trainer_are_not_checked(nq_style, tmp_path, kw):
+    job = tmp_path / "job.sbatch"
+    job.write_text(render_job(spec(data_dir=str(nq_style), **kw)))
+    rep = check_script(job.read_text(), environ={})
+    assert rep.ok and "data_files" not in rep.facts
+    assert dry_run(job, tmp_path).returncode == 0
