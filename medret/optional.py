@@ -13,6 +13,7 @@ faiss()            HNSW / IVF-PQ / faiss-file indexes         dense (faiss-cpu)
 ray()              the Ray backend                            ray
 hub()              downloads (``medret corpus|models ...``)   download (huggingface_hub)
 requests()         Search-R1's own HTTP path, hub sessions    client
+pyarrow()          KARE parquet files (``kare prepare``)      kare
 psutil()           benchmarks (memory)                        bench
 pyplot()           benchmark plots                            bench
 omegaconf()        hydra blocks (None when not installed)     (the trainer's)
@@ -64,6 +65,12 @@ def hub() -> Any:
 
 def requests() -> Any:
     return load("requests", "client")
+
+
+def pyarrow() -> Any:
+    """pyarrow with its parquet module loaded (``pyarrow.parquet``)."""
+    load("pyarrow.parquet", "kare", "writing parquet files")
+    return load("pyarrow", "kare", "writing parquet files")
 
 
 def psutil() -> Any:

@@ -170,20 +170,24 @@ def test_ray_max_restarts_brings_a_killed_actor_back(ray_cluster, job):
 
     from medret.transports.ray import RayTransport
 
-    def info_when_back(t: RayTransport, timeout: float = 120.0) -> dict:
+    def info_from_another_process(t: RayTransport, pid: int, timeout: float = 120.0) -> dict:
+        """The actor's info once a process other than ``pid`` answers (ray.kill returns before the old one is
+        gone, so the first calls may still reach it; while it restarts, calls fail)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return t.info()
+                info = t.info()
+                if info["ray"]["pid"] != pid or time.monotonic() > deadline:
+                    return info
             except TransportError:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.5)
+            time.sleep(0.5)
 
     restarting = RayTransport(ray_config(ray_cluster, job, ray_max_restarts=1, rrf_k=61))
     first = restarting.info()["ray"]
     restarting.ray.kill(restarting.handle, no_restart=False)  # as an out-of-memory kill would end it
-    again = info_when_back(restarting)["ray"]
+    again = info_from_another_process(restarting, first["pid"])["ray"]
     assert again["actor"] == first["actor"] and again["pid"] != first["pid"]
     assert [i["document"]["id"] for i in restarting.search(QUERIES[:1], 3)[0]] == \
         [h.id for h in get_retriever("sample", "BM25", rrf_k=61).search(QUERIES[:1], 3)[0]]

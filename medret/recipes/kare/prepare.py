@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from medret import optional
 from medret.errors import ConfigError
 from medret.recipes.kare.prompts import MODES, TokenCounter, fit_prompt
 from medret.recipes.kare.records import (
@@ -50,6 +48,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def parquet_schema() -> Any:
+    pa = optional.pyarrow()
     return pa.schema(
         [
             ("data_source", pa.string()),
@@ -288,6 +287,7 @@ def _check_disjoint(named: dict[str, list[Sample]]) -> None:
 def write_parquet_set(out: Path, tables: dict[str, list[dict[str, Any]]], summary: dict[str, Any]) -> list[Path]:
     """Write every split and the summary under temporary names, then rename them all."""
     out.mkdir(parents=True, exist_ok=True)
+    pa = optional.pyarrow()
     schema = parquet_schema()
     staged: list[tuple[Path, Path]] = []
     try:
@@ -295,7 +295,7 @@ def write_parquet_set(out: Path, tables: dict[str, list[dict[str, Any]]], summar
             final = out / f"{name}.parquet"
             tmp = temp_name(final)
             staged.append((tmp, final))
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+            pa.parquet.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
         final = out / SUMMARY_NAME
         tmp = temp_name(final)
         staged.append((tmp, final))
