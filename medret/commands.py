@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     isub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
     b = isub.add_parser("build", help="build the document store and the index a retriever needs (resumable)")
     add_flags(b, EngineOptions)
-    b.add_argument("--index-type", default="flat", help="flat, hnsw, ivfpq, or a faiss factory string")
+    b.add_argument("--index-type", default=None, help="of a dense index: flat (exact; the default), hnsw, ivfpq, or a "
+                   "faiss factory string such as IVF4096,PQ96np (refused for BM25, which has none)")
     b.add_argument("--rebuild", action="store_true", help="rebuild even if a matching index exists")
     b.add_argument("--adopt-legacy", action="store_true",
                    help="move a dense index of medret's first layout (<source>/medret/index/<retriever name>/, which "

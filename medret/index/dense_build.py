@@ -33,13 +33,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medret.encoders.hf import Encoder
+from medret.encoders.locate import model_dim
 from medret.encoders.specs import REGISTRY, EncoderSpec
-from medret.errors import ConfigError, IndexBuildError
+from medret.errors import IndexBuildError
 from medret.index import emb_check
 from medret.index.dense import (
     DESCRIPTOR,
     FAISS_FILE,
     DenseIndex,
+    check_index_type,
     default_search_params,
     factory_string,
     new_faiss_index,
@@ -160,10 +162,7 @@ def build_dense_index(
     out_dir = Path(out_dir)
     batch_size = _positive_int("batch_size", batch_size)
     chunk_rows = _positive_int("chunk_rows", chunk_rows)
-    if not isinstance(index_type, str) or not index_type.strip():
-        raise ConfigError(
-            f"index_type={index_type!r} is invalid: use flat, hnsw, ivfpq or a faiss factory string"
-        )
+    check_index_type(index_type, spec.metric, getattr(encoder, "dim", None) or _model_dim(doc_model_path))
     n = len(store)
     if n == 0:
         raise IndexBuildError(f"the document store is empty: nothing to index into {out_dir}")
@@ -337,6 +336,10 @@ def build_dense_index(
     logger.info("dense index %s: %d x %d %s, %s (%s) written in %.1fs", out_dir, n, dim, dtype, index_type,
                 factory, time.perf_counter() - t0)
     return out_dir
+
+
+def _model_dim(location: str | os.PathLike[str] | None) -> int | None:
+    return model_dim(str(location)) if location is not None else None
 
 
 def _encode_dtype(encoder: Any) -> str | None:
