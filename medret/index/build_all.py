@@ -68,5 +68,6 @@ def build_all(config: EngineOptions, index_type: str | None = None, rebuild: boo
                     yield f"{spec.name} index for {source.name}: adopted {old} as {out} ({identity.describe()})"
             build_dense_index(sub, spec, out, device=device, batch_size=config.batch_size, index_type=index_type,
                               rebuild=rebuild, fp16_storage=fp16_storage(config, device), progress=progress,
-                              doc_model_path=doc_model_path, corpus_name=corpus.display_name, identity=identity)
+                              doc_model_path=doc_model_path, corpus_name=corpus.display_name, identity=identity,
+                              config=config)
             yield f"{spec.name} index ({index_type}) for {source.name}: {out}"
