@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from medret import optional
 from medret.config import EngineOptions
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import build_store, open_corpus_store
@@ -39,6 +40,9 @@ def build_all(config: EngineOptions, index_type: str | None = None, rebuild: boo
                           "with no variants); drop --index-type, or name a dense retriever (MedCPT, e5, RRF-2, a "
                           "model folder, ...). Nothing was built")
     index_type = "flat" if index_type is None else index_type
+    if dense:  # the dense extra, before the store is built: MissingDependencyError naming pip install 'medret[dense]'
+        optional.torch()
+        optional.transformers()
     for part in dense:  # before the document store or any index is built: a bad value changes nothing
         spec = spec_for(part, config)
         check_index_type(index_type, spec.metric,
