@@ -13,7 +13,7 @@ import yaml
 
 from medret.config import DEFAULT_TOPK, EngineOptions, RayOptions, RetrieverConfig
 from medret.errors import ConfigError, TransportError
-from medret.launch.slurm import JobSpec, check_script, plan_job, render_job
+from medret.launch.slurm import RETRIEVER_OPTION_NAMES, JobSpec, check_script, plan_job, render_job
 from medret.options import add_flags
 from medret.storage.atomic import atomic_write_text
 from medret.transports.ray import RayTransport, kill_actors, wait_for_nodes
@@ -28,6 +28,7 @@ _SPEC_FLAGS = {
     "override": "overrides", "train_cmd": "train_cmd", "mode": "mode", "smoke_turns": "smoke_turns",
     "health_timeout": "health_timeout", "python": "python", "recipe": "recipe", "train_file": "train_file",
     "val_file": "val_file",
+    **{name: name for name in RETRIEVER_OPTION_NAMES},  # model paths and encoder recipe, as declared
 }
 
 
@@ -51,6 +52,8 @@ def register(sub) -> None:
                    help="vLLM rollout tensor-parallel size; must divide the training GPUs per node")
     add_flags(r, EngineOptions, only=("corpus_name", "retriever_name", "db_dir"), title="retriever (default "
               "MedCorp, MedCPT)", show_defaults=False, dests={"corpus_name": "corpus", "retriever_name": "retriever"})
+    add_flags(r, EngineOptions, only=RETRIEVER_OPTION_NAMES, title="retriever models and encoder recipe (a local "
+              "model folder: as given to `medret index build`)", show_defaults=False)
     r.add_argument("--topk", type=int, help=f"passages per query (default {DEFAULT_TOPK})")
     add_flags(r, RayOptions, only=("ray_shards",), title="retriever-node: shard a dense index over the retriever GPUs",
               show_defaults=False, dests={"ray_shards": "shards"})
