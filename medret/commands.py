@@ -17,7 +17,7 @@ from medret.options import add_flags
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a corpus and print the top-k passages")
-    p.add_argument("queries", nargs="+", metavar="QUERY")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="one or more queries (quote each)")
     p.add_argument("--topk", type=int, default=DEFAULT_TOPK, help=f"passages per query (default {DEFAULT_TOPK})")
     p.add_argument("--json", action="store_true", help="print Search-R1's /retrieve JSON")
     add_flags(p, EngineOptions)
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     isub = p.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
     b = isub.add_parser("build", help="build the document store and the index a retriever needs (resumable)")
     add_flags(b, EngineOptions)
-    b.add_argument("--index-type", default="flat", help="flat, hnsw, ivfpq, or a faiss factory string")
+    b.add_argument("--index-type", default=None, help="of a dense index: flat (exact; the default), hnsw, ivfpq, or a "
+                   "faiss factory string such as IVF4096,PQ96np (refused for BM25, which has none)")
     b.add_argument("--rebuild", action="store_true", help="rebuild even if a matching index exists")
     b.add_argument("--adopt-legacy", action="store_true",
                    help="move a dense index of medret's first layout (<source>/medret/index/<retriever name>/, which "
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     corpus_sub = p.add_subparsers(dest="corpus_command", metavar="SUBCOMMAND", required=True)
     c = corpus_sub.add_parser("info", help="sizes, which indexes exist, memory each would take")
     add_flags(c, EngineOptions, only=("corpus_name", "db_dir", "cache_dir"))
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print the information as JSON")
     c.set_defaults(func=cmd_corpus_info)
     register_corpus(corpus_sub)
 

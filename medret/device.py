@@ -28,12 +28,9 @@ logger = logging.getLogger(__name__)
 
 _HIDDEN_VALUES = {"", "-1", "nodevfiles", "none", "void"}
 
-FIX_HINT = (
-    "To fix: unset CUDA_VISIBLE_DEVICES or set it to the GPUs this process may use "
-    "(e.g. CUDA_VISIBLE_DEVICES=0); in Ray, request a GPU for the task/actor "
-    "(@ray.remote(num_gpus=1) or .options(num_gpus=1)); or run on CPU with device='cpu', or allow "
-    "the CPU fallback (allow_cpu_fallback=True / --allow-cpu-fallback)."
-)
+CPU_FIX = ("or run on CPU: device='cpu' (--device cpu), or allow the CPU fallback (allow_cpu_fallback=True / "
+           "--allow-cpu-fallback)")
+RAY_GPU = "in Ray, request a GPU for the task/actor (@ray.remote(num_gpus=1) or .options(num_gpus=1))"
 
 
 def _torch_device_count() -> int:
@@ -48,14 +45,45 @@ def _torch_device_count() -> int:
         return 0
 
 
-def _torch_build_note() -> str:
+def _torch_build() -> tuple[str, str]:
+    """(kind, note): kind ``missing`` (no PyTorch), ``cpu`` (a build without CUDA) or ``cuda``."""
     try:
         torch = optional.torch()
     except ImportError:
-        return "PyTorch is not installed"
+        return "missing", "PyTorch is not installed"
     if getattr(torch.version, "cuda", None) is None:
-        return f"this PyTorch build ({torch.__version__}) has no CUDA support"
-    return f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU or driver"
+        return "cpu", f"this PyTorch build ({torch.__version__}) has no CUDA support"
+    return "cuda", f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU or driver"
+
+
+def _torch_build_note() -> str:
+    return _torch_build()[1]
+
+
+def cuda_fix(cvd_raw: str | None) -> str:
+    """How to get a GPU when CUDA was asked for and none is usable, leading with the fix for the real state:
+    CUDA_VISIBLE_DEVICES hiding every GPU, PyTorch missing or built without CUDA, or a CUDA build that finds no GPU
+    (no driver, a node without GPUs, CUDA_VISIBLE_DEVICES naming GPUs that are not there); then the CPU way out."""
+    visible = parse_visible_devices(cvd_raw)
+    kind, _ = _torch_build()
+    steps = []
+    if visible == []:
+        steps.append(f"unset CUDA_VISIBLE_DEVICES (now {cvd_raw!r}) or set it to the GPUs this process may use (e.g. "
+                     f"CUDA_VISIBLE_DEVICES=0); {RAY_GPU}")
+    if kind == "missing":
+        steps.append("install PyTorch with CUDA support: pip install 'medret[dense]' (on a GPU node pick the CUDA "
+                     "build matching the driver that nvidia-smi shows)")
+    elif kind == "cpu":
+        steps.append("install a CUDA build of PyTorch (this one is CPU-only): e.g. pip install torch --index-url "
+                     "https://download.pytorch.org/whl/cu124, the CUDA version matching the driver that nvidia-smi "
+                     "shows")
+    elif visible is None:
+        steps.append("run on a node with a GPU and a working driver (nvidia-smi must list it; on SLURM request one "
+                     f"with --gres=gpu:1); {RAY_GPU}")
+    elif visible:
+        steps.append(f"check that the GPUs CUDA_VISIBLE_DEVICES={cvd_raw!r} names exist on this node (nvidia-smi) and "
+                     "the driver works, or unset CUDA_VISIBLE_DEVICES")
+    return "To fix: " + "; then ".join(steps) + "; " + CPU_FIX + "."
 
 
 def parse_visible_devices(value: str | None) -> list[str] | None:
@@ -129,7 +157,7 @@ def resolve_device(
             reason = f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={cvd_raw!r}; {_torch_build_note()})"
         else:
             reason = f"no CUDA device is visible (CUDA_VISIBLE_DEVICES is unset; {_torch_build_note()})"
-        return _fallback_or_raise(f"CUDA was requested ({wanted}) but {reason}.", allow_cpu_fallback)
+        return _fallback_or_raise(f"CUDA was requested ({wanted}) but {reason}.", allow_cpu_fallback, cvd_raw)
 
     if gpu_id is not None:
         logical = _physical_to_logical(gpu_id, visible, cvd_raw, count)
@@ -207,8 +235,8 @@ def _physical_to_logical(gpu_id: int, visible: list[str] | None, cvd_raw: str | 
     return logical
 
 
-def _fallback_or_raise(message: str, allow_cpu_fallback: bool) -> str:
+def _fallback_or_raise(message: str, allow_cpu_fallback: bool, cvd_raw: str | None) -> str:
     if allow_cpu_fallback:
         logger.warning("%s Falling back to CPU because allow_cpu_fallback=True (much slower).", message)
         return "cpu"
-    raise DeviceError(f"{message} {FIX_HINT}")
+    raise DeviceError(f"{message} {cuda_fix(cvd_raw)}")

@@ -154,9 +154,9 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise ConfigError(f"dim (--dim)={dim!r} is invalid: the embedding dimension, a whole number such as 768")
     if dim % pq_m:
-        raise ConfigError(f"pq_m={pq_m} is invalid: it must divide the dimension {dim} (e.g. 96, 48, 192)")
+        raise ConfigError(f"pq_m (--pq-m)={pq_m} is invalid: it must divide the dimension {dim} (e.g. 96, 48, 192)")
     if not 1 <= pq_nbits <= 16:
-        raise ConfigError(f"pq_nbits={pq_nbits} is invalid: 4 to 16 bits per sub-quantizer (8 is usual)")
+        raise ConfigError(f"pq_nbits (--pq-nbits)={pq_nbits} is invalid: 1 to 16 bits per sub-quantizer (8 is usual)")
     recipes.recipe_keys(recipe)  # refuses an unknown recipe
     a = ASSUMPTIONS
     model = a["gpu_model_bytes"] + a["gpu_context_bytes"]

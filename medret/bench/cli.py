@@ -36,7 +36,7 @@ def register(sub) -> None:
     g.add_argument("--backends", default="local,http,ray", help="comma-separated: local, http, ray (default all; "
                    "those not installed are reported as skipped)")
     g.add_argument("--batch-sizes", type=_ints, default=[1, 8, 64, 512, 2560], help="default 1,8,64,512,2560")
-    g.add_argument("--topk", type=int, default=5)
+    g.add_argument("--topk", type=int, default=5, help="passages per query (default 5)")
     g.add_argument("--dup-ratio", type=float, default=0.0,
                    help="fraction of repeated queries in a batch (GRPO groups of G sharing a query: 1-1/G)")
     g.add_argument("--repeats", type=int, default=5, help="timed runs per batch size (at most)")
@@ -64,9 +64,9 @@ def register(sub) -> None:
                    help="retriever to evaluate; repeat for several (default BM25). Fused with RRF when 2+")
     e.add_argument("--k", type=_ints, default=[1, 5, 10, 20], help="cut-offs for Recall@k and Hit@k")
     e.add_argument("--depth", type=int, default=100, help="ranked list length (MRR, fusion input)")
-    e.add_argument("--no-fusion", action="store_true")
+    e.add_argument("--no-fusion", action="store_true", help="do not evaluate the RRF fusion of 2+ retrievers")
     add_flags(e, EngineOptions, exclude=EVAL_OWN)
-    e.add_argument("--work-dir", default=None)
+    e.add_argument("--work-dir", default=None, help="where converted corpora go (default: the medret cache)")
     e.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     e.set_defaults(func=cmd_eval)
 

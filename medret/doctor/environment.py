@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medret import optional
-from medret.device import FIX_HINT, parse_visible_devices, resolve_device
+from medret.device import cuda_fix, parse_visible_devices, resolve_device
 from medret.doctor.checks import FAIL, OK, WARN, Check, gb
 from medret.errors import ConfigError, DeviceError, MedretError, MissingDependencyError
 from medret.retrievers import retriever_parts
@@ -120,11 +120,11 @@ def check_gpus(config: Any) -> list[Check]:
             device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
         except (DeviceError, ConfigError) as e:
             return [Check("gpu", FAIL, f"{len(gpus)} GPU(s) visible, {cvd}: the configured device is not usable",
-                          str(e), FIX_HINT)]
+                          str(e), cuda_fix(raw))]
     detail = listing or "no GPU visible"
     if visible == []:
         return [Check("gpu", WARN, f"no GPU visible: {cvd} hides every GPU",
                       "Ray sets it so for tasks and actors without num_gpus; retrieval will run on CPU"
-                      + (f" (device {device})" if device else ""), FIX_HINT)]
+                      + (f" (device {device})" if device else ""), cuda_fix(raw))]
     title = f"{len(gpus)} GPU(s) visible ({cvd})" + (f"; retrieval device {device}" if device else "")
     return [Check("gpu", OK, title, detail)]

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from medret import optional
-from medret.corpus.download import hf_endpoint
+from medret.corpus.download import hf_cache_dir, hf_endpoint
 from medret.corpus.registry import cache_dir
 from medret.errors import ConfigError
 
@@ -99,6 +99,24 @@ def model_location(model: str, explicit: str | os.PathLike[str] | None = None,
                 logger.warning("%s: the download of %s did not finish; run `medret models download` again "
                                "(looking elsewhere for now)", cand, model)
     return model
+
+
+def model_dim(location: str) -> int | None:
+    """The width of a model's vectors (``hidden_size`` in its config.json, what :class:`medret.encoders.hf.Encoder`
+    reads) from a model folder or the Hugging Face cache, without loading it or asking the network; None if unknown."""
+    path: Path | None = Path(location).expanduser() / "config.json"
+    if not (path is not None and path.is_file()) and is_model_id(location):
+        try:
+            hub = optional.hub()
+            cached = hub.try_to_load_from_cache(location, "config.json", cache_dir=str(hf_cache_dir()))
+            path = Path(cached) if isinstance(cached, str) else None
+        except Exception:  # noqa: BLE001 - no hub library or an unusual cache: the width stays unknown
+            path = None
+    try:
+        dim = json.loads(path.read_text()).get("hidden_size") if path is not None and path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else None
 
 
 def is_local(location: str) -> bool:

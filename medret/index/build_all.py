@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from medret import optional
 from medret.config import EngineOptions
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import build_store, open_corpus_store
 from medret.device import resolve_device
-from medret.encoders.locate import model_location
+from medret.encoders.locate import model_dim, model_location
 from medret.encoders.specs import spec_for
+from medret.errors import ConfigError
 from medret.index.bm25 import build_bm25
+from medret.index.dense import check_index_type
 from medret.index.dense_build import build_dense_index
 from medret.index.identity import adopt_legacy as adopt
 from medret.index.identity import encoder_identity, keyed_dir, legacy_dir
@@ -23,11 +26,27 @@ from medret.index.searchers import fp16_storage
 from medret.retrievers import retriever_parts
 
 
-def build_all(config: EngineOptions, index_type: str = "flat", rebuild: bool = False,
+def build_all(config: EngineOptions, index_type: str | None = None, rebuild: bool = False,
               progress: bool = True, adopt_legacy: bool = False) -> Iterator[str]:
-    """Build what ``config`` needs; yields one line per step for the CLI. ``adopt_legacy``: move dense indexes of
-    medret's first layout into the new one, recording the configured encoder, instead of encoding again."""
+    """Build what ``config`` needs; yields one line per step for the CLI. ``index_type``: of the dense indexes
+    (default flat; refused for a retriever without one, and checked before anything is built). ``adopt_legacy``: move
+    dense indexes of medret's first layout into the new one, recording the configured encoder, instead of encoding
+    again."""
     parts = retriever_parts(config.retriever_name)
+    dense = [part for part in parts if part != "bm25"]
+    if index_type is not None and not dense:
+        raise ConfigError(f"index_type (--index-type)={index_type!r} does not apply to retriever "
+                          f"{config.retriever_name!r}: BM25 has no dense index to build (its index is bm25s's own, "
+                          "with no variants); drop --index-type, or name a dense retriever (MedCPT, e5, RRF-2, a "
+                          "model folder, ...). Nothing was built")
+    index_type = "flat" if index_type is None else index_type
+    if dense:  # the dense extra, before the store is built: MissingDependencyError naming pip install 'medret[dense]'
+        optional.torch()
+        optional.transformers()
+    for part in dense:  # before the document store or any index is built: a bad value changes nothing
+        spec = spec_for(part, config)
+        check_index_type(index_type, spec.metric,
+                         model_dim(model_location(spec.doc_model, config.doc_model, config.models_dir)))
     corpus = resolve_corpus(config.corpus_name, config.db_dir, config.cache_dir)
     if rebuild:
         for s in corpus.sources:
@@ -53,5 +72,6 @@ def build_all(config: EngineOptions, index_type: str = "flat", rebuild: bool = F
                     yield f"{spec.name} index for {source.name}: adopted {old} as {out} ({identity.describe()})"
             build_dense_index(sub, spec, out, device=device, batch_size=config.batch_size, index_type=index_type,
                               rebuild=rebuild, fp16_storage=fp16_storage(config, device), progress=progress,
-                              doc_model_path=doc_model_path, corpus_name=corpus.display_name, identity=identity)
+                              doc_model_path=doc_model_path, corpus_name=corpus.display_name, identity=identity,
+                              config=config)
             yield f"{spec.name} index ({index_type}) for {source.name}: {out}"

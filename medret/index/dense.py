@@ -187,6 +187,42 @@ def default_search_params(factory: str) -> dict[str, int]:
     return params
 
 
+#: common encoder widths: with the model's own unknown, a factory string faiss builds for none of them is refused
+PROBE_DIMS = (768, 1024, 384, 512, 4096)
+INDEX_TYPE_FORMS = (f"{', '.join(NAMED_TYPES)} (any case), or a faiss factory string such as 'IVF4096,PQ96np' or "
+                    "'HNSW32,Flat'")
+
+
+def check_index_type(index_type: Any, metric: str = "ip", dim: int | None = None,
+                     field: str = "index_type (--index-type)") -> str:
+    """``index_type`` if medret can build it, checked before anything is encoded or written: a named type, or a faiss
+    factory string that faiss builds for ``dim``-dimensional vectors (``dim`` unknown: for one of
+    :data:`PROBE_DIMS`); :class:`ConfigError` naming the field, the value, the valid forms and the fix otherwise."""
+    if not isinstance(index_type, str) or not index_type.strip():
+        raise ConfigError(f"{field}={index_type!r} is invalid: give {INDEX_TYPE_FORMS}")
+    if index_type.strip().lower() in NAMED_TYPES:
+        return index_type
+    problem = ""
+    for d in ((dim,) if dim else PROBE_DIMS):
+        problem = _faiss_refusal(d, metric, factory_string(index_type, d, 1_000_000))
+        if not problem:
+            return index_type
+    width = f" for the model's {dim}-dimensional vectors" if dim else ""
+    raise ConfigError(f"{field}={index_type!r} is invalid: faiss cannot build it{width} ({problem}); give "
+                      f"{INDEX_TYPE_FORMS}" + (f" whose sub-quantizers divide {dim}" if dim else "")
+                      + ". Nothing was encoded or written")
+
+
+def _faiss_refusal(dim: int, metric: str, factory: str) -> str:
+    """Why faiss refuses ``factory`` at ``dim`` (its last line), or '' when it builds (an empty index: cheap)."""
+    try:
+        new_faiss_index(dim, metric, factory)
+    except ConfigError as e:
+        cause = e.__cause__
+        return str(cause).strip().splitlines()[-1][:200] if cause is not None and str(cause).strip() else str(e)
+    return ""
+
+
 def new_faiss_index(dim: int, metric: str, factory: str) -> Any:
     faiss = _faiss()
     try:

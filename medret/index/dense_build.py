@@ -32,19 +32,23 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from medret.config import EngineOptions
 from medret.encoders.hf import Encoder
+from medret.encoders.locate import model_dim
 from medret.encoders.specs import REGISTRY, EncoderSpec
-from medret.errors import ConfigError, IndexBuildError
+from medret.errors import IndexBuildError
 from medret.index import emb_check
 from medret.index.dense import (
     DESCRIPTOR,
     FAISS_FILE,
     DenseIndex,
+    check_index_type,
     default_search_params,
     factory_string,
     new_faiss_index,
     train_faiss_index,
 )
+from medret.index.hints import build_command
 from medret.index.identity import EncoderIdentity, check, encoder_identity, mismatch
 from medret.index.manifest import MANIFEST, read_manifest
 from medret.storage.atomic import atomic_write_text
@@ -146,6 +150,7 @@ def build_dense_index(
     doc_model_path: str | os.PathLike[str] | None = None,
     corpus_name: str | None = None,
     identity: EncoderIdentity | None = None,
+    config: EngineOptions | None = None,
 ) -> Path:
     """Encode every row of ``store`` with ``spec``'s document encoder and write a dense index to ``out_dir``.
 
@@ -155,15 +160,13 @@ def build_dense_index(
     written. ``encoder`` defaults to :class:`medret.encoders.hf.Encoder` on ``device`` (loaded only if
     something is left to encode). ``identity`` (:class:`medret.index.identity.EncoderIdentity`, default: that of
     ``spec``'s document model at ``doc_model_path``) is recorded in the manifest and must match an existing index.
+    ``config``: the options the index is built for, so that a message's ``--rebuild`` command carries them all.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     batch_size = _positive_int("batch_size", batch_size)
     chunk_rows = _positive_int("chunk_rows", chunk_rows)
-    if not isinstance(index_type, str) or not index_type.strip():
-        raise ConfigError(
-            f"index_type={index_type!r} is invalid: use flat, hnsw, ivfpq or a faiss factory string"
-        )
+    check_index_type(index_type, spec.metric, getattr(encoder, "dim", None) or _model_dim(doc_model_path))
     n = len(store)
     if n == 0:
         raise IndexBuildError(f"the document store is empty: nothing to index into {out_dir}")
@@ -171,7 +174,8 @@ def build_dense_index(
     if identity is None:
         identity = encoder_identity(spec, doc_model_path)
     params = _build_params(store, spec, index_type, dtype, chunk_rows, identity)
-    hint = rebuild_hint(spec, corpus_name)
+    hint = f"`{build_command(config, index_type, rebuild=True)}`" if config is not None else rebuild_hint(
+        spec, corpus_name)
 
     existing = read_manifest(out_dir)
     if existing is not None and existing.get("complete") and not rebuild:
@@ -339,6 +343,10 @@ def build_dense_index(
     return out_dir
 
 
+def _model_dim(location: str | os.PathLike[str] | None) -> int | None:
+    return model_dim(str(location)) if location is not None else None
+
+
 def _encode_dtype(encoder: Any) -> str | None:
     fp16 = getattr(encoder, "fp16", None)
     return None if fp16 is None else ("float16" if fp16 else "float32")
@@ -366,6 +374,7 @@ def load_dense_index(
     device: str = "cpu",
     corpus_name: str | None = None,
     identity: EncoderIdentity | None = None,
+    config: EngineOptions | None = None,
     **search_params: Any,
 ) -> DenseIndex:
     """Load a dense index built by :func:`build_dense_index`, refusing incomplete, stale or foreign ones.
@@ -375,23 +384,26 @@ def load_dense_index(
     (:class:`medret.index.identity.EncoderIdentity`): the model and recipe recorded at build must match it (a model
     changed in place is refused with the ``--rebuild`` hint).
     ``device='cuda:N'`` moves exact (flat) embeddings onto that GPU. ``search_params`` (``nprobe``,
-    ``ef_search``, ``rerank``) override the ones saved with the index.
+    ``ef_search``, ``rerank``) override the ones saved with the index. ``config``: the options in use, so that a
+    message's ``--rebuild`` command carries them all (with the index type the index was built with).
     """
     index_dir = Path(index_dir)
     name = spec.name if spec is not None else "NAME"
-    hint = rebuild_hint(spec if spec is not None else name, corpus_name)
     manifest = read_manifest(index_dir)
+    if config is not None:
+        built_type = manifest.get("index_type") if manifest is not None else None
+        hint = f"`{build_command(config, built_type, rebuild=True)}`"
+        build = f"`{build_command(config)}`"
+    else:
+        hint = rebuild_hint(spec if spec is not None else name, corpus_name)
+        build = f"`medret index build --corpus {corpus_name or 'NAME'} --retriever {name}`"
     if manifest is None:
         if partial_dir(index_dir).exists():
             raise IndexBuildError(
                 f"the dense index at {index_dir} is not complete: a build was interrupted (its work is in "
-                f"{partial_dir(index_dir)}); run `medret index build --corpus {corpus_name or 'NAME'} "
-                f"--retriever {name}` again to resume it"
+                f"{partial_dir(index_dir)}); run {build} again to resume it"
             )
-        raise IndexBuildError(
-            f"no dense index at {index_dir} ({MANIFEST} missing); build it with "
-            f"`medret index build --corpus {corpus_name or 'NAME'} --retriever {name}`"
-        )
+        raise IndexBuildError(f"no dense index at {index_dir} ({MANIFEST} missing); build it with {build}")
     if manifest.get("format") != FORMAT or not manifest.get("complete"):
         raise IndexBuildError(f"the dense index at {index_dir} is incomplete or not a medret index; rebuild it with "
                               f"{hint}")

@@ -22,6 +22,7 @@ from medret.corpus.store import UnionStore
 from medret.encoders.specs import REGISTRY, EncoderSpec
 from medret.errors import MedretError
 from medret.index.bm25 import check_sizes
+from medret.index.hints import build_command
 from medret.index.identity import (
     EncoderIdentity,
     find_copy,
@@ -114,10 +115,10 @@ def locate_dense(source: Any, size: int, spec: EncoderSpec, identity: EncoderIde
 
 
 def legacy_message(old: Path, identity: EncoderIdentity, corpus_name: str, config: EngineOptions) -> str:
-    build = f"`medret index build --corpus {corpus_name} --retriever {config.retriever_name} (and your model flags)"
+    adopt = build_command(config, extra=["--adopt-legacy"])
     return (f"the dense index at {old} is in medret's first layout, which did not record which model weights built "
             f"it, so medret will not guess: if it was built with {identity.describe()}, move it to the new layout "
-            f"with {build} --adopt-legacy` (no re-encoding), else rebuild it with {build} --rebuild`")
+            f"with `{adopt}` (no re-encoding), else rebuild it with `{build_command(config, rebuild=True)}`")
 
 
 def source_stores(store: Any) -> list[tuple[int, Any]]:

@@ -26,6 +26,7 @@ from medret.encoders.specs import spec_for
 from medret.errors import IndexBuildError
 from medret.index.bm25 import BM25Index, build_bm25
 from medret.index.dense_build import build_dense_index, load_dense_index
+from medret.index.hints import build_command
 from medret.index.identity import encoder_identity, legacy_dir
 from medret.index.locate import (
     legacy_message,
@@ -116,7 +117,7 @@ class DenseSearcher:
             if kind == "copy":
                 log.info("using %s: built from the same model files (%s)", where, self.identity.describe())
             return load_dense_index(where, sub, self.spec, device=device, corpus_name=corpus_name,
-                                    identity=self.identity, **params)
+                                    identity=self.identity, config=config, **params)
         if kind == "medrag":
             log.info("using MedRAG's precomputed index %s", where)
             ix = open_medrag_index(where, sub, metric=self.spec.metric, cache_dir=Path(source.artifact_dir) / "index")
@@ -133,15 +134,15 @@ class DenseSearcher:
             fetch = fetch_hint(source.name, self.spec.doc_model, config.db_dir) if medrag else None
             raise IndexBuildError(
                 f"no {self.spec.name} index for {source.name!r} (looked for {where}"
-                + (f" and MedRAG's {medrag}" if medrag else "") + f"); build it with `medret index build --corpus "
-                f"{corpus_name} --retriever {config.retriever_name} --db-dir DIR --device cuda:0` (and your model "
-                "flags)" + (f", or fetch MedRAG's precomputed embeddings: `{fetch}`" if fetch else
+                + (f" and MedRAG's {medrag}" if medrag else "") + f"); build it with `{build_command(config)}`"
+                + ("" if config.device else " (on a GPU node add --device cuda:0)")
+                + (f", or fetch MedRAG's precomputed embeddings: `{fetch}`" if fetch else
                            f", or unpack MedRAG's precomputed embeddings into {medrag}" if medrag else ""))
         build_dense_index(sub, self.spec, where, device=self.device, batch_size=self.batch_size,
                           fp16_storage=fp16_storage(config, self.device), progress=progress,
-                          encoder=self.encoder, corpus_name=corpus_name, identity=self.identity)
+                          encoder=self.encoder, corpus_name=corpus_name, identity=self.identity, config=config)
         return load_dense_index(where, sub, self.spec, device=device, corpus_name=corpus_name,
-                                identity=self.identity, **params)
+                                identity=self.identity, config=config, **params)
 
     def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         q = self.encoder.encode_queries(queries, batch_size=self.batch_size)

@@ -35,7 +35,8 @@ from importlib import resources
 from string import Template
 from typing import Any, Mapping
 
-from medret.config import DEFAULT_TOPK
+from medret import options
+from medret.config import DEFAULT_TOPK, ENCODER_OPTION_NAMES, EngineOptions
 from medret.errors import ConfigError
 from medret.launch import recipes
 from medret.version import __version__
@@ -83,6 +84,9 @@ _SBATCH_FIELDS = {"job_name": "job-name", "partition": "partition", "account": "
                   "time": "time", "mem": "mem", "output": "output"}
 # the command-line flag of a field, where it is not --field-name
 _FLAG_OF = {"output": "--log", "overrides": "--override", "tensor_parallel": "--tp"}
+#: retriever options a job passes on as they are declared (EngineOptions): the model paths and the encoder recipe, so
+#: a job over a local model folder (--like / --pooling / prefixes ...) searches what `medret index build` built
+RETRIEVER_OPTION_NAMES = ("query_model", "doc_model", "models_dir", *ENCODER_OPTION_NAMES)
 # Words of the rendered training / smoke commands that expand variables: written by the templates, never from a
 # user value. Any other word of those commands must be a LITERAL_WORD (`slurm check` enforces it).
 TEMPLATE_WORDS = frozenset({
@@ -143,14 +147,23 @@ class JobSpec:
     smoke_turns: int = 2
     health_timeout: int = 900
     python: str = "python3"
+    # RETRIEVER_OPTION_NAMES given (name, value), in declaration order: passed to `medret serve`, `medret ray up`,
+    # the smoke run (as flags) and the trainer's retriever block (as +retriever.NAME=VALUE)
+    retriever_options: tuple[tuple[str, Any], ...] = ()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "JobSpec":
         """From a dict (flags or YAML). Unknown keys are refused with the list of valid ones."""
         data = {k.replace("-", "_"): v for k, v in dict(data).items() if v is not None}
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - valid)
+        given = dict(data.pop("retriever_options", None) or {})
+        given.update({k: data.pop(k) for k in RETRIEVER_OPTION_NAMES if k in data})
+        if given:  # checked as the retriever checks them (kinds, choices, --like names)
+            engine = EngineOptions.from_mapping(given)
+            data["retriever_options"] = tuple((k, getattr(engine, k)) for k in RETRIEVER_OPTION_NAMES if k in given)
+        valid = {f.name for f in fields(cls)} - {"retriever_options"} | set(RETRIEVER_OPTION_NAMES)
+        data_keys = set(data) - {"retriever_options"}
+        unknown = sorted(data_keys - valid)
         if unknown:
             raise ConfigError(f"unknown job option(s) {unknown}: valid options are {sorted(valid)}")
         if "retriever_gpus" in data:
@@ -176,10 +189,15 @@ class JobSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["retriever_options"] = dict(self.retriever_options)
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
         return d
+
+    def retriever_argv(self) -> list[str]:
+        """The retriever options as command-line flags (``--pooling=mean``), one item each."""
+        return options.argv(EngineOptions.from_mapping(dict(self.retriever_options)), only=RETRIEVER_OPTION_NAMES)
 
 
 def parse_gpu_list(value: Any, name: str = "retriever_gpus") -> tuple[int, ...]:
@@ -247,6 +265,11 @@ def _check_text_fields(spec: "JobSpec") -> None:
     """Refuse control characters in every text field, and #SBATCH values sbatch would not accept."""
     for f in fields(spec):
         v = getattr(spec, f.name)
+        if f.name == "retriever_options":
+            for name, value in v:
+                if isinstance(value, str):
+                    _no_control(name, value)
+            continue
         items = v if isinstance(v, tuple) else (v,)
         for item in items:
             if isinstance(item, str):
@@ -337,10 +360,11 @@ def plan_job(spec: JobSpec) -> Plan:
     _check_text_fields(spec)
     for name in ("corpus", "retriever", "job_name"):
         v = getattr(spec, name)
-        if not v or not _SAFE_NAME.fullmatch(v) and not (name == "corpus" and "/" in v
+        folder = name in ("corpus", "retriever")  # a corpus folder, a local model folder
+        if not v or not _SAFE_NAME.fullmatch(v) and not (folder and "/" in v
                                                          and not any(c in v for c in " '\"$`\\")):
             raise ConfigError(f"{_field(name)}={v!r} is invalid: use letters, digits and . _ + - only (e.g. MedCorp, "
-                              "MedCPT)" + (", or a folder path without spaces or quotes" if name == "corpus" else ""))
+                              "MedCPT)" + (", or a folder path without spaces or quotes" if folder else ""))
     for name in ("train_file", "val_file"):
         if not getattr(spec, name).strip():
             raise ConfigError(f"{_field(name)}={getattr(spec, name)!r} is empty: give a parquet file, relative to "
@@ -462,8 +486,21 @@ def _medret_words(spec: JobSpec, plan: Plan) -> dict[str, list[str]]:
                 '${MEDRET_DB_DIR:+"+retriever.db_dir=$MEDRET_DB_DIR"}']
         if plan.shards > 1:
             retr.append(f"+retriever.ray_shards={plan.shards}")
+    if plan.layout != "per-node":  # the trainer's retriever: in process, or the Ray actor `ray up` created
+        retr += [_q(f"+retriever.{name}={_hydra_literal(value)}") for name, value in spec.retriever_options]
     words["retriever.url"] = retr
     return words
+
+
+def _hydra_literal(value: Any) -> str:
+    """A value as a hydra override writes it: true/false, a number, else a quoted string that hydra reads back as
+    exactly this text (backslashes before a quote or at the end doubled, quotes escaped, ``${`` not interpolated)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, str(value))
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def _trainer_command(spec: JobSpec, plan: Plan) -> str:
@@ -498,7 +535,7 @@ def _smoke_command(spec: JobSpec, plan: Plan) -> str:
     backend = {"local": "local", "per-node": "http", "retriever-node": "ray"}[plan.layout]
     parts = ['"${MEDRET[@]}" rollout-smoke', f"--backend {backend}", f"--corpus {_q(spec.corpus)}",
              f"--retriever {_q(spec.retriever)}", f"--turns {spec.smoke_turns}",
-             '${MEDRET_DB_DIR:+--db-dir "$MEDRET_DB_DIR"}']
+             '${MEDRET_DB_DIR:+--db-dir "$MEDRET_DB_DIR"}', *(_q(w) for w in spec.retriever_argv())]
     if backend == "http":
         parts.append('--url "$RETRIEVER_URL/retrieve"')
     return " ".join(parts)
@@ -534,6 +571,7 @@ def render_job(spec: JobSpec) -> str:
         "shards": str(plan.shards),
         "corpus": _q(spec.corpus), "retriever": _q(spec.retriever),
         "db_dir": _q(spec.db_dir or ""),
+        "retriever_flags": " ".join(_q(w) for w in spec.retriever_argv()),
         "model": _q(spec.model), "data_dir": _q(spec.data_dir),
         "train_file": _q(spec.train_file), "val_file": _q(spec.val_file),
         "health_timeout": str(spec.health_timeout),
@@ -892,6 +930,7 @@ _PLACEHOLDER_PATTERNS = {
     "nodes": r"\d+", "gpus_per_node": r"\d+", "n_train_gpus": r"\d+", "shards": r"\d+", "health_timeout": r"\d+",
     "train_gpus": r"[\d,]*", "retriever_gpus": r"[\d,]*", "retriever_node": r"\d*", "layout": r"[a-z-]+",
     "mode": r"[a-z]+", "retriever_device": r"[a-z]+", "ray_resource": r"[A-Za-z0-9_]+",
+    "retriever_flags": rf"(?:{LITERAL_WORD}(?:\s+{LITERAL_WORD})*)?",
 }
 
 

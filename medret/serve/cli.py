@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused: visible to every user in `ps`
     add_flags(p, Limits)
     add_flags(p, ServeSettings)
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="server log level (default info)")
     p.set_defaults(func=cmd_serve)
 
 

@@ -98,7 +98,11 @@ def _match_ray_start_auth() -> None:
     """Use token authentication exactly when `ray start` does: if RAY_AUTH_MODE is unset and a token exists.
 
     (Recent Ray enables tokens in `ray start` when ~/.ray/auth_token exists, but a driver connecting to an
-    explicit address does not, and is then refused by the cluster.)"""
+    explicit address does not, and is then refused by the cluster.) This is the one place medret answers Ray's
+    authentication question: with RAY_AUTH_MODE unset and a token present, token mode is chosen here, silently,
+    instead of through Ray's helper, which logs "Token authentication is enabled for this Ray cluster" on every
+    connection (every `medret ray up/info/down`). A RAY_AUTH_MODE the user set is respected as it is; errors
+    (a cluster that refuses the token, a token that is missing) still come from Ray when connecting."""
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode is not None and mode.lower() != "token":
         return
@@ -108,9 +112,11 @@ def _match_ray_start_auth() -> None:
         return
     try:
         if mode is None:
-            auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-        else:  # re-read the mode: Ray may have been imported before the variable was set
-            auth._enable_token_auth()
+            if not auth.AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+                return  # no token: the cluster was started without one (`ray start` does the same)
+            logger.debug("Ray: token authentication, as `ray start` chose it (a token exists; set RAY_AUTH_MODE "
+                         "to decide otherwise)")
+        auth._enable_token_auth()  # sets RAY_AUTH_MODE=token for this process and its children
     except Exception:  # never block a connection on this check
         logger.debug("token auth probe failed", exc_info=True)
 

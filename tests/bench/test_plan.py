@@ -49,6 +49,14 @@ def test_an_unknown_retriever_is_pointed_at_the_dim_flag_which_exists(capsys):
     assert opt(p, "flat fp16")["gpu_bytes_per_gpu"] - OVERHEAD == 125_847 * 384 * 2
 
 
+@pytest.mark.parametrize("argv,named", [(["--pq-m", "7"], "(--pq-m)=7"), (["--pq-nbits", "17"], "(--pq-nbits)=17")])
+def test_plan_errors_name_the_flags_a_user_can_give(argv, named, capsys):
+    """Like dim= (above): plan's errors named pq_m= / pq_nbits=, which are no flags (issue 14); they name the flag."""
+    assert main(["plan", "--retriever", "MedCPT", *argv]) == 1
+    err = capsys.readouterr().err
+    assert named in err and "is invalid" in err
+
+
 def test_medcorp_medcpt_flat_sizes_and_build_time():
     p = plan("MedCorp", "MedCPT", "80G", "256G")
     assert p["n"] == MEDCORP == 54_238_952
@@ -108,7 +116,7 @@ def test_bm25_plan_uses_terms_per_snippet():
 def test_bad_arguments_name_the_field():
     with pytest.raises(ConfigError, match="corpus='Medline'"):
         plan("Medline")
-    with pytest.raises(ConfigError, match="pq_m=100"):
+    with pytest.raises(ConfigError, match=r"pq_m \(--pq-m\)=100"):
         plan("MedCorp", "MedCPT", pq_m=100)
     with pytest.raises(ConfigError, match="retriever='BERT'"):
         plan("MedCorp", "BERT")

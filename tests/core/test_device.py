@@ -128,3 +128,51 @@ def test_real_probe_runs_on_this_machine():
 
     expected = "cuda:0" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu"
     assert resolve_device(None) == expected
+
+
+# ------------------------------------------------------------------ the fix follows the real state (issue 14)
+# This environment's torch is a CPU-only build (no device_count injected below: the real probe runs).
+
+
+def _cuda_error(monkeypatch, cvd: str | None) -> str:
+    if cvd is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cvd)
+    with pytest.raises(DeviceError) as e:
+        resolve_device("cuda")
+    return str(e.value)
+
+
+def test_cpu_only_torch_with_cvd_unset_leads_with_installing_a_cuda_build(monkeypatch):
+    """It once led with "unset CUDA_VISIBLE_DEVICES" although it was unset."""
+    import torch
+
+    assert torch.version.cuda is None  # the premise: a CPU-only build
+    msg = _cuda_error(monkeypatch, None)
+    assert "CUDA_VISIBLE_DEVICES is unset" in msg and "has no CUDA support" in msg
+    fix = msg.split("To fix: ", 1)[1]
+    assert fix.startswith("install a CUDA build of PyTorch (this one is CPU-only)")
+    assert "unset CUDA_VISIBLE_DEVICES" not in msg and "num_gpus" not in fix
+    assert "--allow-cpu-fallback" in fix and "--device cpu" in fix
+
+
+@pytest.mark.parametrize("cvd", ["", "-1"])
+def test_cvd_hiding_every_gpu_leads_with_unsetting_it_then_the_build(monkeypatch, cvd):
+    msg = _cuda_error(monkeypatch, cvd)
+    assert f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU" in msg
+    fix = msg.split("To fix: ", 1)[1]
+    assert fix.startswith(f"unset CUDA_VISIBLE_DEVICES (now {cvd!r})") and "num_gpus=1" in fix
+    # with this CPU-only torch, that alone would not be enough: the build is named next
+    assert fix.index("install a CUDA build of PyTorch") > fix.index("unset CUDA_VISIBLE_DEVICES")
+
+
+def test_a_cuda_build_without_a_gpu_points_at_the_node_and_driver(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "12.4")  # a CUDA build on a node without GPU or driver
+    fix = _cuda_error(monkeypatch, None).split("To fix: ", 1)[1]
+    assert fix.startswith("run on a node with a GPU and a working driver") and "nvidia-smi" in fix
+    assert "CUDA_VISIBLE_DEVICES" not in fix and "install a CUDA build" not in fix
+    fix = _cuda_error(monkeypatch, "2,3").split("To fix: ", 1)[1]
+    assert fix.startswith("check that the GPUs CUDA_VISIBLE_DEVICES='2,3' names exist on this node")

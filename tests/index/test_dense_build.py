@@ -227,7 +227,7 @@ def test_bad_arguments(tmp_path):
         build_dense_index(store, SPEC, tmp_path / "a", chunk_rows=-1, encoder=FakeEncoder())
     with pytest.raises(IndexBuildError, match="empty"):
         build_dense_index(ListStore([]), SPEC, tmp_path / "a", encoder=FakeEncoder())
-    with pytest.raises(ConfigError, match="index_type='Bogus"):
+    with pytest.raises(ConfigError, match=r"index_type \(--index-type\)='Bogus"):
         build_dense_index(store, SPEC, tmp_path / "a", index_type="Bogus,Thing", encoder=FakeEncoder(),
                           progress=False)
     with pytest.raises(IndexBuildError, match="no dense index"):

@@ -17,7 +17,7 @@ import yaml
 
 from medret.cli import main
 from medret.launch.cli import _SPEC_FLAGS
-from medret.launch.slurm import JobSpec, check_script, render_job
+from medret.launch.slurm import RETRIEVER_OPTION_NAMES, JobSpec, check_script, render_job
 
 # {c} is the canary's absolute path
 HOSTILE = [
@@ -38,6 +38,7 @@ ALWAYS_FLAGGED = {0, 1, 2, 3, 4, 5, 8, 9, 10}
 
 FLAG_OF = {field: "--" + dest.replace("_", "-") for dest, field in _SPEC_FLAGS.items()}
 FLAG_OF["mode"] = None  # only --smoke (a switch) sets it on the command line
+FLAG_OF["normalize"] = None  # a switch (--normalize / --no-normalize): no value to put a hostile string in
 
 
 def _bare_env(tmp_path):
@@ -65,7 +66,8 @@ def _render(args: list[str], capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-FIELDS = [f.name for f in dataclasses.fields(JobSpec)]
+# the retriever options (model paths, encoder recipe) are given one by one, as declared
+FIELDS = [f.name for f in dataclasses.fields(JobSpec) if f.name != "retriever_options"] + list(RETRIEVER_OPTION_NAMES)
 
 
 @pytest.mark.parametrize("field,source", [(f, s) for f in FIELDS for s in ("flags", "yaml")
@@ -104,7 +106,7 @@ def test_hostile_values_are_refused_or_quoted(field, source, tmp_path, capsys):
 
 def test_every_text_field_refuses_newlines_and_control_characters(capsys, tmp_path):
     """Each text option, through the YAML file, with a newline: refused, naming it."""
-    text_fields = [f.name for f in dataclasses.fields(JobSpec) if f.name not in (
+    text_fields = [name for name in FIELDS if name not in (
         "nodes", "gpus_per_node", "tensor_parallel", "topk", "shards", "max_turns", "smoke_turns",
         "health_timeout", "cpus_per_task", "retriever_gpus")]
     for field in text_fields:

@@ -104,8 +104,13 @@ def _nq_style_data(tmp):
     return d
 
 
+# a local model folder with its encoder recipe (issue 14: render had no flags for it): the rendered job must hand the
+# same options to `medret serve`, `medret ray up` and the smoke run
+FOLDER_OPTIONS = dict(pooling="mean", query_prefix="query: ", doc_prefix="passage: ", max_length=64)
+
+
 @pytest.fixture(scope="module")
-def jobs(slurm_cluster, tmp_path_factory):
+def jobs(slurm_cluster, tmp_path_factory, tiny_bert_dir):
     """All layouts (and a broken retriever) submitted at once, so they run side by side."""
     tmp = tmp_path_factory.mktemp("slurm-jobs")
     ids = {
@@ -118,6 +123,10 @@ def jobs(slurm_cluster, tmp_path_factory):
                                  train_cmd=TRAIN_PROBE),
         "broken": submit(slurm_cluster, tmp, "mr-broken", layout="per-node", nodes=1,
                          corpus=str(tmp / "no-such-corpus")),
+        "per-node-folder": submit(slurm_cluster, tmp, "mr-pfolder", layout="per-node", nodes=1,
+                                  retriever=str(tiny_bert_dir), **FOLDER_OPTIONS),
+        "retriever-node-folder": submit(slurm_cluster, tmp, "mr-rfolder", layout="retriever-node", nodes=1,
+                                        retriever=str(tiny_bert_dir), **FOLDER_OPTIONS),
         # Search-R1's recipe over a folder that has train.parquet and test.parquet but not val.parquet
         "no-val-file": submit(slurm_cluster, tmp, "mr-noval", layout="local", gpus_per_node=4, retriever_gpus="none",
                               mode="train", recipe="ppo", data_dir=str(_nq_style_data(tmp))),
@@ -157,6 +166,24 @@ def test_per_node_layout_each_node_uses_its_own_server(jobs):
     assert sorted(used) == sorted(ready.values())
     assert out.count("rollout-smoke: OK") == 2
     assert_results_are_bm25(out, expected_searches=8)
+
+
+@pytest.mark.parametrize("key,backend", [("per-node-folder", "http"), ("retriever-node-folder", "ray")])
+def test_a_job_over_a_local_model_folder_searches_with_its_encoder_options(jobs, tiny_bert_dir, key, backend):
+    """`medret serve` (per-node) and `medret ray up` + the Ray retriever (retriever-node) got --pooling, the prefixes
+    and --max-length from the rendered job: the passages are those of the same retriever made here."""
+    j = jobs[key]
+    assert j["state"] == "COMPLETED", j["out"][-3000:]
+    out = j["out"]
+    assert f"rollout-smoke: backend={backend}" in out and "rollout-smoke: OK" in out, out[-3000:]
+    local = get_retriever("sample", str(tiny_bert_dir), device="cpu", **FOLDER_OPTIONS)
+    pairs = searches_and_titles(out)
+    assert len(pairs) == 4, out[-3000:]
+    for q, titles in pairs:
+        assert titles == [h.title for h in local.search([q], 3)[0]], q
+    plain = get_retriever("sample", str(tiny_bert_dir), device="cpu", pooling="mean")  # without the prefixes
+    assert any(titles != [h.title for h in plain.search([q], 3)[0]] for q, titles in pairs), \
+        "the recipe changes results, so the comparison above can tell whether the job used it"
 
 
 def test_retriever_node_layout_searches_through_the_actor_on_the_last_node(jobs):

@@ -138,6 +138,24 @@ def test_cli_ray_up_info_down(ray_cluster, job):
     assert gone.returncode == 1 and "no retriever actor" in gone.stderr
 
 
+def test_cli_ray_commands_print_no_token_authentication_warning(ray_cluster, job):
+    """A user's shell has no RAY_AUTH_MODE; with a token in ~/.ray/auth_token `ray start` uses it, and medret's
+    commands connect with it too. They once printed Ray's "Token authentication is enabled for this Ray cluster.
+    Set RAY_AUTH_MODE=disabled to opt out" warning on every call; now medret answers the question itself, silently.
+    (Without a token the cluster runs without authentication and nothing is printed either way.)"""
+    env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_AUTH_MODE"}
+    base = [sys.executable, "-m", "medret.cli", "ray"]
+    common = ["--address", ray_cluster["address"], "--job", job, "--corpus", "sample", "--retriever", "BM25"]
+    for command in ("up", "info", "down"):
+        r = subprocess.run(base + [command, *common, "--timeout", "120"], capture_output=True, text=True, env=env,
+                           timeout=180)
+        assert r.returncode == 0, (command, r.stderr[-3000:])
+        assert "token authentication" not in r.stderr.lower() and "RAY_AUTH_MODE" not in r.stderr, (command, r.stderr)
+        assert "WARNING" not in r.stderr, (command, r.stderr)
+        if command == "down":
+            assert "killed 1 actor" in r.stdout, r.stdout
+
+
 def test_cli_ray_down_finds_the_gpu_actor_that_ray_up_created(ray_cluster, job):
     """`ray up --device cuda --num-gpus 1` names its actor by every identity option (device and GPUs included);
     `ray down` and `ray info` with the same flags find it (they once lacked --device/--num-gpus and missed it).

@@ -165,6 +165,7 @@ medret_on_node() {
 medret_task_preamble() {
     echo "set -o pipefail; MEDRET_NODE=$1; IN_SLURM=$IN_SLURM; DRY_RUN=0; MEDRET_CHILDREN=(); medret_traps"
     echo 'read -r -a MEDRET <<<"${MEDRET_CMD:-medret}"'
+    declare -p RETRIEVER_FLAGS  # an array does not travel in the environment: its declaration, quoted by bash
 }
 
 # A raylet on this node: medret_ray_node ROLE(head|worker) INDEX CUDA_VISIBLE_DEVICES NUM_GPUS RESOURCES_JSON

@@ -10,6 +10,7 @@ medret_node_serve() {
     local -a cmd=("${MEDRET[@]}" serve --corpus "$CORPUS" --retriever "$RETRIEVER" --device "$RETRIEVER_DEVICE"
         --host 127.0.0.1 --port 0 --address-file "$addr")
     [ -n "$MEDRET_DB_DIR" ] && cmd+=(--db-dir "$MEDRET_DB_DIR")
+    cmd+=("${RETRIEVER_FLAGS[@]}")
     medret_log "starting the retriever server on ${gpus:+GPU }${gpus:-CPU} (CUDA_VISIBLE_DEVICES=${gpus:-<none>}): ${cmd[*]}"
     CUDA_VISIBLE_DEVICES="$gpus" "${cmd[@]}" >"$log" 2>&1 &
     pid=$!

@@ -37,7 +37,7 @@ medret_main() {
     medret_log "creating the retriever actor (waits up to ${HEALTH_TIMEOUT}s)"
     "${MEDRET[@]}" ray up --address "$RAY_ADDRESS" --job "$MEDRET_RAY_JOB" --corpus "$CORPUS" --retriever "$RETRIEVER" \
         ${MEDRET_DB_DIR:+--db-dir "$MEDRET_DB_DIR"} --placement retriever-node --device "$RETRIEVER_DEVICE" \
-        --shards "$SHARDS" --timeout "$HEALTH_TIMEOUT" \
+        --shards "$SHARDS" --timeout "$HEALTH_TIMEOUT" "${RETRIEVER_FLAGS[@]}" \
         || medret_fail "the retriever actor did not start on $RETRIEVER_HOST"
     if [ "$MEDRET_MODE" = smoke ]; then
         medret_smoke_on_nodes "${trainers[@]}" || medret_fail "the rollout smoke run failed on a trainer node"

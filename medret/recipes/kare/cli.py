@@ -36,7 +36,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--val-balance", help="POS:NEG for val (default: keep every val sample)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients held out for val without --val")
     p.add_argument("--allow-fewer", action="store_true", help="keep what exists when --balance asks for more")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the val split, the balancing draw and the choice of similar cases (default 0)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--tokenizer", type=Path, help="local Hugging Face tokenizer directory for exact token counts")
     p.add_argument("--max-prompt-tokens", type=int,
@@ -53,7 +54,7 @@ def register(subparsers: Any) -> None:
     s = sub.add_parser("synth", help="write synthetic KARE samples.json and similar.json (no real patient data)")
     s.add_argument("--n", type=int, default=500, help="number of samples")
     s.add_argument("--positive-rate", type=float, default=0.05, help="share of label-1 (died) samples")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples (default 0)")
     s.add_argument("--one-neighbour-rate", type=float, default=0.05, help="share of entries with only one neighbour")
     s.add_argument("--none-rate", type=float, default=0.02, help='share of entries with no neighbour (["None"])')
     s.add_argument("--out", required=True, type=Path, help="output directory")
