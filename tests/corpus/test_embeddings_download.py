@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -221,3 +222,24 @@ def test_missing_index_errors_name_the_embeddings_download(hosts, tiny_bert_dir,
         get_retriever(corpus_name="Textbooks", retriever_name="MedCPT", db_dir=str(db), device="cpu",
                       query_model=str(tiny_bert_dir), auto_build=False)
     assert f"medret corpus download Textbooks --db-dir {db} --embeddings MedCPT" in str(e.value)
+
+
+def test_index_build_uses_medrags_embeddings_and_encodes_nothing(hosts, vectors, tiny_bert_dir, tmp_path, capsys,
+                                                                 monkeypatch):
+    """`medret index build` after `--embeddings MedCPT`: MedRAG's vectors are the flat index, nothing is encoded (it
+    encoded every source again, issue 14's walkthrough); another index type, or --rebuild, builds medret's own."""
+    models = tmp_path / "models"
+    for mid in (MODEL, "ncbi/MedCPT-Query-Encoder"):
+        shutil.copytree(tiny_bert_dir, models / mid)
+    monkeypatch.setenv("MEDRET_MODELS_DIR", str(models))
+    db = tmp_path / "db"
+    assert download(db) == 0
+    capsys.readouterr()
+    build = ["index", "build", "--corpus", "Textbooks", "--retriever", "MedCPT", "--db-dir", str(db), "--device", "cpu"]
+    assert cli.main(build) == 0
+    assert "MedRAG's precomputed embeddings in" in capsys.readouterr().out
+    assert not (db / "textbooks" / "medret" / "index").exists()
+    assert cli.main([*build, "--index-type", "hnsw"]) == 0
+    assert "MedCPT index (hnsw) for textbooks" in capsys.readouterr().out
+    (own,) = [p for p in (db / "textbooks" / "medret" / "index").iterdir() if not p.name.startswith(".")]
+    assert json.loads((own / "manifest.json").read_text())["count"] == sum(len(v) for v in vectors.values())
