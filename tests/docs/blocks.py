@@ -40,6 +40,7 @@ class Block:
     mode: str = "run"  # run | check
     reason: str = ""
     problems: list[str] = field(default_factory=list)  # marker errors found while reading
+    output: str = ""  # what running it (or its dry runs) printed
 
     @property
     def where(self) -> str:

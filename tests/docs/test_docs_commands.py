@@ -92,6 +92,7 @@ def run_block(block: Block, cwd: Path, env: dict[str, str], timeout: int = 300) 
     problems = []
     for script in scripts:
         rc, out = bash(script, cwd, env, timeout)
+        block.output += f"$ {script.strip()}\n{out}\n"
         if rc != 0:
             problems.append(f"`{script.strip()}` exited {rc}:\n{out[-3000:]}")
             break
