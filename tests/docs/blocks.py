@@ -165,3 +165,55 @@ def dry_run_lines(text: str) -> list[str]:
 
 def shell_words(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
+
+
+# ------------------------------------------------------------------------------------------ `medret ...` in prose
+
+FENCED = re.compile(r"^(\s*)(`{3,}|~{3,}).*?^\1\2[ \t]*$", re.S | re.M)
+CODE_SPAN = re.compile(r"(?<!`)`([^`]+)`(?!`)")
+FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+
+
+def prose_commands(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every inline code span of the prose (fenced blocks left out) that starts with ``medret ``;
+    a span that wraps onto the next line is joined; ``a / b`` spans give each command."""
+    text = path.read_text(encoding="utf-8")
+    text = FENCED.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+    out = []
+    for m in CODE_SPAN.finditer(text):
+        line = text.count("\n", 0, m.start()) + 1
+        for part in re.split(r"\s+/\s+", " ".join(m.group(1).split())):
+            if part.startswith("medret "):
+                out.append((line, part))
+    return out
+
+
+def prose_command_problems(span: str) -> list[str]:
+    """The subcommands and flags of a usage line such as ``medret slurm render ... [--recipe ppo|grpo]`` that
+    medret's parser does not have (words in capitals are placeholders; ``a|b`` are alternatives)."""
+    import argparse
+
+    from medret import cli
+
+    parser = cli.build_parser()
+    words = span.split()[1:]
+    problems = []
+    i = 0
+    while i < len(words):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        word = words[i].strip("[]()`,.")
+        if not subs or word.startswith("-") or not re.fullmatch(r"[a-z][a-z0-9-]*(\|[a-z][a-z0-9-]*)*", word):
+            break
+        choices = subs[0].choices
+        names = word.split("|")
+        unknown = [n for n in names if n not in choices]
+        if unknown:
+            problems.append(f"`{span}`: no command {' '.join(words[:i])} {unknown[0]}".replace("  ", " "))
+            return problems
+        parser = choices[names[0]]
+        i += 1
+    known = set(parser._option_string_actions) | set(cli.build_parser()._option_string_actions)
+    for flag in FLAG.findall(" ".join(words[i:])):
+        if flag not in known:
+            problems.append(f"`{span}`: no flag {flag} (medret {' '.join(words[:i])})")
+    return problems

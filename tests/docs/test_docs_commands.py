@@ -15,8 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.blocks import (Block, commands, dry_run_lines, hydra_retriever_problems, logical_lines,
-                               medret_argvs, parse_error, read_blocks)
+from tests.docs.blocks import (
+    Block,
+    commands,
+    dry_run_lines,
+    hydra_retriever_problems,
+    logical_lines,
+    medret_argvs,
+    parse_error,
+    prose_command_problems,
+    prose_commands,
+    read_blocks,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SEQUENCES = {"docs/walkthrough.md"}  # files whose blocks depend on each other: run in order by their own test
@@ -180,3 +190,23 @@ def test_an_unmarked_block_that_cannot_run_fails_naming_its_line(tmp_path, share
     env = docs_env(tmp_path, shared["cache"], shared["data"], shared["db"])
     problems = check_statically(block) or run_block(block, tmp_path, env)
     assert block.where.endswith("bad.md:3") and problems and "exited 1" in problems[0]
+
+
+def test_every_medret_command_in_the_prose_has_its_subcommands_and_flags():
+    """Inline `medret ...` in the text (usage lines, tables): each subcommand and flag exists."""
+    problems, spans = [], 0
+    for rel in doc_files():
+        for line, span in prose_commands(REPO / rel):
+            spans += 1
+            problems += [f"{rel}:{line}: {p}" for p in prose_command_problems(span)]
+    assert not problems, "\n".join(problems)
+    assert spans > 50  # the docs hold about a hundred: the extraction found them
+
+
+def test_the_prose_check_finds_unknown_flags_and_commands(tmp_path):
+    md = tmp_path / "p.md"
+    md.write_text("Run `medret search QUERY [--topk] [--bogus]` or\n`medret slurm render|check\n--recipe ppo` and "
+                  "`medret serch x` / `medret ray up|info|dance`.\n```bash\nmedret x --in-a-block\n```\n")
+    got = [(line, p) for line, span in prose_commands(md) for p in prose_command_problems(span)]
+    assert got == [(1, "`medret search QUERY [--topk] [--bogus]`: no flag --bogus (medret search)"),
+                   (3, "`medret serch x`: no command serch"), (3, "`medret ray up|info|dance`: no command ray dance")]
