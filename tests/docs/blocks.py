@@ -15,6 +15,7 @@ A marker other than these, or ``check`` without a reason, is an error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import shlex
@@ -188,14 +189,19 @@ def prose_commands(path: Path) -> list[tuple[int, str]]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _parser():
+    from medret import cli
+
+    return cli.build_parser()
+
+
 def prose_command_problems(span: str) -> list[str]:
     """The subcommands and flags of a usage line such as ``medret slurm render ... [--recipe ppo|grpo]`` that
     medret's parser does not have (words in capitals are placeholders; ``a|b`` are alternatives)."""
     import argparse
 
-    from medret import cli
-
-    parser = cli.build_parser()
+    parser = _parser()
     words = span.split()[1:]
     problems = []
     i = 0
@@ -212,7 +218,7 @@ def prose_command_problems(span: str) -> list[str]:
             return problems
         parser = choices[names[0]]
         i += 1
-    known = set(parser._option_string_actions) | set(cli.build_parser()._option_string_actions)
+    known = set(parser._option_string_actions) | set(_parser()._option_string_actions)
     for flag in FLAG.findall(" ".join(words[i:])):
         if flag not in known:
             problems.append(f"`{span}`: no flag {flag} (medret {' '.join(words[:i])})")
