@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from medret.cli import main
-from medret.doctor import FAIL, OK, check_sbatch
+from medret.doctor.checks import FAIL, OK
+from medret.doctor.jobs import check_sbatch
 from medret.launch.slurm import JobSpec, check_script, render_job
 
 
