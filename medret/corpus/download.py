@@ -661,7 +661,7 @@ def download_statpearls(db_dir: str | os.PathLike[str], *, from_file: str | os.P
                               f"downloaded from {STATPEARLS_URL}")
     else:
         archive = dest / STATPEARLS_ARCHIVE
-        url = url or os.environ.get("MEDRET_STATPEARLS_URL") or STATPEARLS_URL
+        url = statpearls_url(url)
         if force or not archive.is_file():
             require_hub()
             session = compat.hub_session()
@@ -701,6 +701,12 @@ def download_statpearls(db_dir: str | os.PathLike[str], *, from_file: str | os.P
 
 
 _STATPEARLS_FIX = f"download {STATPEARLS_ARCHIVE} where the internet is reachable and pass it with --from FILE"
+
+
+def statpearls_url(url: str | None = None) -> str:
+    """Where StatPearls' archive is fetched from: ``url`` (``--statpearls-url``), else ``MEDRET_STATPEARLS_URL``,
+    else NCBI's."""
+    return url or os.environ.get("MEDRET_STATPEARLS_URL") or STATPEARLS_URL
 
 
 def remote_size(session: Any, url: str, fix: str = _STATPEARLS_FIX) -> int | None:

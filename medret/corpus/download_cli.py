@@ -121,14 +121,17 @@ def _list(args: argparse.Namespace, dl) -> int:
             for name in p.extra_local:
                 print(f"  warning: local {name} is not on the hub")
         if "statpearls" in sources:
-            print(f"StatPearls: NCBI archive {dl.STATPEARLS_URL} (about 3x its size needed), chunked locally")
+            print(f"StatPearls: {dl.statpearls_url(args.statpearls_url)} (about 3x its size needed), chunked "
+                  "locally")
         for e in emb:
             if e["status"] == "unavailable":
                 print(f"{dl.DISPLAY[e['source']]}: MedRAG publishes no {e['doc_model']} embeddings")
             else:
                 print(f"{dl.DISPLAY[e['source']]}: {e['doc_model']} embeddings -> {e['dest']}: {e['status']}"
-                      + (f", about {dl.human_bytes(e['estimated_bytes'])} with the archive" if e["estimated_bytes"]
-                         else "") + f"\n  {e['url']}")
+                      + (f", about {dl.human_bytes(e['estimated_bytes'])} with the archive ("
+                         + ("the host's size" if e["size_from"] == "host" else "estimated from MedRAG's snippet "
+                            "counts: the host gave no size") + ")" if e["estimated_bytes"] else "")
+                      + f"\n  {e['url']}")
         print(f"needed {dl.human_bytes(needed)}, free {dl.human_bytes(free)}: "
               + ("enough space" if enough else "NOT ENOUGH SPACE"))
     if not enough:

@@ -42,7 +42,7 @@ from medret.corpus import download as dl
 from medret.corpus.reader import count_lines
 from medret.corpus.registry import DISPLAY, KNOWN_ROWS, medrag_index_dir
 from medret.encoders.specs import get_spec
-from medret.errors import ConfigError, CorpusError
+from medret.errors import ConfigError, CorpusError, MedretError
 from medret.retrievers import retriever_parts
 from medret.storage.atomic import atomic_path, atomic_write_text
 
@@ -289,18 +289,31 @@ def download_one(source: str, spec, db_dir: str | os.PathLike[str], *, mirror: s
 def plan_embeddings(sources: list[str], names: list[str], db_dir: str | os.PathLike[str],
                     mirror: str | None = None) -> list[dict]:
     """What a download would do (for ``--list``): per source and model, the URL, whether it is here, and the disk
-    it will take (archive + unpacked files, estimated from MedRAG's snippet counts; the hosts are not asked)."""
+    it will take: the archive and about as much again unpacked, from the size the host gives for the archive (what
+    the download itself checks), or, when the host does not answer or gives no size, estimated from MedRAG's
+    snippet counts (``size_from``: "host" or "estimate")."""
     out = []
+    session = None
     for source in sources:
         for spec in embedding_specs(names):
             index_dir = medrag_index_dir(Path(db_dir).expanduser() / source, spec.doc_model)
             item = {"source": source, "doc_model": spec.doc_model, "dest": str(index_dir / EMBEDDING_DIR),
-                    "url": None, "status": "unavailable", "estimated_bytes": 0}
+                    "url": None, "status": "unavailable", "estimated_bytes": 0, "size_from": None}
             if (source, spec.doc_model) in ARCHIVES:
+                url = archive_url(source, spec.doc_model, mirror)
                 here = _record_matches(index_dir / EMBEDDING_DIR, _read_record(index_dir))
-                est = unpacked_bytes_estimate(source) or 0
-                item.update(url=archive_url(source, spec.doc_model, mirror), status="here" if here else "to fetch",
-                            estimated_bytes=0 if here else 2 * est)
+                item.update(url=url, status="here" if here else "to fetch")
+                if not here:
+                    size = None
+                    try:
+                        session = session or dl.require_hub().utils.get_session()
+                        size = dl.remote_size(session, url)
+                    except MedretError as e:
+                        logger.info("%s: no size from the host (%s); estimating from MedRAG's snippet counts", url, e)
+                    if size is not None:
+                        item.update(estimated_bytes=2 * size, size_from="host")
+                    else:
+                        item.update(estimated_bytes=2 * (unpacked_bytes_estimate(source) or 0), size_from="estimate")
             out.append(item)
     return out
 

@@ -20,7 +20,7 @@ from medret.index.dense import check_index_type
 from medret.index.dense_build import build_dense_index
 from medret.index.identity import adopt_legacy as adopt
 from medret.index.identity import encoder_identity, keyed_dir, legacy_dir
-from medret.index.locate import bm25_dir, source_stores
+from medret.index.locate import bm25_dir, locate_dense, source_stores
 from medret.index.manifest import read_manifest
 from medret.index.searchers import fp16_storage
 from medret.retrievers import retriever_parts
@@ -70,6 +70,14 @@ def build_all(config: EngineOptions, index_type: str | None = None, rebuild: boo
                 if read_manifest(old) is not None:
                     adopt(old, out, identity, sub)
                     yield f"{spec.name} index for {source.name}: adopted {old} as {out} ({identity.describe()})"
+            if index_type == "flat" and not rebuild:
+                # MedRAG's precomputed embeddings are the exact (flat) index the searchers open for this encoder
+                # (locate: "medrag"): encoding the source again would only make a copy of them
+                where = locate_dense(source, len(sub), spec, identity, config)
+                if where.kind == "medrag":
+                    yield (f"{spec.name} index for {source.name}: MedRAG's precomputed embeddings in {where.folder} "
+                           f"(nothing to build; --rebuild builds medret's own)")
+                    continue
             build_dense_index(sub, spec, out, device=device, batch_size=config.batch_size, index_type=index_type,
                               rebuild=rebuild, fp16_storage=fp16_storage(config, device), progress=progress,
                               doc_model_path=doc_model_path, corpus_name=corpus.display_name, identity=identity,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 
 from medret import cli
 from medret.corpus import embeddings as emb
+from medret.corpus.download import human_bytes
 from medret.errors import ConfigError
-from tests.hubfake import FakeHub, hub_env
+from tests.hubfake import DownServer, FakeHub, hub_env
 
 DIM = 32  # the tiny BERT's width, so its query vectors meet these document vectors
 STEMS = {"Anatomy_Gray": 7, "Biochemistry_Lippincott": 5, "Empty_Notes": 0, "Pharmacology_Katzung": 9}
@@ -165,7 +167,7 @@ def test_medrags_own_folder_is_checked_and_kept(hosts, vectors, tmp_path, capsys
     assert_unpacked(db, vectors)
 
 
-def test_names_statpearls_and_listing(hosts, tmp_path, capsys):
+def test_names_statpearls_and_listing(hosts, vectors, tmp_path, capsys):
     assert [s.name for s in emb.embedding_specs(["RRF-4"])] == ["Contriever", "SPECTER", "MedCPT"]
     assert [s.name for s in emb.embedding_specs(["medcpt", "RRF-2"])] == ["MedCPT"]
     for bad in (["e5"], ["BM25"], ["nope"]):
@@ -180,8 +182,30 @@ def test_names_statpearls_and_listing(hosts, tmp_path, capsys):
     assert download(db, "--list", "--json") == 0
     [item] = json.loads(capsys.readouterr().out)["embeddings"]
     assert item["status"] == "to fetch" and item["url"] == f"{hosts.endpoint}/mirror/{ARCHIVE_PATH}"
-    assert item["estimated_bytes"] == 2 * 125_847 * 768 * 4  # MedRAG's Textbooks: archive + unpacked float32
+    # the size the host gives for the archive, and as much again unpacked: what the download itself checks
+    assert item["size_from"] == "host" and item["estimated_bytes"] == 2 * len(make_archive(vectors))
     assert not (db / "textbooks" / "index").exists()
+
+
+def test_listing_without_an_answer_from_the_host_estimates_from_medrags_counts(hosts, tmp_path, capsys, monkeypatch):
+    down = DownServer()
+    try:
+        monkeypatch.setenv(emb.MIRROR_ENV, f"{down.endpoint}/mirror")
+        assert download(tmp_path / "db", "--list") == 0
+        out = capsys.readouterr().out
+        assert f"about {human_bytes(2 * 125_847 * 768 * 4)} with the archive (estimated" in out  # Textbooks' rows
+        assert down.paths == [f"/mirror/{ARCHIVE_PATH}"]
+    finally:
+        down.close()
+
+
+def test_listing_names_the_statpearls_url_that_will_be_used(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDRET_STATPEARLS_URL", "http://127.0.0.1:9/sp.tar.gz")
+    assert cli.main(["corpus", "download", "StatPearls", "--db-dir", str(tmp_path), "--list"]) == 0
+    assert "StatPearls: http://127.0.0.1:9/sp.tar.gz (" in capsys.readouterr().out
+    assert cli.main(["corpus", "download", "StatPearls", "--db-dir", str(tmp_path), "--list",
+                     "--statpearls-url", "http://127.0.0.1:9/other.tar.gz"]) == 0
+    assert "StatPearls: http://127.0.0.1:9/other.tar.gz (" in capsys.readouterr().out
 
 
 def test_missing_index_errors_name_the_embeddings_download(hosts, tiny_bert_dir, tmp_path, capsys):
@@ -198,3 +222,24 @@ def test_missing_index_errors_name_the_embeddings_download(hosts, tiny_bert_dir,
         get_retriever(corpus_name="Textbooks", retriever_name="MedCPT", db_dir=str(db), device="cpu",
                       query_model=str(tiny_bert_dir), auto_build=False)
     assert f"medret corpus download Textbooks --db-dir {db} --embeddings MedCPT" in str(e.value)
+
+
+def test_index_build_uses_medrags_embeddings_and_encodes_nothing(hosts, vectors, tiny_bert_dir, tmp_path, capsys,
+                                                                 monkeypatch):
+    """`medret index build` after `--embeddings MedCPT`: MedRAG's vectors are the flat index, nothing is encoded (it
+    encoded every source again, issue 14's walkthrough); another index type, or --rebuild, builds medret's own."""
+    models = tmp_path / "models"
+    for mid in (MODEL, "ncbi/MedCPT-Query-Encoder"):
+        shutil.copytree(tiny_bert_dir, models / mid)
+    monkeypatch.setenv("MEDRET_MODELS_DIR", str(models))
+    db = tmp_path / "db"
+    assert download(db) == 0
+    capsys.readouterr()
+    build = ["index", "build", "--corpus", "Textbooks", "--retriever", "MedCPT", "--db-dir", str(db), "--device", "cpu"]
+    assert cli.main(build) == 0
+    assert "MedRAG's precomputed embeddings in" in capsys.readouterr().out
+    assert not (db / "textbooks" / "medret" / "index").exists()
+    assert cli.main([*build, "--index-type", "hnsw"]) == 0
+    assert "MedCPT index (hnsw) for textbooks" in capsys.readouterr().out
+    (own,) = [p for p in (db / "textbooks" / "medret" / "index").iterdir() if not p.name.startswith(".")]
+    assert json.loads((own / "manifest.json").read_text())["count"] == sum(len(v) for v in vectors.values())
