@@ -3,12 +3,10 @@ it: :mod:`medret.index.locate`), and the memory they take."""
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 from typing import Any, Callable
 
-from medret import optional, options
-from medret.config import ENCODER_OPTION_NAMES
+from medret import optional
 from medret.corpus.download import changed_since_download, is_lfs_pointer
 from medret.corpus.embeddings import fetch_hint
 from medret.corpus.reader import count_lines
@@ -19,6 +17,7 @@ from medret.doctor.checks import FAIL, OK, WARN, Check, Need, gb
 from medret.encoders.specs import spec_for
 from medret.errors import MedretError
 from medret.index.dense_build import load_dense_index
+from medret.index.hints import build_command
 from medret.index.identity import encoder_identity
 from medret.index.locate import legacy_message, locate_bm25, locate_dense
 from medret.retrievers import retriever_parts
@@ -107,11 +106,7 @@ def check_store_and_indexes(config: Any) -> tuple[list[Check], list[Need], bool]
     checks: list[Check] = []
     needs_: list[Need] = []
     ready = True
-    name = corpus.display_name
-    model_flags = options.argv(config, only=("query_model", "doc_model", *ENCODER_OPTION_NAMES))
-    build = (f"medret index build --corpus {name} --retriever {config.retriever_name}"
-             + (f" --db-dir {config.db_dir}" if config.db_dir else "") + "".join(" " + shlex.quote(f)
-                                                                                for f in model_flags))
+    build = build_command(config)
     stores: list[DocStore] = []
     for src in corpus.sources:
         try:

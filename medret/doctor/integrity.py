@@ -23,6 +23,7 @@ from medret.doctor.checks import FAIL, OK, WARN, Check, gb
 from medret.doctor.data import corpus_of
 from medret.encoders.specs import spec_for
 from medret.errors import MedretError
+from medret.index.hints import build_command
 from medret.index.identity import encoder_identity
 from medret.index.locate import bm25_dir, locate_dense
 from medret.index.manifest import read_manifest
@@ -38,8 +39,7 @@ HASH_BYTES_PER_S = 1e9  # for the time estimate shown when hashing is skipped
 
 def _targets(config: Any, corpus: Any) -> list[tuple[str, Path, dict[str, str], str, list[str]]]:
     """(label, folder, {file: sha256}, fix, notes) for every recorded file the configuration reads."""
-    build = (f"medret index build --corpus {corpus.display_name} --retriever {config.retriever_name}"
-             + (f" --db-dir {config.db_dir}" if config.db_dir else ""))
+    build = build_command(config)
     out: list[tuple[str, Path, dict[str, str], str, list[str]]] = []
     for src in corpus.sources:
         m = read_manifest(src.store_dir)
