@@ -148,7 +148,9 @@ def test_cpu_only_torch_with_cvd_unset_leads_with_installing_a_cuda_build(monkey
     """It once led with "unset CUDA_VISIBLE_DEVICES" although it was unset."""
     import torch
 
-    assert torch.version.cuda is None  # the premise: a CPU-only build
+    # a CPU-only build (dev's torch is one; the searchr1 environment's PyPI torch 2.4 is a CUDA build on a machine
+    # without GPU, so the premise is set here)
+    monkeypatch.setattr(torch.version, "cuda", None)
     msg = _cuda_error(monkeypatch, None)
     assert "CUDA_VISIBLE_DEVICES is unset" in msg and "has no CUDA support" in msg
     fix = msg.split("To fix: ", 1)[1]
@@ -159,12 +161,18 @@ def test_cpu_only_torch_with_cvd_unset_leads_with_installing_a_cuda_build(monkey
 
 @pytest.mark.parametrize("cvd", ["", "-1"])
 def test_cvd_hiding_every_gpu_leads_with_unsetting_it_then_the_build(monkeypatch, cvd):
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only build, as dev's
     msg = _cuda_error(monkeypatch, cvd)
     assert f"CUDA_VISIBLE_DEVICES={cvd!r} hides every GPU" in msg
     fix = msg.split("To fix: ", 1)[1]
     assert fix.startswith(f"unset CUDA_VISIBLE_DEVICES (now {cvd!r})") and "num_gpus=1" in fix
     # with this CPU-only torch, that alone would not be enough: the build is named next
     assert fix.index("install a CUDA build of PyTorch") > fix.index("unset CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(torch.version, "cuda", "12.1")  # a CUDA build (searchr1's torch 2.4): no build to install
+    fix = _cuda_error(monkeypatch, cvd).split("To fix: ", 1)[1]
+    assert fix.startswith(f"unset CUDA_VISIBLE_DEVICES (now {cvd!r})") and "install a CUDA build" not in fix
 
 
 def test_a_cuda_build_without_a_gpu_points_at_the_node_and_driver(monkeypatch):
