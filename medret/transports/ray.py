@@ -148,7 +148,7 @@ class RayShardHost:
 
     def start(self, shards: list[dict[str, Any]]) -> list[Any]:
         ray = _ray()
-        cls = shard_actor_class()
+        cls = remote_class(DenseShard)
         handles = []
         for j, kw in enumerate(shards):
             opts = dict(self.shard_options[j % len(self.shard_options)]) if self.shard_options else {}
@@ -178,15 +178,14 @@ class RayShardHost:
                 logger.debug("shard actor already gone", exc_info=True)
 
 
-_SHARD_ACTOR = None
+_REMOTE_CLASSES: dict[type, Any] = {}
 
 
-def shard_actor_class() -> Any:
-    """The Ray actor class of :class:`DenseShard`."""
-    global _SHARD_ACTOR
-    if _SHARD_ACTOR is None:
-        _SHARD_ACTOR = _ray().remote(DenseShard)
-    return _SHARD_ACTOR
+def remote_class(cls: type) -> Any:
+    """``ray.remote(cls)``, made once per class (Ray is imported only when an actor is first needed)."""
+    if cls not in _REMOTE_CLASSES:
+        _REMOTE_CLASSES[cls] = _ray().remote(cls)
+    return _REMOTE_CLASSES[cls]
 
 
 class RetrieverActor:
@@ -223,16 +222,6 @@ class RetrieverActor:
     def shutdown(self) -> None:
         for ix in self.local.engine.sharded():
             ix.close()
-
-
-_ACTOR = None
-
-
-def actor_class() -> Any:
-    global _ACTOR
-    if _ACTOR is None:
-        _ACTOR = _ray().remote(RetrieverActor)
-    return _ACTOR
 
 
 class RayTransport(BaseTransport):
@@ -314,7 +303,8 @@ class RayTransport(BaseTransport):
                                      "create it with `medret ray up` (same corpus/retriever/job)")
             cfg = self.config.to_dict()
             logger.info("creating Ray actor %s (%s)", self.name, self.config.ray_placement)
-            handle = actor_class().options(**self._options()).remote(cfg, self.name, self._shard_options())
+            actor = remote_class(RetrieverActor)
+            handle = actor.options(**self._options()).remote(cfg, self.name, self._shard_options())
         t0 = time.perf_counter()
         try:
             self.ray.get(handle.ping.remote(), timeout=timeout)
