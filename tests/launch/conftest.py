@@ -30,3 +30,12 @@ def slurm_cluster():
     yield {"conf": conf, "jobcomp": state / "log" / "jobcomp.txt"}
     if "slurm-up: already running" not in r.stdout:
         subprocess.run(["bash", str(REPO / "scripts" / "slurm-down")], capture_output=True, text=True, timeout=300)
+
+
+def nq_style_data(parent: Path) -> Path:
+    """A folder as Search-R1's data scripts write it (train.parquet and test.parquet, no val.parquet) under PARENT."""
+    d = parent / "nq_search"
+    d.mkdir()
+    for name in ("train.parquet", "test.parquet"):
+        (d / name).write_bytes(b"PAR1")
+    return d

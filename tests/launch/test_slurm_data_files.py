@@ -12,6 +12,7 @@ from medret.cli import main
 from medret.doctor import FAIL, OK
 from medret.doctor.jobs import check_sbatch
 from medret.launch.slurm import JobSpec, check_script, render_job
+from tests.launch.conftest import nq_style_data
 
 
 def spec(**kw):
@@ -56,12 +57,7 @@ def test_a_job_rendered_with_defaults_reads_what_kare_prepare_writes(kare_out, t
 
 @pytest.fixture()
 def nq_style(tmp_path):
-    """A folder as Search-R1's data scripts write it: train.parquet and test.parquet."""
-    d = tmp_path / "nq_search"
-    d.mkdir()
-    for name in ("train.parquet", "test.parquet"):
-        (d / name).write_bytes(b"PAR1")
-    return d
+    return nq_style_data(tmp_path)
 
 
 def test_missing_validation_file_is_reported_by_check_dry_run_and_doctor(nq_style, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 
 from medret import get_retriever
 from medret.launch.slurm import JobSpec, render_job
+from tests.launch.conftest import nq_style_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 
@@ -96,14 +97,6 @@ TRAIN_PROBE = ("python -c \"import json, os, ray; ray.init(); "
                "if n['Alive']), 'url': os.environ['RETRIEVER_URL']}))\"")
 
 
-def _nq_style_data(tmp):
-    d = tmp / "nq_search"
-    d.mkdir()
-    for name in ("train.parquet", "test.parquet"):
-        (d / name).write_bytes(b"PAR1")
-    return d
-
-
 # a local model folder with its encoder recipe (issue 14: render had no flags for it): the rendered job must hand the
 # same options to `medret serve`, `medret ray up` and the smoke run
 FOLDER_OPTIONS = dict(pooling="mean", query_prefix="query: ", doc_prefix="passage: ", max_length=64)
@@ -129,7 +122,7 @@ def jobs(slurm_cluster, tmp_path_factory, tiny_bert_dir):
                                         retriever=str(tiny_bert_dir), **FOLDER_OPTIONS),
         # Search-R1's recipe over a folder that has train.parquet and test.parquet but not val.parquet
         "no-val-file": submit(slurm_cluster, tmp, "mr-noval", layout="local", gpus_per_node=4, retriever_gpus="none",
-                              mode="train", recipe="ppo", data_dir=str(_nq_style_data(tmp))),
+                              mode="train", recipe="ppo", data_dir=str(nq_style_data(tmp))),
     }
     states = wait_all(slurm_cluster, list(ids.values()))
     out = {}
