@@ -451,6 +451,35 @@ def test_first_layout_index_gets_a_migration_message_and_can_be_adopted(tmp_path
         assert_same_ranking(h, r)
 
 
+def test_first_layout_index_is_not_adopted_for_another_recipe_or_other_chunk_files(tmp_path, make_tiny_bert,
+                                                                                   capsys):
+    corpus = write_corpus(tmp_path / "corpus")
+    model = make_tiny_bert(tmp_path / "m" / "model", seed=17)
+    get_retriever(str(corpus), str(model), pooling="mean", device="cpu").search(QUERIES[:1], K)
+    [name] = index_folders(corpus)
+    clear_cache()
+    legacy = _to_first_layout(corpus, name, "model")
+    before = {p.name: p.read_bytes() for p in legacy.iterdir()}
+    flags = ["--corpus", str(corpus), "--retriever", str(model), "--device", "cpu", "--adopt-legacy"]
+    capsys.readouterr()
+    # the index was built with mean pooling; the configured recipe takes the [CLS] vector
+    assert main(["index", "build", *flags, "--pooling", "cls"]) != 0
+    err = capsys.readouterr().err
+    assert f"the index at {legacy} was built with another recipe (mean pooling, " in err
+    assert "than the configured one (cls pooling, " in err and "build a new one" in err
+    assert index_folders(corpus) == ["model"] and {p.name: p.read_bytes() for p in legacy.iterdir()} == before
+    # the chunk files changed since it was built (one more snippet): its rows would point at other snippets
+    with open(corpus / "chunk" / "part_b.jsonl", "a") as f:
+        f.write(json.dumps({"id": "part_b_new", "title": "Added", "content": "a snippet added later"}) + "\n")
+    assert main(["index", "build", "--corpus", str(corpus), "--retriever", "BM25", "--rebuild"]) == 0  # new store
+    capsys.readouterr()
+    assert main(["index", "build", *flags, "--pooling", "mean"]) != 0
+    err = capsys.readouterr().err
+    assert f"the index at {legacy} was built from other chunk files than the corpus now holds" in err
+    assert "build a new one (without --adopt-legacy)" in err
+    assert index_folders(corpus) == ["model"] and {p.name: p.read_bytes() for p in legacy.iterdir()} == before
+
+
 def test_first_layout_index_of_a_small_corpus_is_left_aside_and_rebuilt(tmp_path, make_tiny_bert, caplog):
     corpus = write_corpus(tmp_path / "corpus")
     model = make_tiny_bert(tmp_path / "m" / "model", seed=16)
