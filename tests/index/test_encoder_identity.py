@@ -428,13 +428,18 @@ def _to_first_layout(corpus: Path, name: str, legacy: str) -> Path:
     return root / legacy
 
 
-def test_first_layout_index_gets_a_migration_message_and_can_be_adopted(tmp_path, make_tiny_bert, capsys):
+def _first_layout_index(tmp_path: Path, make_tiny_bert, seed: int) -> tuple[Path, Path, str, Path]:
+    """(corpus, model, the index folder's name now, the index in the first layout) for a tiny mean-pooled model."""
     corpus = write_corpus(tmp_path / "corpus")
-    model = make_tiny_bert(tmp_path / "m" / "model", seed=15)
+    model = make_tiny_bert(tmp_path / "m" / "model", seed=seed)
     get_retriever(str(corpus), str(model), pooling="mean", device="cpu").search(QUERIES[:1], K)
     [name] = index_folders(corpus)
     clear_cache()
-    legacy = _to_first_layout(corpus, name, "model")
+    return corpus, model, name, _to_first_layout(corpus, name, "model")
+
+
+def test_first_layout_index_gets_a_migration_message_and_can_be_adopted(tmp_path, make_tiny_bert, capsys):
+    corpus, model, name, legacy = _first_layout_index(tmp_path, make_tiny_bert, seed=15)
     emb_inode = (legacy / "emb_000000.npy").stat().st_ino
     with pytest.raises(IndexBuildError) as err:
         get_retriever(str(corpus), str(model), pooling="mean", device="cpu", auto_build=False)
@@ -453,12 +458,7 @@ def test_first_layout_index_gets_a_migration_message_and_can_be_adopted(tmp_path
 
 def test_first_layout_index_is_not_adopted_for_another_recipe_or_other_chunk_files(tmp_path, make_tiny_bert,
                                                                                    capsys):
-    corpus = write_corpus(tmp_path / "corpus")
-    model = make_tiny_bert(tmp_path / "m" / "model", seed=17)
-    get_retriever(str(corpus), str(model), pooling="mean", device="cpu").search(QUERIES[:1], K)
-    [name] = index_folders(corpus)
-    clear_cache()
-    legacy = _to_first_layout(corpus, name, "model")
+    corpus, model, name, legacy = _first_layout_index(tmp_path, make_tiny_bert, seed=17)
     before = {p.name: p.read_bytes() for p in legacy.iterdir()}
     flags = ["--corpus", str(corpus), "--retriever", str(model), "--device", "cpu", "--adopt-legacy"]
     capsys.readouterr()
@@ -481,12 +481,7 @@ def test_first_layout_index_is_not_adopted_for_another_recipe_or_other_chunk_fil
 
 
 def test_first_layout_index_of_a_small_corpus_is_left_aside_and_rebuilt(tmp_path, make_tiny_bert, caplog):
-    corpus = write_corpus(tmp_path / "corpus")
-    model = make_tiny_bert(tmp_path / "m" / "model", seed=16)
-    get_retriever(str(corpus), str(model), pooling="mean", device="cpu").search(QUERIES[:1], K)
-    [name] = index_folders(corpus)
-    clear_cache()
-    legacy = _to_first_layout(corpus, name, "model")
+    corpus, model, name, legacy = _first_layout_index(tmp_path, make_tiny_bert, seed=16)
     hits = get_retriever(str(corpus), str(model), pooling="mean", device="cpu").search(QUERIES, K)
     for h, r in zip(hits, plain_reference(model, corpus)):
         assert_same_ranking(h, r)
