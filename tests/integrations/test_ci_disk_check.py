@@ -60,7 +60,7 @@ def test_a_small_disk_is_refused_before_anything_is_built(small_fs):
     assert sorted(p.name for p in repo.iterdir()) == [".ci"]  # nothing written: no _work, no .venv
 
 
-def test_only_environments_not_built_yet_are_counted(small_fs, tmp_path):
+def test_only_what_environments_lack_is_counted(small_fs, tmp_path):
     repo = checkout_in(small_fs(2700))  # a tmpfs takes no memory until written
     roomy_tmp = tmp_path / "tmp"
     roomy_tmp.mkdir()
@@ -74,8 +74,14 @@ def test_only_environments_not_built_yet_are_counted(small_fs, tmp_path):
     # a second one does not fit
     r = run_test_envs(repo, roomy_tmp, "other", "another")
     assert r.returncode == 1 and "about 5200 MB needed (.venv-other .venv-another and" in r.stderr
-    # unless it is already built
+    # a folder that holds next to nothing yet (as `make demo` leaves .venv: medret's core only) still needs its build
     (repo / ".venv-another").mkdir()
+    (repo / ".venv-another" / "core").write_bytes(b"x" * 2**19)  # half a MB: du rounds it up to 1
+    r = run_test_envs(repo, roomy_tmp, "other", "another")
+    assert r.returncode == 1 and "about 5199 MB needed (.venv-other .venv-another and" in r.stderr
+    # unless it is already built: only what it lacks is counted (a sparse file: its size without taking the room)
+    with open(repo / ".venv-another" / "built", "wb") as f:
+        f.truncate(2600 * 2**20)
     r = run_test_envs(repo, roomy_tmp, "other", "another")
     assert "not enough free disk" not in r.stderr and "unknown environment 'another'" in r.stdout + r.stderr
 
