@@ -51,7 +51,8 @@ def option(default: Any, help: str, *, kind: type | None = None, flag: str | Non
            group: str = "") -> Any:
     """A dataclass field declaring one option.
 
-    ``kind`` is int, float, str or bool (taken from the default when it is not None). ``flag``: True for
+    ``kind`` is int, float, str, bool or tuple (a list of strings: a repeatable flag; taken from the default when
+    it is not None). ``flag``: True for
     ``--name-with-dashes``, a string for another flag, False/None for none; ``aliases`` are further flags.
     ``keys`` are further names accepted by :meth:`Options.from_mapping`. ``check(name, value)`` raises
     :class:`ConfigError`; ``choices`` adds a check of its own. ``identity``: part of a Ray actor's name.
@@ -60,8 +61,8 @@ def option(default: Any, help: str, *, kind: type | None = None, flag: str | Non
         if default is None:
             raise TypeError(f"option(None, {help!r}) needs kind=")
         kind = type(default)
-    if kind not in (int, float, str, bool):
-        raise TypeError(f"option kind {kind!r} is not one of int, float, str, bool")
+    if kind not in (int, float, str, bool, tuple):
+        raise TypeError(f"option kind {kind!r} is not one of int, float, str, bool, tuple")
     decl = Declaration(kind=kind, help=help, flags=(), keys=tuple(keys), check=check, identity=identity,
                        choices=tuple(choices) if choices is not None else None, metavar=metavar, group=group)
     # the flag needs the field's name: filled in by _declarations()
@@ -239,6 +240,10 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
         elif decl.kind is bool:
             target.add_argument(*decl.flags, dest=dest, action="store_const", const=not dflt.get(name),
                                 default=None, help=text)
+        elif decl.kind is tuple:  # a list of strings: the flag is repeated
+            target.add_argument(*decl.flags, dest=dest, action="append", default=None,
+                                metavar=decl.metavar or decl.flags[0][2:].upper().replace("-", "_"),
+                                help=text + " (repeatable)")
         else:
             metavar = decl.metavar or (None if decl.choices else decl.flags[0][2:].upper().replace("-", "_"))
             target.add_argument(*decl.flags, dest=dest, type=decl.kind, choices=decl.choices, default=None,
@@ -272,6 +277,8 @@ def argv(obj: Any, *, only: Iterable[str] | None = None, exclude: Iterable[str] 
         flag = decl.flags[0]
         if decl.kind is bool:
             out.append(flag if value else "--no-" + flag[2:])
+        elif decl.kind is tuple:
+            out += [f"{flag}={item}" for item in value]
         else:
             out.append(f"{flag}={value}")
     return out

@@ -39,3 +39,12 @@ def nq_style_data(parent: Path) -> Path:
     for name in ("train.parquet", "test.parquet"):
         (d / name).write_bytes(b"PAR1")
     return d
+
+
+def hydra_text(value: str) -> str:
+    """A simple hydra value as medret writes it ('...', quotes escaped) back to its text, for tests that read the
+    words of a rendered command (the round trip of every hard case through hydra's own parser is
+    test_slurm_hydra_quoting's)."""
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1].replace("\\'", "'").replace("\\${", "${")
+    return value
