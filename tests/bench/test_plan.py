@@ -220,9 +220,9 @@ def _bash(cmd, tmp_path, **env):
      ["+retriever.ray_shards=2", "trainer.n_gpus_per_node=8", "trainer.nnodes=1", "data.train_batch_size=512",
       "algorithm.adv_estimator=grpo"]),
     (["--corpus", "PubMed", "--gpus", "2", "--gpu-mem", "24G", "--ram", "128G"],
-     ["+retriever.device=cpu", "trainer.n_gpus_per_node=2"]),
+     ["+retriever.device=\\'cpu\\'", "trainer.n_gpus_per_node=2"]),
     (["--corpus", "sample", "--retriever", "BM25", "--gpus", "4", "--recipe", "ppo"],
-     ["+retriever.backend=local", "+retriever.device=cpu", "trainer.n_gpus_per_node=4"]),
+     ["+retriever.backend=local", "+retriever.device=\\'cpu\\'", "trainer.n_gpus_per_node=4"]),
 ])
 def test_printed_commands_run_with_the_real_cli(args, expect, tmp_path, capsys):
     """What `medret plan` prints is run as printed: render, `slurm check`, the script's dry run; the index build is
@@ -239,6 +239,13 @@ def test_printed_commands_run_with_the_real_cli(args, expect, tmp_path, capsys):
         parsed = build_parser().parse_args(words[1:])  # argparse exits on anything it does not know
         assert callable(parsed.func)
     r = _bash(c["render"], tmp_path, DB="/data/medrag")
+    assert r.returncode == 0, r.stderr
+    # the job's paths where `slurm check` and the dry run look for them: the corpus folder, the default data folder
+    (tmp_path / "data" / "medrag").mkdir(parents=True)
+    (tmp_path / "data" / "nq_search").mkdir()
+    for name in ("train.parquet", "val.parquet"):
+        (tmp_path / "data" / "nq_search" / name).write_bytes(b"PAR1")
+    r = _bash(c["render"].replace('"$DB"', "data/medrag"), tmp_path)
     assert r.returncode == 0, r.stderr
     r = _bash(c["check"], tmp_path)
     assert r.returncode == 0 and "job.sbatch: OK" in r.stdout, r.stdout + r.stderr
