@@ -22,7 +22,7 @@ from medret.launch.retriever import (
     template_words,
     trainer_block,
 )
-from medret.launch.spec import JobSpec, python_words
+from medret.launch.spec import JobSpec, python_words, sbatch_fields
 
 SPEC_BEGIN = "# medret-job-spec-begin"
 SPEC_END = "# medret-job-spec-end"
@@ -116,14 +116,11 @@ def _trainer_command(spec: JobSpec, plan: Plan) -> str:
 def render_job(spec: JobSpec) -> str:
     """The sbatch script for ``spec`` (raises ConfigError on an impossible GPU split)."""
     plan = plan_job(spec)
-    sb = [f"#SBATCH --job-name={spec.job_name}", f"#SBATCH --nodes={plan.nodes}", "#SBATCH --ntasks-per-node=1",
-          f"#SBATCH --gres=gpu:{plan.gpus_per_node}", f"#SBATCH --time={spec.time}",
-          f"#SBATCH --output={spec.output}"]
-    for name, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("mem", "mem"),
-                       ("cpus_per_task", "cpus-per-task")):
+    sb = [f"#SBATCH --nodes={plan.nodes}", "#SBATCH --ntasks-per-node=1", f"#SBATCH --gres=gpu:{plan.gpus_per_node}"]
+    for name, sbatch_option in sbatch_fields().items():  # the job options declared as #SBATCH values
         v = getattr(spec, name)
         if v is not None:
-            sb.append(f"#SBATCH --{flag}={v}")
+            sb.append(f"#SBATCH --{sbatch_option}={v}")
     for extra in spec.sbatch_extra:  # checked by JobSpec: one --option[=value] with a valid value
         sb.append(f"#SBATCH {extra.strip()}")
     header = plan.header(spec)

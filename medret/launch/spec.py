@@ -76,6 +76,14 @@ def _sbatch(sbatch_option: str) -> Any:
     return run
 
 
+def _sbatch_count(sbatch_option: str) -> Any:
+    """The check of a whole-number field that becomes ``#SBATCH --sbatch_option=N`` (None: not written)."""
+    def run(name: str, value: Any) -> None:
+        check_whole.optional("the cluster's")(name, value)
+    run.sbatch = sbatch_option  # type: ignore[attr-defined]
+    return run
+
+
 def _gpu_text(name: str, value: Any) -> None:
     if value is not None:
         parse_gpu_list(value, name)
@@ -121,7 +129,7 @@ class JobSpec(Options):
     mem: str | None = option(None, "#SBATCH --mem per node, e.g. 500G (default: the cluster's)", kind=str,
                              check=_sbatch("mem"), group=SBATCH)
     cpus_per_task: int | None = option(None, "#SBATCH --cpus-per-task (default: the cluster's)", kind=int,
-                                       check=check_whole.optional("the cluster's"), group=SBATCH)
+                                       check=_sbatch_count("cpus-per-task"), group=SBATCH)
     output: str = option("%x-%j.out", "#SBATCH --output pattern", flag="--log", check=_sbatch("output"),
                          group=SBATCH)
     sbatch_extra: tuple[str, ...] = option((), "another #SBATCH option, e.g. --exclusive", kind=tuple,
@@ -299,7 +307,7 @@ def sbatch_fields() -> dict[str, str]:
 
 
 def _check_sbatch_extra(extras: tuple[str, ...]) -> None:
-    rendered = {"nodes", "ntasks-per-node", "gres", "cpus-per-task", *sbatch_fields().values()}
+    rendered = {"nodes", "ntasks-per-node", "gres", *sbatch_fields().values()}
     for extra in extras:
         m = re.fullmatch(r"--([a-z][a-z0-9-]*)(?:=(.*))?", extra.strip())
         if not m:
