@@ -264,6 +264,12 @@ def _check_with_header(rep: CheckReport, h: dict, text: str, env: Mapping[str, s
         if not re.search(r"ray up\b(?:[^\n]|\\\n)*?--timeout", code):
             rep.errors.append("health check missing: the retriever actor is not created and awaited with "
                               "`medret ray up ... --timeout` before training")
+        mode = h.get("mode")
+        attach = "--ray-attach" if mode == "smoke" else "+retriever.ray_attach=true"
+        if mode in ("smoke", "train") and attach not in code:
+            rep.errors.append(f"the {'smoke run' if mode == 'smoke' else 'trainer'} does not attach to the job's "
+                              f"retriever actor ({attach} missing): where its options differ from `ray up`'s it "
+                              "would create a second actor (a second copy of the index). Re-render the script")
     rep.facts["health_check"] = h["layout"] != "local"
 
 

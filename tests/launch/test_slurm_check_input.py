@@ -84,3 +84,13 @@ def test_a_batch_size_that_is_not_a_positive_whole_number_is_refused(value, tmp_
     assert check_script(text).ok
     rep = check_script(text.replace("data.train_batch_size=512", f"data.train_batch_size={value}"))
     assert not rep.ok and any(f"data.train_batch_size={value!r} is invalid" in e for e in rep.errors), rep.format()
+
+
+@pytest.mark.parametrize("mode,word", [("smoke", "--ray-attach"), ("train", "+retriever.ray_attach=true")])
+def test_a_retriever_node_script_whose_trainer_side_would_create_an_actor_fails_the_check(mode, word):
+    """Issue 21: scripts rendered before it let the trainer's side create a second actor."""
+    text = render_job(JobSpec.from_mapping({"layout": "retriever-node", "nodes": 2, "mode": mode,
+                                            "paths_on_compute_nodes": True}))
+    assert check_script(text).ok and word in text
+    rep = check_script(text.replace(" " + word, ""))
+    assert not rep.ok and any(f"({word} missing)" in e for e in rep.errors), rep.format()
