@@ -64,7 +64,7 @@ def job_state(cluster, job_id) -> str | None:
     return None
 
 
-def wait_all(cluster, job_ids, timeout=420) -> dict[str, tuple[str, float]]:
+def wait_all(cluster, job_ids, timeout=900) -> dict[str, tuple[str, float]]:
     t0 = time.monotonic()
     done: dict[str, tuple[str, float]] = {}
     while len(done) < len(job_ids):
@@ -120,7 +120,8 @@ FOLDER_OPTIONS = dict(pooling="mean", query_prefix="query: ", doc_prefix="passag
 
 @pytest.fixture(scope="module")
 def jobs(slurm_cluster, tmp_path_factory, tiny_bert_dir):
-    """All layouts (and a broken retriever) submitted at once, so they run side by side."""
+    """All layouts (and a broken retriever) submitted at once, so they run side by side (the 2-node jobs one after
+    another: the cluster has two nodes; on a loaded 2-core machine the eleven take several minutes)."""
     tmp = tmp_path_factory.mktemp("slurm-jobs")
     ids = {
         "local": submit(slurm_cluster, tmp, "mr-local", layout="local"),
@@ -278,7 +279,9 @@ def test_without_its_ray_up_the_retriever_node_job_fails_at_once_with_the_attach
     assert m and m.group(1) == m.group(2) == j["id"], out[-3000:]
     assert "FAILED: the rollout smoke run failed on a trainer node" in out
     assert "rollout-smoke: OK" not in out
-    assert j["seconds"] < 150, "it failed at once, not after a health timeout"
+    stamps = [int(h) * 3600 + int(m) * 60 + int(sec) for h, m, sec in
+              re.findall(r"^\[medret-job (\d\d):(\d\d):(\d\d)", out, re.M)]
+    assert (stamps[-1] - stamps[0]) % 86400 < 90, "it failed at once, not after the health timeout (120 s)"
 
 
 def test_the_retriever_node_job_runs_exactly_one_named_retriever_actor(jobs, tiny_bert_dir):
