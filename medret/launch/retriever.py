@@ -20,7 +20,7 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from medret import options
-from medret.config import EngineOptions, RayOptions, RetrieverConfig
+from medret.config import EngineOptions, RayOptions
 from medret.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,22 +70,6 @@ def ray_options(spec: JobSpec, attach: bool) -> RayOptions:
     """The Ray transport's options of a retriever-node job: on the retriever node, sharded as the job says;
     ``attach``: find the actor ``ray up`` made, never make one (the trainer's side)."""
     return RayOptions(ray_placement="retriever-node", ray_shards=spec.shards, ray_attach=attach)
-
-
-def job_config(spec: JobSpec, plan: Plan, *, attach: bool = True, environ: dict[str, str] | None = None
-               ) -> RetrieverConfig:
-    """The retriever a process of the job builds, with the run-time values ``environ`` gives (RETRIEVER_DEVICE,
-    MEDRET_DB_DIR, RAY_ADDRESS, MEDRET_RAY_JOB; default: the script's defaults): what tests compare with."""
-    env = {"RETRIEVER_DEVICE": device_default(spec, plan), "MEDRET_DB_DIR": spec.db_dir or "", **(environ or {})}
-    data: dict[str, Any] = {**spec.engine.to_dict(), "backend": BACKEND[plan.layout]}
-    if plan.layout == "retriever-node":
-        data.update(ray_options(spec, attach).to_dict())
-    for name, (var, optional) in RUNTIME.items():
-        if name in data and var in env and (env[var] or not optional):
-            data[name] = env[var]
-    if data["backend"] == "http":
-        data["url"] = env.get("RETRIEVER_URL", "http://127.0.0.1")
-    return RetrieverConfig.from_mapping(data)
 
 
 def device_default(spec: JobSpec, plan: Plan) -> str:

@@ -212,8 +212,8 @@ class JobSpec(Options):
         return cls(**job, engine=engine)
 
     def to_dict(self) -> dict[str, Any]:
-        """The job's options and the retriever's options that differ from EngineOptions' defaults, as a mapping
-        :meth:`from_mapping` reads back."""
+        """Every option of the job and of its retriever (flat, lists for tuples): a mapping :meth:`from_mapping`
+        reads back."""
         d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "engine"}
         for k, v in d.items():
             if isinstance(v, tuple):

@@ -280,3 +280,11 @@ def test_job_fails_fast_when_its_ray_node_cannot_start(tmp_path):
     assert "a Ray node of this job exited while the cluster was starting" in r.stderr
     assert "SHOULD-NOT-RUN" not in r.stdout
     assert "did not come up" not in r.stderr  # it did not wait out the 300 s timeout
+
+
+def test_a_job_spec_round_trips_through_its_mapping():
+    """to_dict gives every job and retriever option under the names from_mapping (and the YAML) reads."""
+    job = JobSpec.from_mapping({"layout": "per-node", "nodes": 2, "nprobe": 4, "overrides": ["a=1"],
+                                "retriever_gpus": [3], "corpus": "sample", "pooling": "mean"})
+    assert JobSpec.from_mapping(job.to_dict()) == job
+    assert job.to_dict()["corpus_name"] == "sample" and job.to_dict()["retriever_gpus"] == "3"
