@@ -233,21 +233,21 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
                 groups[title_] = parser.add_argument_group(title_)
             target = groups[title_]
         shown = dflt.get(name)
-        text = decl.help + (f" (default {shown})" if show_defaults and shown not in (None, False, "") else "")
+        text = decl.help + (f" (default {shown})" if show_defaults and shown not in (None, False, "", ()) else "")
         if decl.kind is bool and dflt.get(name) is None:
             target.add_argument(*decl.flags, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                                help=text)
+                                help=text.replace("%", "%%"))
         elif decl.kind is bool:
             target.add_argument(*decl.flags, dest=dest, action="store_const", const=not dflt.get(name),
-                                default=None, help=text)
+                                default=None, help=text.replace("%", "%%"))
         elif decl.kind is tuple:  # a list of strings: the flag is repeated
             target.add_argument(*decl.flags, dest=dest, action="append", default=None,
                                 metavar=decl.metavar or decl.flags[0][2:].upper().replace("-", "_"),
-                                help=text + " (repeatable)")
+                                help=text.replace("%", "%%") + " (repeatable)")
         else:
             metavar = decl.metavar or (None if decl.choices else decl.flags[0][2:].upper().replace("-", "_"))
             target.add_argument(*decl.flags, dest=dest, type=decl.kind, choices=decl.choices, default=None,
-                                metavar=metavar, help=text)
+                                metavar=metavar, help=text.replace("%", "%%"))
 
 
 def given(args: argparse.Namespace, cls: type, *, exclude: Iterable[str] = ()) -> dict[str, Any]:

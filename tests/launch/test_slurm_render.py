@@ -288,3 +288,15 @@ def test_a_job_spec_round_trips_through_its_mapping():
                                 "retriever_gpus": [3], "corpus": "sample", "pooling": "mean"})
     assert JobSpec.from_mapping(job.to_dict()) == job
     assert job.to_dict()["corpus_name"] == "sample" and job.to_dict()["retriever_gpus"] == "3"
+
+
+def test_render_help_shows_each_job_options_default_from_its_declaration():
+    r = subprocess.run([sys.executable, "-m", "medret.cli", "slurm", "render", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    text = " ".join(r.stdout.split())
+    for expected in ("#SBATCH --output pattern (default %x-%j.out)", "(default 24:00:00)",
+                     "(default Qwen/Qwen2.5-7B)", "--rrf-k", "--nprobe", "--fusion-depth", "--cache-dir",
+                     "--batch-size", "--paths-on-compute-nodes"):
+        assert expected in text, expected
+    assert "(default ())" not in text
