@@ -272,6 +272,7 @@ class RayTransport(BaseTransport):
                     f"cluster has none: start the retriever node with ray start --resources "
                     f"'{{\"{RESOURCE}\": 1000}}' (the rendered SLURM job does this)")
             opts["resources"] = {RESOURCE: 1}
+            opts["num_cpus"] = 0  # placed by the resource; see _shard_options
         elif cfg.ray_placement == "per-node":
             strategies = optional.load("ray.util.scheduling_strategies", "ray")
             opts["scheduling_strategy"] = strategies.NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=False)
@@ -288,6 +289,9 @@ class RayTransport(BaseTransport):
             if cfg.ray_placement == "retriever-node":
                 # that raylet shows its GPUs to every actor (0 Ray GPUs, CUDA_VISIBLE_DEVICES kept): one each
                 o["resources"] = {RESOURCE: 1}
+                # no Ray CPU: an actor holds one while its constructor runs, and the coordinator's waits for its
+                # shards', so shards + 1 Ray CPUs were needed at once (a 2-CPU retriever node deadlocked with 2)
+                o["num_cpus"] = 0
                 o["_device"] = f"cuda:{i}" if cuda else "cpu"
             elif cuda:
                 o["num_gpus"] = 1
