@@ -16,8 +16,8 @@ from medret.encoders.locate import model_dim, model_location
 from medret.encoders.specs import spec_for
 from medret.errors import ConfigError
 from medret.index.bm25 import build_bm25
-from medret.index.dense import check_index_type
 from medret.index.dense_build import build_dense_index
+from medret.index.faiss_ops import check_index_type
 from medret.index.identity import adopt_legacy as adopt
 from medret.index.identity import encoder_identity, keyed_dir, legacy_dir
 from medret.index.locate import bm25_dir, locate_dense, source_stores

@@ -38,10 +38,8 @@ from medret.encoders.locate import model_dim
 from medret.encoders.specs import REGISTRY, EncoderSpec
 from medret.errors import IndexBuildError
 from medret.index import emb_check
-from medret.index.dense import (
-    DESCRIPTOR,
-    FAISS_FILE,
-    DenseIndex,
+from medret.index.dense import DESCRIPTOR, FAISS_FILE, DenseIndex
+from medret.index.faiss_ops import (
     check_index_type,
     default_search_params,
     factory_string,

@@ -25,7 +25,8 @@ import orjson
 
 from medret.corpus.registry import medrag_index_dir  # noqa: F401 - part of this module's surface
 from medret.errors import IndexBuildError
-from medret.index.dense import DenseIndex, metric_of_faiss, read_faiss_index
+from medret.index.dense import DenseIndex
+from medret.index.faiss_ops import metric_of_faiss, read_faiss_index
 from medret.storage.atomic import atomic_path
 
 logger = logging.getLogger(__name__)

@@ -14,13 +14,9 @@ import pytest
 
 from medret.encoders.specs import resolve_spec
 from medret.errors import ConfigError, IndexBuildError
-from medret.index.dense import (
-    DEFAULT_RERANK,
-    DenseIndex,
-    faiss_is_lossy,
-    new_faiss_index,
-)
+from medret.index.dense import DEFAULT_RERANK, DenseIndex
 from medret.index.dense_build import build_dense_index, load_dense_index
+from medret.index.faiss_ops import faiss_is_lossy, new_faiss_index
 
 # 8 sub-quantizers of 4 bits: 4 bytes per 32-d vector; cheap to train (16 centroids each; "np" skips faiss's
 # polysemous training, which search does not use and which dominates training time) and coarse enough that
