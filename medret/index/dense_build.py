@@ -52,6 +52,7 @@ from medret.index.manifest import MANIFEST, read_manifest
 from medret.storage.atomic import atomic_write_text
 from medret.storage.leftovers import remove_stale
 from medret.storage.locks import serialized
+from medret.storage.vectors import verify_files
 from medret.validate import check_whole
 from medret.version import __version__
 
@@ -335,6 +336,11 @@ def build_dense_index(
     }
     atomic_write_text(work / MANIFEST, json.dumps(manifest, indent=2))
     emb_check.drop_sidecars(work)
+    # every vector scanned once now (the files are in the page cache), and recorded: opening it costs a stat a file
+    damage = verify_files([np.load(work / f, mmap_mode="r") for f in files], [work / f for f in files])
+    if damage is not None:
+        raise IndexBuildError(f"the encoder wrote damaged vectors into {work}: {damage}; check the model and its "
+                              f"fp16 settings, then run {hint}")
     _commit(work, out_dir)
     logger.info("dense index %s: %d x %d %s, %s (%s) written in %.1fs", out_dir, n, dim, dtype, index_type,
                 factory, time.perf_counter() - t0)
@@ -434,7 +440,20 @@ def load_dense_index(
     if index.ntotal != int(manifest["count"]):
         raise IndexBuildError(f"the dense index at {index_dir} holds {index.ntotal} vectors, its manifest says "
                               f"{manifest['count']}; rebuild it with {hint}")
+    check_vectors(index, index_dir, hint)
     if device and str(device) != "cpu":
         index.to(str(device))
-    emb_check.check_vectors(index, index_dir, hint, manifest.get("chunk_rows"))  # sampled on CPU, all on a GPU
     return index
+
+
+def check_vectors(index: DenseIndex, index_dir: Path, hint: str) -> None:
+    """Refuse an index whose stored vectors include damaged rows (:mod:`medret.index.emb_check`: every vector of a
+    file scanned once, then recorded with the file's stat)."""
+    segs = index.embeddings if index.embeddings is not None else index.rerank_vectors
+    files = index.embedding_files or []
+    if not segs or len(files) != len(segs):
+        return
+    damage = verify_files(segs, [index_dir / f for f in files])
+    if damage is not None:
+        raise IndexBuildError(f"the dense index at {index_dir} is damaged: {damage} (the file was overwritten or "
+                              f"damaged after the build); rebuild it with {hint}")

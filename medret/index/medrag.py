@@ -28,6 +28,7 @@ from medret.errors import IndexBuildError
 from medret.index.dense import DenseIndex
 from medret.index.faiss_ops import metric_of_faiss, read_faiss_index
 from medret.storage.atomic import atomic_path
+from medret.storage.vectors import verify_files
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,11 @@ def open_medrag_embeddings(
                 f"MedRAG embedding file {p} has {arr.shape[0]} rows but chunk file {p.stem}.jsonl has "
                 f"{table[p.stem][1]} snippets: the embeddings belong to other chunk files; re-download them or rebuild"
             )
+    damage = verify_files(arrays, files)  # every vector once, then recorded beside them
+    if damage is not None:
+        raise IndexBuildError(f"MedRAG's embeddings in {index_dir / EMBEDDING_DIR} are damaged: {damage}; they cannot "
+                              "be served. Download them again (`medret corpus download ... --embeddings`), or build "
+                              "medret's own index (`medret index build ... --rebuild`)")
     codes = np.repeat(np.arange(len(arrays), dtype=np.int32), [a.shape[0] for a in arrays])
     lines = np.concatenate([np.arange(a.shape[0], dtype=np.int64) for a in arrays])
     row_map = map_to_store_rows(store, stems, codes, lines, str(index_dir / EMBEDDING_DIR))

@@ -61,6 +61,18 @@ def fp16_storage(config: EngineOptions, device: str) -> bool:
     return device.startswith("cuda") if config.fp16 is None else config.fp16
 
 
+def refuse_non_finite(scores: np.ndarray, rows: np.ndarray, what: str) -> None:
+    """Defence in depth behind the open-time scan (:mod:`medret.index.emb_check`): a found row (``>= 0``) whose
+    score is NaN or ±inf never reaches an answer; the search fails naming the row instead."""
+    bad = (rows >= 0) & ~np.isfinite(scores)
+    if bad.any():
+        qi, j = (int(x[0]) for x in np.nonzero(bad))
+        raise IndexBuildError(f"{what} scored row {int(rows[qi, j])} {float(scores[qi, j])} for query {qi}: its stored "
+                              "vectors are damaged (NaN, inf or huge values written after they were checked). Run "
+                              "`medret doctor --deep` to find the file, then rebuild the index (or download the "
+                              "embeddings again)")
+
+
 class BM25Searcher:
     kind = "bm25"
 
@@ -146,10 +158,17 @@ class DenseSearcher:
 
     def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         q = self.encoder.encode_queries(queries, batch_size=self.batch_size)
-        parts_s, parts_r = [], []
+        if not np.isfinite(q).all():
+            i = int(np.nonzero(~np.isfinite(q).all(axis=1))[0][0])
+            raise IndexBuildError(f"the query encoder of {self.spec.name} returned NaN/inf for query {i} "
+                                  f"({queries[i][:80]!r}): check the model files, or run without --fp16")
+        parts_s: list[np.ndarray] = []
+        parts_r: list[np.ndarray] = []
         for offset, ix in self.indexes:
             s, r = ix.search(q, k)
             r = np.asarray(r, dtype=np.int64)
+            which = f" of source {len(parts_s)}" if len(self.indexes) > 1 else ""
+            refuse_non_finite(np.asarray(s), r, f"the {self.spec.name} index{which}")
             # approximate indexes may find fewer than k: those slots are row -1, score -inf; keep them so
             parts_s.append(np.where(r < 0, np.float32(-np.inf), np.asarray(s, dtype=np.float32)))
             parts_r.append(np.where(r < 0, -1, r + offset))
