@@ -269,10 +269,37 @@ def _upgrade(store: DocStore, source: Source, files: list) -> DocStore:
     total = sum(p.stat().st_size for p in files)
     log.warning("recording the content hashes of %d chunk files of %s (%.1f GiB, once): its store was built by "
                 "an older medret", len(files), source.name, total / 2**30)
-    records = fp.hash_records(files)
+    records = _records_of_stored_content(store, source, files)
     _rewrite_manifest(store, {**store.manifest, "format": FORMAT, "fingerprint_kind": fp.KIND_LEGACY,
                               "chunk_files": records}, f"{total / 2**20:.1f} MiB")
     return store
+
+
+def _records_of_stored_content(store: DocStore, source: Source, files: list) -> list[dict]:
+    """The chunk files' records, hashed now, once their documents are shown to be the ones the store holds: the
+    first format's identity (size, first and last 64 KiB) misses a same-size edit in the middle, which recording
+    today's hashes would make permanent. The documents are read and serialised as the build does, and their
+    sha256 compared with the one the store recorded of ``docs.bin`` (one pass over each file: the same read
+    hashes it)."""
+    expected = store.manifest.get("sha256")
+    if not isinstance(expected, str):
+        raise store._damaged(MANIFEST, "has no sha256 of docs.bin (a store of medret's first format always "
+                             "recorded one)")
+    stored = hashlib.sha256()
+    records = []
+    rows = 0
+    for path in files:
+        before = fp.stat_record(path)
+        content = hashlib.sha256()
+        for _, doc in iter_file(path, digest=content):
+            stored.update(orjson.dumps(doc))
+            rows += 1
+        records.append(fp.file_record(path, content.hexdigest(), before))
+    if rows != len(store) or stored.hexdigest() != expected:
+        raise _stale(source, [f"the chunk files hold {rows:,} snippets whose text differs from the {len(store):,} "
+                              "the store was built from (a same-size edit that medret's first format could not "
+                              "see); nothing was recorded"])
+    return records
 
 
 def _rewrite_manifest(store: DocStore, manifest: dict, hashed: str) -> None:
