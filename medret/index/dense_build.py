@@ -52,6 +52,7 @@ from medret.index.manifest import MANIFEST, read_manifest
 from medret.storage.atomic import atomic_write_text
 from medret.storage.leftovers import remove_stale
 from medret.storage.locks import serialized
+from medret.storage.pids import tag
 from medret.storage.vectors import verify_files
 from medret.validate import check_whole
 from medret.version import __version__
@@ -359,7 +360,7 @@ def _encode_dtype(encoder: Any) -> str | None:
 def _commit(work: Path, out_dir: Path) -> None:
     """Rename the finished partial folder onto ``out_dir``, replacing an old index only after that."""
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        old = out_dir.with_name(f".{out_dir.name}.old-{tag()}")
         if old.exists():
             shutil.rmtree(old)
         os.replace(out_dir, old)
