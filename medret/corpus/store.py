@@ -74,6 +74,10 @@ class DocStore:
             raise self._damaged(MANIFEST, "is missing") from None
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
             raise self._damaged(MANIFEST, f"is damaged ({type(e).__name__}: {e})") from None
+        bad = _bad_record(self.manifest.get("chunk_files"))
+        if bad is not None:
+            raise self._damaged(MANIFEST, f"is damaged (chunk_files holds {bad:.80}; expected records with a name, "
+                                "a size and a sha256)")
         try:
             self._offsets = np.load(self.folder / "offsets.npy", mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
@@ -150,6 +154,20 @@ class DocStore:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _bad_record(records: object) -> str | None:
+    """The first malformed entry of a manifest's ``chunk_files``, as written (None when it is absent, a store of the
+    first format, or well formed): every record is used at each open."""
+    if records is None:
+        return None
+    if not isinstance(records, list):
+        return repr(records)
+    for r in records:
+        if not (isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("sha256"), str)
+                and isinstance(r.get("size"), int) and not isinstance(r.get("size"), bool)):
+            return repr(r)
+    return None
 
 
 class UnionStore:

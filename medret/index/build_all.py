@@ -21,7 +21,7 @@ from medret.index.faiss_ops import check_index_type
 from medret.index.identity import adopt_legacy as adopt
 from medret.index.identity import encoder_identity, keyed_dir, legacy_dir
 from medret.index.locate import bm25_dir, locate_dense, source_stores
-from medret.index.manifest import read_manifest
+from medret.index.manifest import MANIFEST, read_manifest
 from medret.index.searchers import fp16_storage
 from medret.retrievers import retriever_parts
 
@@ -67,7 +67,7 @@ def build_all(config: EngineOptions, index_type: str | None = None, rebuild: boo
             out = keyed_dir(source, identity)  # medret builds its own index for this encoder (locate: "own")
             if adopt_legacy and read_manifest(out) is None:
                 old = legacy_dir(source, spec)
-                if read_manifest(old) is not None:
+                if (old / MANIFEST).exists():  # a damaged manifest is refused there, naming the field
                     adopt(old, out, identity, sub)
                     yield f"{spec.name} index for {source.name}: adopted {old} as {out} ({identity.describe()})"
             if index_type == "flat" and not rebuild:

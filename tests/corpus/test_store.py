@@ -91,3 +91,22 @@ def test_lookups_do_not_grow_memory_with_corpus_text(tmp_path):
         assert docs[0]["content"].startswith(f"{rows[i]} ")
     grown_mb = (proc.memory_info().rss - before) / 2**20
     assert grown_mb < 10, f"reading every row grew RSS by {grown_mb:.1f} MB"
+
+
+@pytest.mark.parametrize("records", [[None], "x", [{"name": "toy_a.jsonl", "size": "12", "sha256": "ab"}]],
+                         ids=["null", "string", "size-string"])
+def test_store_manifest_with_malformed_chunk_records_is_refused_with_one_line(toy_corpus, records):
+    """Issue 24 item 18: ``chunk_files: [null]`` gave a raw TypeError at open."""
+    import orjson
+
+    corpus = resolve_corpus(str(toy_corpus), None)
+    open_corpus_store(corpus).close()
+    manifest = corpus.sources[0].store_dir / "manifest.json"
+    m = orjson.loads(manifest.read_bytes())
+    m["chunk_files"] = records
+    manifest.write_bytes(orjson.dumps(m))
+    before = manifest.read_bytes()
+    with pytest.raises(StoreError, match=r"manifest.json is damaged \(chunk_files holds .*expected records with a "
+                                         r"name, a size and a sha256\); delete .* and build it again"):
+        open_corpus_store(corpus)
+    assert manifest.read_bytes() == before
