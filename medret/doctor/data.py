@@ -126,8 +126,11 @@ def check_store_and_indexes(config: Any) -> tuple[list[Check], list[Need], bool]
         stores.append(opened)
         disk = sum(p.stat().st_size for p in src.store_dir.iterdir() if p.is_file())
         needs_.append(Need(f"document store {src.name}", disk, "host"))
+        rows = ("each row checked against its checksum when read" if opened.checks_rows else
+                "rows are not checked when read (built by an older medret: `--rebuild` adds per-row checksums; "
+                "`medret doctor --deep` hashes docs.bin whole)")
         checks.append(Check("store", OK, f"document store of {src.name}: {len(opened):,} rows, matches the chunk files",
-                            f"{src.store_dir} ({gb(disk)} on disk, read by row)"))
+                            f"{src.store_dir} ({gb(disk)} on disk, read by row; {rows})"))
     if not ready:
         for s in stores:
             s.close()
