@@ -25,7 +25,7 @@ from medret.encoders.hf import Encoder
 from medret.encoders.specs import spec_for
 from medret.errors import IndexBuildError
 from medret.index.bm25 import BM25Index, build_bm25
-from medret.index.dense_build import build_dense_index, load_dense_index
+from medret.index.dense_build import build_dense_index, fp16_storage, load_dense_index
 from medret.index.hints import build_command
 from medret.index.identity import encoder_identity, legacy_dir
 from medret.index.locate import (
@@ -54,11 +54,6 @@ class Shards:
 
     count: int
     host: ShardHost
-
-
-def fp16_storage(config: EngineOptions, device: str) -> bool:
-    """Embeddings are stored in fp16 on GPU machines (half the memory), fp32 on CPU unless asked."""
-    return device.startswith("cuda") if config.fp16 is None else config.fp16
 
 
 def refuse_non_finite(scores: np.ndarray, rows: np.ndarray, what: str) -> None:
@@ -101,6 +96,7 @@ class DenseSearcher:
 
     def __init__(self, corpus: Corpus, store: Any, part: str, config: EngineOptions, progress: bool = False,
                  shards: Shards | None = None):
+        self.part = part
         self.spec = spec_for(part, config)
         self.device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
         self.batch_size = config.batch_size
@@ -150,9 +146,8 @@ class DenseSearcher:
                 + ("" if config.device else " (on a GPU node add --device cuda:0)")
                 + (f", or fetch MedRAG's precomputed embeddings: `{fetch}`" if fetch else
                            f", or unpack MedRAG's precomputed embeddings into {medrag}" if medrag else ""))
-        build_dense_index(sub, self.spec, where, device=self.device, batch_size=self.batch_size,
-                          fp16_storage=fp16_storage(config, self.device), progress=progress,
-                          encoder=self.encoder, corpus_name=corpus_name, identity=self.identity, config=config)
+        build_dense_index(sub, where, config, part=self.part, progress=progress, encoder=self.encoder,
+                          identity=self.identity)
         return load_dense_index(where, sub, self.spec, device=device, corpus_name=corpus_name,
                                 identity=self.identity, config=config, **params)
 

@@ -14,6 +14,7 @@ from medret.errors import IndexBuildError
 from medret.index import emb_check
 from medret.index.dense_build import build_dense_index, load_dense_index, partial_dir
 from tests.index.test_dense_build import (
+    CONFIG,
     SPEC,
     Crash,
     FakeEncoder,
@@ -34,7 +35,7 @@ def overwrite_rows(path, rows, value) -> None:
 @pytest.mark.parametrize("value", [0.0, np.nan], ids=["zeroed", "nan"])
 def test_zeroed_or_nan_filled_file_is_refused_at_open(tmp_path, value):
     store = ListStore(make_docs(30))
-    out = build_dense_index(store, SPEC, tmp_path / "ix", encoder=FakeEncoder(), chunk_rows=10, progress=False)
+    out = build_dense_index(store, tmp_path / "ix", CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False)
     m = json.loads((out / "manifest.json").read_text())
     assert sorted(m["emb_sha256"]) == ["emb_000000.npy", "emb_000001.npy", "emb_000002.npy"]
     target = out / "emb_000001.npy"
@@ -53,16 +54,16 @@ def test_zeroed_or_nan_filled_file_is_refused_at_open(tmp_path, value):
 @pytest.mark.parametrize("value", [0.0, np.nan], ids=["zeroed", "nan"])
 def test_damaged_chunk_is_encoded_again_on_resume(tmp_path, value):
     store = ListStore(make_docs(30))
-    ref = build_dense_index(store, SPEC, tmp_path / "ref", encoder=FakeEncoder(), chunk_rows=10, progress=False)
+    ref = build_dense_index(store, tmp_path / "ref", CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False)
     out = tmp_path / "ix"
     with pytest.raises(Crash):
-        build_dense_index(store, SPEC, out, encoder=FakeEncoder(), chunk_rows=10, progress=False,
+        build_dense_index(store, out, CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False,
                           on_chunk=crash_after(2))
     work = partial_dir(out)
     assert (work / "emb_000001.npy.sha256").is_file()
     overwrite_rows(work / "emb_000001.npy", slice(3, 4), value)  # one row: shape and dtype still right
     enc = FakeEncoder()
-    build_dense_index(store, SPEC, out, encoder=enc, chunk_rows=10, progress=False)
+    build_dense_index(store, out, CONFIG, encoder=enc, chunk_rows=10, progress=False)
     assert enc.seen == [f"c_{i}" for i in range(10, 30)]  # chunk 1 again, then chunk 2
     for f in sorted(ref.glob("emb_*.npy")):
         np.testing.assert_array_equal(np.load(f), np.load(out / f.name))
@@ -76,14 +77,14 @@ def test_chunk_without_checksum_is_kept_only_if_its_vectors_are_sound(tmp_path):
     store = ListStore(make_docs(30))
     out = tmp_path / "ix"
     with pytest.raises(Crash):
-        build_dense_index(store, SPEC, out, encoder=FakeEncoder(), chunk_rows=10, progress=False,
+        build_dense_index(store, out, CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False,
                           on_chunk=crash_after(2))
     work = partial_dir(out)
     for side in work.glob("*.sha256"):
         side.unlink()
     overwrite_rows(work / "emb_000001.npy", slice(7, 8), np.nan)
     enc = FakeEncoder()
-    build_dense_index(store, SPEC, out, encoder=enc, chunk_rows=10, progress=False)
+    build_dense_index(store, out, CONFIG, encoder=enc, chunk_rows=10, progress=False)
     assert enc.seen == [f"c_{i}" for i in range(10, 30)]  # chunk 0 kept (sound), chunk 1 encoded again
 
 

@@ -16,7 +16,7 @@ import pytest
 from medret.errors import IndexBuildError
 from medret.storage import vectors
 from medret.storage.vectors import NORM_RATIO, RECORD, reference_norm, row_damage, scan
-from tests.index.test_dense_build import DIM, SPEC, FakeEncoder, ListStore, make_docs
+from tests.index.test_dense_build import DIM, SPEC, FakeEncoder, ListStore, config_for, make_docs
 
 ROWS = 80
 CHUNK = 40  # two files of 40 rows: the former sample read rows 0, 20 and 39 of each
@@ -35,8 +35,8 @@ def build(tmp_path, fp16: bool = True):
     from medret.index.dense_build import build_dense_index
 
     store = ListStore(make_docs(ROWS))
-    out = build_dense_index(store, SPEC, tmp_path / "ix", encoder=FakeEncoder(), chunk_rows=CHUNK, progress=False,
-                            fp16_storage=fp16)
+    out = build_dense_index(store, tmp_path / "ix", config_for(fp16=fp16), encoder=FakeEncoder(), chunk_rows=CHUNK,
+                            progress=False)
     return store, out
 
 
