@@ -10,9 +10,10 @@ sha256, often less from disk), so by default it runs only when the files total a
 size/mtime/ctime/inode, store and index file sizes and shapes, vectors scanned once and recorded) run in the
 doctor's ``store`` and ``index`` lines regardless.
 
-**Leftovers** (:func:`check_leftovers`): temporary folders of interrupted builds (``.store.tmp-PID``,
-``.bm25.tmp-PID``, ``.<name>.old-PID``, a dense index's ``.<name>.partial``) with their size; the ones whose build
-lock is held now belong to a running build and are reported as such.
+**Leftovers** (:func:`check_leftovers`): temporary folders of interrupted builds (``.store.tmp-PID-START``,
+``.bm25.tmp-PID-START``, ``.<name>.old-PID-START``: :mod:`medret.storage.pids`; a dense index's
+``.<name>.partial``) with their size; the ones whose build lock is held now belong to a running build and are
+reported as such.
 """
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ Layout of a finished index folder ``out_dir``::
                          see medret.index.emb_check), "complete": true, and under "encoder" the encoder identity
                          (model location, hub revision, weights/tokenizer/config fingerprint, recipe:
                          medret.index.identity), checked whenever the index is opened
+    .medret-verified.json  the emb files whose every vector was checked (finite, non-zero, of a sound norm),
+                         with their stat then: one written since is checked again at the next open
+                         (medret.storage.vectors)
 
 While building, everything goes to the sibling folder ``.<name>.partial``; each chunk file is written
 under a temporary name and renamed when complete, so an interrupted build resumes at the first missing
