@@ -139,6 +139,11 @@ def test_same_size_forged_bytes_are_refused_when_the_row_is_read(toy_corpus):
         assert store.get(others) == [expected[r] for r in others]  # the other rows are still served
     finally:
         store.close()
+    from medret.config import EngineOptions
+    from medret.doctor.data import check_store_and_indexes
+
+    [line] = [c for c in check_store_and_indexes(EngineOptions(corpus_name=str(toy_corpus)))[0] if c.key == "store"]
+    assert "each row checked against its checksum when read" in line.detail
 
 
 def test_swapped_rows_are_refused_when_read(toy_corpus):
@@ -179,6 +184,11 @@ def test_store_without_row_checksums_is_read_unchecked(toy_corpus):
         assert not store.checks_rows and store.get([1])[0]["id"] == "toy_a_1"
     finally:
         store.close()
+    from medret.config import EngineOptions
+    from medret.doctor.data import check_store_and_indexes
+
+    [line] = [c for c in check_store_and_indexes(EngineOptions(corpus_name=str(toy_corpus)))[0] if c.key == "store"]
+    assert line.status == "ok" and "rows are not checked when read" in line.detail and "--rebuild" in line.detail
     m["row_sums"] = "row_sums.npy"
     (folder / "manifest.json").write_bytes(orjson.dumps(m))
     with pytest.raises(StoreError, match=r"row_sums.npy is missing; delete .* and build it again"):
