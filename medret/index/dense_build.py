@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medret.config import EngineOptions
+from medret.corpus.registry import default_cache_dir
 from medret.device import resolve_device
 from medret.encoders.hf import Encoder
 from medret.encoders.locate import model_dim, model_location
@@ -58,7 +59,7 @@ from medret.storage.atomic import atomic_write_text
 from medret.storage.leftovers import remove_stale
 from medret.storage.locks import serialized
 from medret.storage.pids import tag
-from medret.storage.vectors import verify_files
+from medret.storage.vectors import VERIFIED, verify_files
 from medret.validate import check_whole
 from medret.version import __version__
 
@@ -474,7 +475,7 @@ def check_vectors(index: DenseIndex, index_dir: Path, hint: str) -> None:
     files = index.embedding_files or []
     if not segs or len(files) != len(segs):
         return
-    damage = verify_files(segs, [index_dir / f for f in files])
+    damage = verify_files(segs, [index_dir / f for f in files], default_cache_dir() / VERIFIED)
     if damage is not None:
         raise IndexBuildError(f"the dense index at {index_dir} is damaged: {damage} (the file was overwritten or "
                               f"damaged after the build); rebuild it with {hint}")

@@ -13,8 +13,8 @@ Where each check runs, and why (MedCorp: 54M x 768 fp16 = 83 GB in 5,420 files o
   vectorised over memory-mapped blocks, unless the file is recorded as verified with its current size, mtime, ctime
   and inode (``.medret-verified.json`` beside the files). Any write to a file changes its ctime, so a file edited
   after it was verified is scanned again; a verified file costs one ``stat`` per open. A damaged file is refused
-  naming the file, the rows and the fix. Where the record cannot be written (a read-only folder) the scan runs at
-  every open, with a warning.
+  naming the file, the rows and the fix. Where the record cannot be written (a read-only folder) it goes to
+  ``$MEDRET_CACHE/verified-vectors/``; where neither can, the scan runs at every open, with a warning.
 * **medret doctor** also compares each file's sha256 with the manifest: by default when the index is small
   (``medret.integrity_checks.DEEP_AUTO_BYTES``), always with ``--deep``.
 

@@ -6,6 +6,7 @@ verified files (:func:`verify_files`, ``.medret-verified.json`` beside them: nam
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from medret.storage.atomic import atomic_write_text
 log = logging.getLogger(__name__)
 SCAN_ROWS = 1 << 14  # rows per block of a full scan (a 768-d block: 48 MiB as float32)
 RECORD = ".medret-verified.json"  # files whose every vector was scanned, with their stat then
+VERIFIED = "verified-vectors"  # the folder of medret's cache holding the records of read-only folders
 NORM_RATIO = 100.0  # a row whose norm is this far from the index's median norm (either way) is damaged
 SAMPLE_ROWS = 4096  # rows read to estimate the median norm
 
@@ -119,16 +121,29 @@ def _read_record(record: Path) -> dict[str, Any]:
     return files if isinstance(files, dict) else {}
 
 
-def verify_files(arrays: Sequence[Any], paths: Sequence[Path], record: Path | None = None) -> Damage | None:
-    """Scan every vector of the files not recorded in ``record`` (default ``.medret-verified.json`` beside the
-    first file) as verified with their current stat; record them when all are sound. The first damage found, or
-    None. ``arrays[i]`` is ``paths[i]`` loaded (memory-mapped)."""
+def _record_places(folder: Path, fallback: Path | None) -> list[Path]:
+    """Where the record of ``folder``'s files is kept: beside them, else (a read-only folder) in ``fallback``, under
+    a name derived from the folder's resolved path."""
+    places = [folder / RECORD]
+    if fallback is not None:
+        key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24]
+        places.append(Path(fallback) / f"{key}.json")
+    return places
+
+
+def verify_files(arrays: Sequence[Any], paths: Sequence[Path], fallback: Path | None = None) -> Damage | None:
+    """Scan every vector of the files not recorded (:data:`RECORD` beside the first file, or in ``fallback``, a
+    folder of medret's cache, when that one cannot be written) as verified with their current stat; record them
+    all when all are sound. The first damage found, or None. ``arrays[i]`` is ``paths[i]`` loaded (memory-mapped)."""
     if not paths:
         return None
-    record = record if record is not None else Path(paths[0]).parent / RECORD
-    done = _read_record(record)
+    places = _record_places(Path(paths[0]).parent, fallback)
+    done: dict[str, list[Any]] = {}
+    for place in places:
+        for name, st in _read_record(place).items():
+            done.setdefault(name, []).append(st)
     stats = [_stat(Path(p)) for p in paths]
-    todo = [i for i, (p, st) in enumerate(zip(paths, stats)) if st is None or done.get(Path(p).name) != st]
+    todo = [i for i, (p, st) in enumerate(zip(paths, stats)) if st is None or st not in done.get(Path(p).name, [])]
     if not todo:
         return None
     nbytes = sum(st[0] for st in (stats[i] for i in todo) if st is not None)
@@ -140,10 +155,16 @@ def verify_files(arrays: Sequence[Any], paths: Sequence[Path], record: Path | No
         damage = scan(arrays[i], Path(paths[i]).name, ref)
         if damage is not None:
             return damage
-    entries = {Path(p).name: st for p, st in zip(paths, stats) if st is not None}
-    try:
-        atomic_write_text(record, json.dumps({"norm_ratio": NORM_RATIO, "files": entries}))
-    except OSError as e:
-        log.warning("cannot record that the vectors of %s were checked (%s): they will be scanned again at every "
-                    "open (%.1f GiB); make the folder writable", Path(paths[0]).parent, e.strerror, nbytes / 2**30)
+    text = json.dumps({"norm_ratio": NORM_RATIO, "files": {Path(p).name: st for p, st in zip(paths, stats)
+                                                            if st is not None}})
+    errors = []
+    for place in places:
+        try:
+            atomic_write_text(place, text)
+            return None
+        except OSError as e:
+            errors.append(f"{place}: {e.strerror}")
+    log.warning("cannot record that the vectors in %s were checked (%s): they will be scanned again at every open "
+                "(%.1f GiB); make the folder or medret's cache writable", Path(paths[0]).parent, "; ".join(errors),
+                nbytes / 2**30)
     return None

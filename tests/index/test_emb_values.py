@@ -151,3 +151,25 @@ def test_nan_scores_never_reach_an_answer(tmp_path, tiny_bert_dir):
             get_retriever(**kw).search(["sepsis"], 3)
     finally:
         clear_cache()
+
+
+def test_a_folder_whose_record_cannot_be_written_is_recorded_in_medrets_cache(tmp_path, monkeypatch):
+    """A read-only index or MedRAG folder (a shared --db-dir) would be scanned in full at every open: its record
+    goes to $MEDRET_CACHE/verified-vectors/ instead. (The record's name is made a folder here: tests run as root,
+    for whom permissions do not stop a write.)"""
+    monkeypatch.setenv("MEDRET_CACHE", str(tmp_path / "cache"))
+    store, out = build(tmp_path)
+    (out / RECORD).unlink()
+    (out / RECORD).mkdir()
+    scanned = []
+    real_scan = vectors.scan
+    monkeypatch.setattr(vectors, "scan", lambda arr, name, ref: scanned.append(name) or real_scan(arr, name, ref))
+    assert load(out, store).ntotal == ROWS
+    assert scanned == ["emb_000000.npy", "emb_000001.npy"]
+    [kept] = (tmp_path / "cache" / vectors.VERIFIED).iterdir()
+    assert sorted(json.loads(kept.read_text())["files"]) == ["emb_000000.npy", "emb_000001.npy"]
+    assert load(out, store).ntotal == ROWS
+    assert scanned == ["emb_000000.npy", "emb_000001.npy"]  # not scanned again
+    overwrite_rows(out / "emb_000001.npy", slice(3, 4), np.nan)
+    with pytest.raises(IndexBuildError, match=r"emb_000001\.npy row 3: not finite"):
+        load(out, store)
