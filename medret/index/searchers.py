@@ -156,7 +156,7 @@ class DenseSearcher:
         if not np.isfinite(q).all():
             i = int(np.nonzero(~np.isfinite(q).all(axis=1))[0][0])
             raise IndexBuildError(f"the query encoder of {self.spec.name} returned NaN/inf for query {i} "
-                                  f"({queries[i][:80]!r}): check the model files, or run without --fp16")
+                                  f"({queries[i][:80]!r}): check the model files, or encode in float32 (fp16=False)")
         parts_s: list[np.ndarray] = []
         parts_r: list[np.ndarray] = []
         for offset, ix in self.indexes:
