@@ -173,3 +173,28 @@ def test_a_folder_whose_record_cannot_be_written_is_recorded_in_medrets_cache(tm
     overwrite_rows(out / "emb_000001.npy", slice(3, 4), np.nan)
     with pytest.raises(IndexBuildError, match=r"emb_000001\.npy row 3: not finite"):
         load(out, store)
+
+
+def test_a_query_encoder_that_returns_nan_fails_the_search(tmp_path, make_tiny_bert):
+    """NaN query vectors would score every row NaN: the search fails naming the query instead."""
+    import torch
+    from transformers import BertModel
+
+    from medret import clear_cache, get_retriever
+    from tests.conftest import TOY_DOCS, write_chunks
+
+    corpus = write_chunks(tmp_path / "toy", {"toy_a": TOY_DOCS[:5], "toy_b": TOY_DOCS[5:]})
+    docs = make_tiny_bert(tmp_path / "docs", seed=3)
+    broken = make_tiny_bert(tmp_path / "queries", seed=3)
+    model = BertModel.from_pretrained(broken)
+    with torch.no_grad():
+        model.encoder.layer[0].output.dense.bias.fill_(float("nan"))
+    model.save_pretrained(broken)
+    kw = dict(corpus_name=str(corpus), retriever_name=str(docs), pooling="cls", device="cpu")
+    try:
+        assert len(get_retriever(**kw).search(["sepsis"], 3)[0]) == 3  # the index is built with sound vectors
+        clear_cache()
+        with pytest.raises(IndexBuildError, match=r"the query encoder of .* returned NaN/inf for query 0 \('sepsis'\)"):
+            get_retriever(**kw, query_model=str(broken)).search(["sepsis"], 3)
+    finally:
+        clear_cache()
