@@ -18,7 +18,15 @@ from typing import Any, ClassVar, Mapping
 
 from medret.encoders.specs import DOC_FORMATS, POOLINGS, known_names
 from medret.errors import ConfigError
-from medret.options import Options, accepted_keys, option, parse_bool, plain_dict, unknown_keys_error
+from medret.options import (
+    Options,
+    accepted_keys,
+    check_mapping,
+    option,
+    parse_bool,
+    plain_dict,
+    unknown_keys_error,
+)
 from medret.options import names as option_names
 from medret.validate import (
     check_gpu_id,
@@ -257,9 +265,10 @@ MODEL_OPTION_NAMES = option_names(EngineOptions, MODELS) + ENCODER_OPTION_NAMES
 def validate_retriever_block(block: Mapping[str, Any] | Any, *, label: str = "retriever",
                              keys_only: bool = False) -> None:
     """Raise :class:`ConfigError` for a retriever block (Search-R1's ``retriever:`` with its ``+retriever.*``
-    keys, a veRL tool's, a job's) holding a key no declaration accepts (naming the closest valid key) or, unless
-    ``keys_only`` (a job script whose values are shell variables), a value that is not of its declared kind or
-    fails its check. ``label`` names the block in messages (``retriever`` → ``+retriever.KEY``)."""
+    keys, a veRL tool's, a job's, a --config file's) holding a key no declaration accepts (naming the closest valid
+    key) or, unless ``keys_only`` (a job script whose values are shell variables), a value that is not of its
+    declared kind or fails its own check (each value on its own: settings that need each other, such as
+    backend=http and a url, are checked when the retriever is built). ``label`` names the block in messages."""
     data = plain_dict(block)
     unknown = set(data) - accepted_keys(RetrieverConfig) - {"local"}
     if unknown:
@@ -268,6 +277,7 @@ def validate_retriever_block(block: Mapping[str, Any] | Any, *, label: str = "re
     if keys_only:
         return
     try:
-        RetrieverConfig.from_mapping(data)
+        backend_of(data, prefix=f"{label}.")
+        check_mapping(RetrieverConfig, {k: v for k, v in data.items() if k != "local"})
     except ConfigError as e:
         raise ConfigError(f"{label} block: {e}") from None

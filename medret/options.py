@@ -298,6 +298,17 @@ def normalize(cls: type, data: dict[str, Any], overrides: Mapping[str, Any] | No
     return out
 
 
+def check_mapping(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Each value of a mapping of ``cls``'s options checked on its own (kind, choices, check), without building
+    ``cls`` (other values may still come from flags): unknown keys refused as :func:`normalize` does."""
+    decls = declarations(cls)
+    out = normalize(cls, dict(data))
+    for name, value in out.items():
+        if name in decls:
+            out[name] = check_value(name, decls[name], value)
+    return out
+
+
 def coerce(kind: type, value: Any) -> Any:
     """A string from hydra or the environment as the declared kind (``"256"`` → 256, ``"true"`` → True); a path
     object as its string. Anything else is left for :func:`check_kind` to judge."""

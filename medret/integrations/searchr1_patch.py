@@ -3,7 +3,10 @@
 Three files are edited, each located structurally with :mod:`ast` (never by line number):
 
 ``search_r1/llm_agent/generation.py``
-    * the ``GenerationConfig`` dataclass gets one more field, ``retriever`` (the whole ``retriever`` config block);
+    * the ``GenerationConfig`` dataclass gets one more field, ``retriever`` (the whole ``retriever`` config block),
+      and a ``__post_init__`` that checks that block with
+      :func:`medret.integrations.searchr1_runtime.validate_block`: a typo in a ``+retriever.*`` key (or a value of
+      the wrong kind) fails when the trainer builds its generation manager, not at the first search;
     * ``LLMGenerationManager._batch_search(self, queries)`` gets a short preamble: when that block asks for a
       non-HTTP backend (``backend: local|ray`` or the alias ``local: true``) it returns
       ``medret.integrations.searchr1_runtime.batch_search(block, queries, topk=...)``; otherwise the original HTTP
@@ -210,6 +213,14 @@ def _generation_batch_search_preamble(indent: str, nl: str) -> str:
     return "".join(f"{indent}{line}{nl}" for line in lines)
 
 
+def _generation_post_init(indent: str, nl: str) -> str:
+    inner = indent * 2 if indent else "        "
+    return (f"{nl}{indent}def __post_init__(self):  {MARKER}: a typo in +retriever.* fails here, when the trainer "
+            f"builds its generation manager{nl}"
+            f"{inner}from medret.integrations.searchr1_runtime import validate_block as medret_validate_block{nl}"
+            f"{inner}medret_validate_block(self.retriever){nl}")
+
+
 def _inspect_generation(path: Path, source: str) -> tuple[Status, str, ast.Module | None]:
     tree = _parse(path, source)
     cfg = _find_class(tree, "GenerationConfig")
@@ -234,7 +245,15 @@ def _inspect_generation(path: Path, source: str) -> tuple[Status, str, ast.Modul
     has_field = "retriever" in names
     fn_src = ast.get_source_segment(source, fn) or ""
     has_preamble = MARKER in fn_src and "medret_batch_search" in fn_src
+    post_init = _find_method(cfg, "__post_init__")
+    post_src = ast.get_source_segment(source, post_init) or "" if post_init is not None else ""
+    checks_block = MARKER in post_src and "medret_validate_block" in post_src
+    if post_init is not None and not checks_block:
+        return Status.UNKNOWN, "GenerationConfig has a __post_init__ of its own", tree
     if has_field and has_preamble:
+        if not checks_block:
+            return Status.UNKNOWN, ("patched by an older medret (GenerationConfig does not check the retriever "
+                                    "block): run `medret searchr1 revert` and then `medret searchr1 patch`"), tree
         return Status.PATCHED, "", tree
     if not has_field and not has_preamble and MARKER not in source:
         if "requests.post" not in fn_src or "search_url" not in fn_src:
@@ -254,7 +273,8 @@ def _patch_generation(path: Path, source: str, tree: ast.Module) -> str:
     indent = _indent_of(text.line(last.lineno))
     text.insert_after_line(
         last.end_lineno or last.lineno,
-        f"{indent}retriever: dict = None  {MARKER}: the whole `retriever` config block (backend, gpu_id, ...){nl}",
+        f"{indent}retriever: dict = None  {MARKER}: the whole `retriever` config block (backend, gpu_id, ...){nl}"
+        + _generation_post_init(indent, nl),
     )
     fn = _find_method(mgr, "_batch_search")
     assert fn is not None

@@ -74,8 +74,8 @@ def validate_block(block: Mapping[str, Any] | Any) -> None:
         return
     data = plain_dict(block)
     validate_retriever_block(data)
-    topk_of(data)
-    backend_of(data)
+    if backend_of(data) != "http":
+        retriever_config(data)  # the settings that need each other (as the first search would build them)
 
 
 def retriever_config(block: Mapping[str, Any] | Any) -> RetrieverConfig:
