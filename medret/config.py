@@ -21,7 +21,9 @@ from medret.errors import ConfigError
 from medret.options import (
     Options,
     accepted_keys,
+    check_kind,
     check_mapping,
+    declarations,
     option,
     parse_bool,
     plain_dict,
@@ -200,7 +202,7 @@ class RayOptions(TransportOptions):
                              aliases=("--shards",), identity=True, check=check_whole, group=RAY)
     # workers that do not inherit the driver's environment (veRL tool workers) can pass it explicitly
     ray_job: str | None = option(None, "job id in the actor's name (default: $MEDRET_RAY_JOB, else $SLURM_JOB_ID)",
-                                 kind=str, aliases=("--job",), check=check_string, group=RAY)
+                                 kind=str, aliases=("--job",), check=check_string, digits=True, group=RAY)
     ray_max_restarts: int = option(0, "times Ray restarts the retriever actor after its process dies (an out-of-memory "
                                    "kill, a lost node); -1: always", check=check_whole.at_least(-1), group=RAY)
 
@@ -244,12 +246,14 @@ def backend_of(block: Mapping[str, Any], default: str = "local", prefix: str = "
     ``local: true`` is ``backend: local`` and ``local: false`` is ``backend: http``; a ``local`` that
     contradicts ``backend`` is an error; neither: ``default``. ``prefix`` names the block in messages."""
     backend = block.get("backend")
+    if "backend" in block:  # given: of the declared kind (not None, not 5)
+        backend = check_kind(f"{prefix}backend", declarations(RetrieverConfig)["backend"], backend)
     local = block.get("local")
     if local is not None:
         local = parse_bool(f"{prefix}local", local)
     if backend is None:
         return default if local is None else ("local" if local else "http")
-    backend = str(backend).strip().lower()
+    backend = backend.strip().lower()
     if local and backend != "local":
         raise ConfigError(f"{prefix}local={local!r} contradicts {prefix}backend={backend!r}: drop {prefix}local (it "
                           f"is an alias for backend=local) or set {prefix}backend=local")

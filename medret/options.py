@@ -49,6 +49,7 @@ class Declaration:
     group: str
     search_only: bool = False        # changes how an index is searched, not what `medret index build` builds
     request: bool = False            # a value of one request (topk), not of the retriever: ignored in its blocks
+    digits: bool = False             # a str that may be all digits (a job id): a whole number is taken as its text
     default: Any = None              # filled in by declarations()
 
     @property
@@ -60,7 +61,7 @@ class Declaration:
 def option(default: Any, help: str, *, kind: type | None = None, flag: str | None | bool = True,
            aliases: Iterable[str] = (), keys: Iterable[str] = (), check: Check | None = None,
            identity: bool = False, choices: Iterable[str] | None = None, metavar: str | None = None,
-           group: str = "", search_only: bool = False, request: bool = False) -> Any:
+           group: str = "", search_only: bool = False, request: bool = False, digits: bool = False) -> Any:
     """A dataclass field declaring one option.
 
     ``kind`` is int, float, str or bool (taken from the default when it is not None). ``flag``: True for
@@ -69,6 +70,8 @@ def option(default: Any, help: str, *, kind: type | None = None, flag: str | Non
     :class:`ConfigError`; ``choices`` adds a check of its own. ``identity``: part of a Ray actor's name.
     ``search_only``: changes how an index is searched, not what is built (left out of build commands).
     ``request``: a value of one request (``topk``), accepted in a retriever block but not the retriever's.
+    ``digits``: a string that may be all digits (a SLURM job id): a whole number (hydra and YAML read ``12345`` as
+    one) is taken as its text.
     The declared kind is enforced at every entry (:func:`check_kind`); None only where the default is None.
     """
     if kind is None:
@@ -79,7 +82,7 @@ def option(default: Any, help: str, *, kind: type | None = None, flag: str | Non
         raise TypeError(f"option kind {kind!r} is not one of int, float, str, bool")
     decl = Declaration(kind=kind, help=help, flags=(), keys=tuple(keys), check=check, identity=identity,
                        choices=tuple(choices) if choices is not None else None, metavar=metavar, group=group,
-                       search_only=search_only, request=request)
+                       search_only=search_only, request=request, digits=digits)
     # the flag needs the field's name: filled in by _declarations()
     meta = {_KEY: decl, "flag": flag, "aliases": tuple(aliases)}
     return dataclasses.field(default=default, metadata=meta)
@@ -174,7 +177,7 @@ _KIND_WORDS = {
     float: "a number (an int or a float: not a bool, not NaN)",
     str: "a string (a path may be a str or os.PathLike, not bytes)",
 }
-_EXAMPLES = {bool: "true", int: "3", float: "2.5", str: "'text'"}
+_EXAMPLES = {bool: "true", int: "3", float: "2.5", str: "'...'"}
 
 
 def describe_kind(decl: Declaration) -> str:
@@ -209,6 +212,8 @@ def check_kind(name: str, decl: Declaration, value: Any) -> Any:
             return value if type(value) in (int, float) else float(value)
     elif isinstance(value, str):
         return value
+    elif decl.digits and isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return str(int(value))
     elif isinstance(value, os.PathLike):
         path = os.fspath(value)
         if isinstance(path, str):
