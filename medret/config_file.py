@@ -34,7 +34,7 @@ _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
-_KINDS = {list: "a list", dict: "a mapping"}
+_KINDS: dict[type, str] = {list: "a list", dict: "a mapping"}
 
 
 class _Refused(Exception):
@@ -51,8 +51,8 @@ class _Loader(yaml.SafeLoader):
         step = index.value if isinstance(index, yaml.ScalarNode) else f"[{index}]" if isinstance(index, int) else None
         here = _join(path + ([step] if step is not None else [])) or "the top level"
         event = self.peek_event()
-        refused = ("alias *" + event.anchor if isinstance(event, yaml.AliasEvent)
-                   else "anchor &" + event.anchor if getattr(event, "anchor", None) is not None else None)
+        anchor = getattr(event, "anchor", None)
+        refused = None if anchor is None else ("alias *" if isinstance(event, yaml.AliasEvent) else "anchor &") + anchor
         if refused:
             raise _Refused(f"{here} ({_where(event)}): {refused} is not accepted (medret settings files allow no "
                            "anchors or aliases: they can expand without bound); write the value out in full")

@@ -206,13 +206,13 @@ def check_kind(name: str, decl: Declaration, value: Any) -> Any:
             return value
     elif decl.kind is int:
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return value if type(value) is int else int(value)
+            return value if isinstance(value, int) else int(value)  # a numpy integer as an int
     elif decl.kind is float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value):
-            return value if type(value) in (int, float) else float(value)
+            return value if isinstance(value, (int, float)) else float(value)
     elif isinstance(value, str):
         return value
-    elif decl.digits and isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+    elif decl.digits and isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0:
         return str(int(value))
     elif isinstance(value, os.PathLike):
         path = os.fspath(value)
