@@ -343,13 +343,6 @@ def parse_bool(name: str, value: Any) -> bool:
     return bool(check_kind(name, decl, coerce(bool, value)))
 
 
-def truthy(value: Any) -> bool:
-    """Search-R1 / hydra truth: ``true``/``1``/``yes``/``on`` (any case) or a true value."""
-    if isinstance(value, str):
-        return _BOOL_WORDS.get(value.strip().lower(), False)
-    return bool(value)
-
-
 # ------------------------------------------------------------------------------------------------ command line
 
 
