@@ -320,6 +320,8 @@ def coerce(kind: type, value: Any) -> Any:
     if isinstance(value, os.PathLike) and kind is str:
         path = os.fspath(value)
         return path if isinstance(path, str) else value
+    if kind is bool and type(value) is int and value in (0, 1):
+        return bool(value)  # hydra reads `=1` / `=0` as numbers: the words 1 and 0
     if not isinstance(value, str):
         return value
     text = value.strip()

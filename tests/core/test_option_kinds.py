@@ -227,9 +227,12 @@ def test_issue_24_item_24_examples(kwargs, named):
     with pytest.raises(ConfigError) as e:
         api.get_retriever(**kwargs)
     assert named + " is invalid: expected" in str(e.value)
-    words = {"true": True, "yes": True, "On": True, "0": False, "off": False}
+    words = {"true": True, "yes": True, "On": True, "0": False, "off": False, 1: True, 0: False}
     for word, value in words.items():
         assert RetrieverConfig.from_mapping({"allow_cpu_fallback": word}).allow_cpu_fallback is value
+    for text, value in (("1", True), ("0", False), ("yes", True), ("false", False)):  # as hydra types them
+        block = OmegaConf.from_dotlist([f"allow_cpu_fallback={text}"])
+        assert RetrieverConfig.from_mapping(block).allow_cpu_fallback is value
 
 
 def test_request_keys_are_declared_and_checked():
