@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medret.corpus.download import hf_cache_dir
-from medret.corpus.registry import cache_dir
 from medret.encoders.locate import DOWNLOAD_RECORD
+from medret.fetch.env import default_cache_dir as cache_dir
+from medret.fetch.env import hf_cache_dir
 from medret.storage.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
