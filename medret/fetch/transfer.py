@@ -39,10 +39,28 @@ def host_of(url: str) -> str:
     return urlsplit(url).netloc or url
 
 
+def _failed_url(e: BaseException, url: str) -> str:
+    """The URL the failed request went to (after redirects, e.g. the hub's storage host), when the client says."""
+    cur: BaseException | None = e
+    for _ in range(6):
+        if cur is None:
+            break
+        try:
+            req = getattr(cur, "request", None)  # httpx raises RuntimeError when the request is not set
+            found = getattr(req, "url", None) if req is not None else getattr(cur, "url", None)
+        except RuntimeError:
+            found = None
+        if found and "://" in str(found):
+            return str(found)
+        cur = cur.__cause__ or cur.__context__
+    return url
+
+
 def network_error(e: BaseException, url: str, timeout: float, doing: str, fix: str,
                   error: type[MedretError] = CorpusError) -> MedretError:
-    """The one line for a request that failed in transport: a timeout names the host and the deadline, anything
-    else the host and the cause; both end with ``fix``."""
+    """The one line for a request that failed in transport: a timeout names the host (the one that failed, after
+    redirects) and the deadline, anything else the host and the cause; both end with ``fix``."""
+    url = _failed_url(e, url)
     host = host_of(url)
     if compat.is_timeout(e):
         return error(f"{host} did not answer within {timeout:g} s while {doing} ({url}); {fix}; if the link is only "
@@ -225,7 +243,9 @@ def _transfer(url: str, final: Path, part: Path, out: Any, expected_size: int | 
             if retries < 0:
                 raise CorpusError(f"download of {url} keeps failing ({type(e).__name__}: {e}); {have} bytes are "
                                   f"kept in {part}: run the same command again to resume") from e
-            logger.warning("%s: %s after %d bytes; resuming", final.name, type(e).__name__, have)
+            # a stall is resumed quietly: if the host stays silent the next attempt ends with the one line
+            logger.log(logging.INFO if compat.is_timeout(e) else logging.WARNING, "%s: %s after %d bytes; resuming",
+                       final.name, type(e).__name__, have)
             time.sleep(0.2 if got else 1.0)
             continue
         except OSError as e:

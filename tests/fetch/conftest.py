@@ -1,0 +1,75 @@
+"""Helpers of the download tests: run medret's CLI in a child process (a hang is a failure, never a stuck suite),
+and a small StatPearls-like archive."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Run:
+    rc: int
+    stderr: str
+    stdout: str
+    seconds: float
+    max_rss_bytes: int
+
+
+def run_medret(*args: str, env: dict[str, str] | None = None, limit: float = 120) -> Run:
+    """``python -m medret.cli ARGS`` with this checkout's medret; its wall time and peak RSS (``wait4``)."""
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+            **(env or {})}
+    for var in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "MEDRET_MODELS_DIR", "HF_TOKEN"):
+        if var not in (env or {}):
+            full.pop(var, None)
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "medret.cli", *args], env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    got: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda k=k, f=f: got.__setitem__(k, f.read()), daemon=True)
+               for k, f in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in readers:
+        t.start()
+    while True:  # wait4, not wait: the child's own peak RSS comes with its status
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() - start > limit:
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            raise AssertionError(f"medret {' '.join(args)} still ran after {limit} s")
+        time.sleep(0.02)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for t in readers:
+        t.join()
+    return Run(proc.returncode, got.get("err", ""), got.get("out", ""), time.monotonic() - start,
+               usage.ru_maxrss * 1024)
+
+
+def article(stem: str, paragraphs: int = 3) -> bytes:
+    body = "".join(f"<p>Paragraph {i} of {stem} about sepsis and kidney injury in the elderly.</p>"
+                   for i in range(paragraphs))
+    return (f'<?xml version="1.0"?><book-part-wrapper><book-part><book-part-meta><title-group><title>{stem}'
+            f'</title></title-group></book-part-meta><body><sec><title>Intro</title>{body}</sec></body></book-part>'
+            f'</book-part-wrapper>').encode()
+
+
+def statpearls_archive(n: int = 300) -> bytes:
+    """A StatPearls-like ``.tar.gz``: ``n`` articles ``statpearls_NBK430685/article-<i>.nxml``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for i in range(n):
+            data = article(f"article-{i}")
+            ti = tarfile.TarInfo(f"statpearls_NBK430685/article-{i}.nxml")
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
