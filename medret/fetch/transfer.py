@@ -122,17 +122,17 @@ def fetch_url(url: str, final: Path, *, expected_size: int | None, headers: dict
     part = partial_path(final)
     base_headers = dict(headers or {})
     base_headers["Accept-Encoding"] = "identity"
-    try:
-        with _locked(part) as out:
+    with _locked(part) as out:  # the partial file is only ever deleted under its lock
+        try:
             size, digest, sha1 = _transfer(url, final, part, out, expected_size, base_headers, sha256, blob_id,
                                            max_retries, file_bar, overall_bar, session, errors, opts, fix)
-    except _Refused as e:
-        part.unlink(missing_ok=True)
-        raise CorpusError(str(e)) from None
-    except MedretError:
-        if part.exists() and part.stat().st_size == 0:
-            part.unlink(missing_ok=True)  # nothing arrived: no empty partial file left behind
-        raise
+        except _Refused as e:
+            part.unlink(missing_ok=True)
+            raise CorpusError(str(e)) from None
+        except MedretError:
+            if os.fstat(out.fileno()).st_size == 0:
+                part.unlink(missing_ok=True)  # nothing arrived: no empty partial file left behind
+            raise
     if expected_size is not None and size != expected_size:
         part.unlink(missing_ok=True)
         raise CorpusError(f"{final.name}: received {size} bytes but the hub lists {expected_size}; the partial file "

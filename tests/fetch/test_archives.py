@@ -20,7 +20,7 @@ import pytest
 
 from medret import cli
 from medret.corpus import embeddings as emb
-from tests.fetch.conftest import run_medret, statpearls_archive
+from tests.fetch.helpers import run_medret, statpearls_archive
 from tests.hubfake import EndlessServer, FakeHub, hub_env
 
 MODEL = "ncbi/MedCPT-Article-Encoder"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fetch.conftest import run_medret, statpearls_archive
+from tests.fetch.helpers import run_medret, statpearls_archive
 from tests.hubfake import FakeHub, SilentServer
 
 TIMEOUT = "1"
