@@ -224,3 +224,15 @@ def test_endless_body_without_a_size_is_stopped_by_the_configured_maximum(tmp_pa
         assert "partial file was deleted" in lines[0]
         assert sorted(p.name for p in (db / "statpearls").iterdir()) == []  # no .part left to fill the disk
         assert endless.sent < 50_000_000  # stopped at the cap, not at the disk's end
+
+
+def test_full_disk_during_a_download_deletes_the_partial_file(tmp_path, capsys):
+    from tests.storage.test_storage_errors import tmpfs
+
+    with EndlessServer() as endless, tmpfs(tmp_path / "small", "1m") as db:
+        rc = cli.main(["corpus", "download", "StatPearls", "--db-dir", str(db), "--statpearls-url",
+                       f"{endless.endpoint}/{SP}", "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 1 and len(err) == 1, err
+        assert "is full" in err[0] and "partial file was deleted" in err[0] and "--db-dir" in err[0]
+        assert sorted(p.name for p in (db / "statpearls").iterdir()) == []  # the disk is free again
