@@ -131,7 +131,8 @@ def _requests_blocks(resp: Any) -> Iterator[bytes]:
         try:
             block = read1(_CHUNK, decode_content=True)
         except urllib3.exceptions.HTTPError as e:  # what iter_content raises as ChunkedEncodingError
-            raise requests.exceptions.ChunkedEncodingError(e) from e
+            # with the request (after redirects), so an error can name the host that failed
+            raise requests.exceptions.ChunkedEncodingError(e, request=resp.request) from e
         if not block:
             return
         yield block

@@ -50,9 +50,15 @@ def _failed_url(e: BaseException, url: str) -> str:
             found = getattr(req, "url", None) if req is not None else getattr(cur, "url", None)
         except RuntimeError:
             found = None
+        pool = getattr(cur, "pool", None)  # urllib3's errors: the connection pool and the path
+        if (not found or "://" not in str(found)) and getattr(pool, "host", None):
+            found = f"{getattr(pool, 'scheme', 'http')}://{pool.host}:{pool.port}{found or '/'}"
         if found and "://" in str(found):
             return str(found)
-        cur = cur.__cause__ or cur.__context__
+        nxt = cur.__cause__ or cur.__context__
+        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
+            nxt = cur.args[0]  # requests wraps urllib3's error as its first argument
+        cur = nxt
     return url
 
 

@@ -2,6 +2,7 @@
 and a small StatPearls-like archive."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -56,7 +57,11 @@ def run_medret(*args: str, env: dict[str, str] | None = None, limit: float = 120
 
 
 def article(stem: str, paragraphs: int = 3) -> bytes:
-    body = "".join(f"<p>Paragraph {i} of {stem} about sepsis and kidney injury in the elderly.</p>"
+    # ~1 KB of hex per paragraph, different everywhere, keeps the archive from compressing to almost nothing
+    def token(i: int) -> str:
+        return "".join(hashlib.sha512(f"{stem}/{i}/{j}".encode()).hexdigest() for j in range(8))
+
+    body = "".join(f"<p>Paragraph {i} of {stem} about sepsis and kidney injury in the elderly. {token(i)}</p>"
                    for i in range(paragraphs))
     return (f'<?xml version="1.0"?><book-part-wrapper><book-part><book-part-meta><title-group><title>{stem}'
             f'</title></title-group></book-part-meta><body><sec><title>Intro</title>{body}</sec></body></book-part>'

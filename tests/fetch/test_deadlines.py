@@ -94,7 +94,9 @@ def test_embeddings_host_that_never_answers(silent, tmp_path):
 def test_statpearls_body_that_stalls_midway_fails_then_resumes(tmp_path):
     data = statpearls_archive(40)
     with FakeHub(static={"statpearls_NBK430685.tar.gz": data}) as hub:
-        hub.stall["/blob/statpearls_NBK430685.tar.gz"] = len(data) // 2
+        stop = 32768  # a multiple of 16 KiB: requests on urllib3 1.x reads the body in 16 KiB blocks
+        assert len(data) > 2 * stop
+        hub.stall["/blob/statpearls_NBK430685.tar.gz"] = stop
         db = tmp_path / "db"
         argv = ["corpus", "download", "StatPearls", "--db-dir", str(db), "--statpearls-url",
                 f"{hub.endpoint}/mirror/statpearls_NBK430685.tar.gz", "--timeout", TIMEOUT, "--no-progress"]
@@ -104,22 +106,22 @@ def test_statpearls_body_that_stalls_midway_fails_then_resumes(tmp_path):
         assert run.seconds < 25, run.seconds
         assert f"localhost:{hub.port} did not answer within 1 s" in msg and "to resume" in msg
         part = db / "statpearls" / ".statpearls_NBK430685.tar.gz.part"
-        assert part.read_bytes() == data[: len(data) // 2]
-        assert [e["range"] for e in hub.gets("/blob/")] == [None, f"bytes={len(data) // 2}-"]
+        assert part.read_bytes() == data[:stop]
+        assert [e["range"] for e in hub.gets("/blob/")] == [None, f"bytes={stop}-"]
         assert not (db / "statpearls" / "chunk").exists()
         hub.stall.clear()  # the host recovers: the next run resumes where the first stopped
         run = run_medret(*argv, env=env_for(hub.endpoint, tmp_path))
         assert run.rc == 0, run.stderr[-2000:]
-        assert hub.gets("/blob/")[-1]["range"] == f"bytes={len(data) // 2}-"
+        assert hub.gets("/blob/")[-1]["range"] == f"bytes={stop}-"
         assert len(list((db / "statpearls" / "chunk").glob("*.jsonl"))) == 40
 
 
 def test_models_download_body_that_stalls_midway(tmp_path):
-    weights = bytes(range(256)) * 64  # 16 KB: an LFS file, redirected to the storage host
+    weights = bytes(range(256)) * 256  # 64 KB: an LFS file, redirected to the storage host
     repos = {("model", m): {"config.json": b'{"hidden_size": 32}', "model.safetensors": weights}
              for m in (QUERY_ID, DOC_ID)}
     with FakeHub(repos) as hub:
-        hub.stall[f"/lfs/model/{QUERY_ID}/model.safetensors"] = 5000
+        hub.stall[f"/lfs/model/{QUERY_ID}/model.safetensors"] = 32768
         run = run_medret("models", "download", "MedCPT", "--dir", str(tmp_path / "models"), "--timeout", TIMEOUT,
                          "--no-progress", env=env_for(hub.endpoint, tmp_path))
         msg = one_line(run)
@@ -127,4 +129,4 @@ def test_models_download_body_that_stalls_midway(tmp_path):
         assert f"localhost:{hub.port} did not answer within 1 s" in msg and "model.safetensors" in msg
         record = json.loads((tmp_path / "models" / QUERY_ID / ".medret-download.json").read_text())
         assert record["complete"] is False  # never loaded half-downloaded
-        assert (tmp_path / "models" / QUERY_ID / ".model.safetensors.part").read_bytes() == weights[:5000]
+        assert (tmp_path / "models" / QUERY_ID / ".model.safetensors.part").read_bytes() == weights[:32768]
