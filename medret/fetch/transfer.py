@@ -51,8 +51,9 @@ def _failed_url(e: BaseException, url: str) -> str:
         except RuntimeError:
             found = None
         pool = getattr(cur, "pool", None)  # urllib3's errors: the connection pool and the path
-        if (not found or "://" not in str(found)) and getattr(pool, "host", None):
-            found = f"{getattr(pool, 'scheme', 'http')}://{pool.host}:{pool.port}{found or '/'}"
+        host, port = getattr(pool, "host", None), getattr(pool, "port", None)
+        if (not found or "://" not in str(found)) and host:
+            found = f"{getattr(pool, 'scheme', 'http')}://{host}:{port}{found or '/'}"
         if found and "://" in str(found):
             return str(found)
         nxt = cur.__cause__ or cur.__context__
