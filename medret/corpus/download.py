@@ -1,7 +1,7 @@
 """Download MedRAG's corpora from the Hugging Face hub into MedRAG's layout, ``DB_DIR/<source>/chunk/*.jsonl``.
 
-No git and no git-lfs: the file list (sizes, LFS sha256, git blob ids) comes from the hub's API through
-``huggingface_hub``; each file is streamed into ``chunk/.<file>.part`` with HTTP ``Range`` resume (within a run after
+No git and no git-lfs: the file list (sizes, LFS sha256, git blob ids) comes from the hub's API
+(:func:`medret.fetch.hub.list_repo_files`, through huggingface_hub's HTTP session); each file is streamed into ``chunk/.<file>.part`` with HTTP ``Range`` resume (within a run after
 a dropped connection, and across runs from the partial file), verified (size, then sha256 for LFS files or the git
 blob id for plain files) and renamed onto its final name only when it is complete and correct.
 
