@@ -39,7 +39,6 @@ def remote_file(entry: dict) -> RemoteFile:
 
 def _get_json(session: Any, url: str, headers: dict[str, str], opts: FetchOptions, doing: str, fix: str,
               error: type[MedretError]) -> tuple[Any, Any]:
-    errors = compat.http_transport_errors(session)
     try:
         with compat.http_stream(session, url, headers, timeout=opts.timeout) as resp:
             body = bytearray()
@@ -49,8 +48,10 @@ def _get_json(session: Any, url: str, headers: dict[str, str], opts: FetchOption
                     raise error(f"{host_of(url)} sent more than {MAX_LISTING_BYTES} bytes while {doing}: it is not "
                                 f"the hub's answer; {fix}")
             status, resp_headers = resp.status_code, resp.headers
-    except errors as e:
-        raise network_error(e, url, opts.timeout, doing, fix, error) from None
+    except MedretError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to get an answer (the hub library's session raises many
+        raise network_error(e, url, opts.timeout, doing, fix, error) from None  # types): one line with the fix
     if status >= 400:
         text = body.decode("utf-8", "replace").strip()
         try:
