@@ -1,9 +1,10 @@
 """Download MedRAG's corpora from the Hugging Face hub into MedRAG's layout, ``DB_DIR/<source>/chunk/*.jsonl``.
 
 No git and no git-lfs: the file list (sizes, LFS sha256, git blob ids) comes from the hub's API
-(:func:`medret.fetch.hub.list_repo_files`, through huggingface_hub's HTTP session); each file is streamed into ``chunk/.<file>.part`` with HTTP ``Range`` resume (within a run after
-a dropped connection, and across runs from the partial file), verified (size, then sha256 for LFS files or the git
-blob id for plain files) and renamed onto its final name only when it is complete and correct.
+(:func:`medret.fetch.hub.list_repo_files`, through huggingface_hub's HTTP session); each file is streamed into
+``chunk/.<file>.part`` with HTTP ``Range`` resume (within a run after a dropped connection, and across runs from
+the partial file), verified (size, then sha256 for LFS files or the git blob id for plain files) and renamed onto
+its final name only when it is complete and correct.
 
 The hub's usual environment is honoured: ``HF_ENDPOINT`` (read when the download runs), ``HF_TOKEN`` and the token
 file under ``HF_HOME``, ``HF_HUB_CACHE``/``HF_HOME`` and ``HF_HUB_OFFLINE`` (offline, files are taken from the

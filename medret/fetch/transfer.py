@@ -80,7 +80,7 @@ def network_error(e: BaseException, url: str, timeout: float, doing: str, fix: s
 def _locked(path: Path) -> Iterator[Any]:
     """Open ``path`` for appending under an exclusive lock, so two downloads never write the same partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "ab")
+    f = open(path, "ab", buffering=0)  # unbuffered: a full disk fails the write itself, never a later close
     try:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,7 +226,7 @@ def _transfer(url: str, final: Path, part: Path, out: Any, expected_size: int | 
                             f"--max-download-bytes={opts.max_download_bytes} ({human_bytes(cap)}); the partial "
                             "file was deleted: check the URL, or raise --max-download-bytes if the file really is "
                             "that large")
-                    out.write(block)
+                    _write_all(out, block)
                     digest.update(block)
                     if sha1 is not None:
                         sha1.update(block)
@@ -263,6 +263,12 @@ def _transfer(url: str, final: Path, part: Path, out: Any, expected_size: int | 
     except OSError as e:
         raise _disk_full(e, part) from None
     return out.tell(), digest, sha1
+
+
+def _write_all(out: Any, block: bytes) -> None:
+    view = memoryview(block)
+    while view:
+        view = view[out.write(view):]
 
 
 def _disk_full(e: OSError, part: Path) -> BaseException:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,34 +27,51 @@ class Run:
 
 
 def run_medret(*args: str, env: dict[str, str] | None = None, limit: float = 120) -> Run:
-    """``python -m medret.cli ARGS`` with this checkout's medret; its wall time and peak RSS (``wait4``)."""
+    """``python -m medret.cli ARGS`` with this checkout's medret; its wall time and peak RSS (VmHWM)."""
     full = {**os.environ, "PYTHONPATH": str(ROOT), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
             **(env or {})}
     for var in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "MEDRET_MODELS_DIR", "HF_TOKEN"):
         if var not in (env or {}):
             full.pop(var, None)
+    peak_file = tempfile.NamedTemporaryFile(prefix="medret-peak-", delete=False)
+    peak_file.close()
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "medret.cli", *args], env=full, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _WITH_PEAK, peak_file.name, *args], env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     got: dict[str, str] = {}
     readers = [threading.Thread(target=lambda k=k, f=f: got.__setitem__(k, f.read()), daemon=True)
                for k, f in (("out", proc.stdout), ("err", proc.stderr))]
     for t in readers:
         t.start()
-    while True:  # wait4, not wait: the child's own peak RSS comes with its status
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() - start > limit:
-            proc.kill()
-            os.wait4(proc.pid, 0)
-            raise AssertionError(f"medret {' '.join(args)} still ran after {limit} s")
-        time.sleep(0.02)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    for t in readers:
-        t.join()
+    try:
+        proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"medret {' '.join(args)} still ran after {limit} s") from None
+    finally:
+        for t in readers:
+            t.join()
+        peak = Path(peak_file.name).read_text().strip()
+        os.unlink(peak_file.name)
     return Run(proc.returncode, got.get("err", ""), got.get("out", ""), time.monotonic() - start,
-               usage.ru_maxrss * 1024)
+               int(peak or 0) * 1024)
+
+
+#: runs medret's CLI and, at exit, writes the process's peak RSS (VmHWM, kB) to the file named first: the peak
+#: of this program only (``wait4``'s ru_maxrss would also count the forked test process before its exec)
+_WITH_PEAK = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def peak():
+    with open("/proc/self/status") as f:
+        kb = next((line.split()[1] for line in f if line.startswith("VmHWM:")), "0")
+    with open(out, "w") as f:
+        f.write(kb)
+atexit.register(peak)
+sys.argv[0] = "medret"
+runpy.run_module("medret.cli", run_name="__main__", alter_sys=True)
+"""
 
 
 def article(stem: str, paragraphs: int = 3) -> bytes:
