@@ -93,7 +93,7 @@ def list_repo_files(kind: str, repo_id: str, revision: str | None = None, *, pat
             raise error(f"{host_of(url)} answered the file listing of {repo_id} with a {type(page).__name__}, not a "
                         f"list: is HF_ENDPOINT a hub? {fix}")
         files += [remote_file(e) for e in page if isinstance(e, dict) and e.get("type") == "file"
-                  and keep(str(e.get("path", "")))]
+                  and isinstance(e.get("path"), str) and isinstance(e.get("size"), int) and keep(e["path"])]
         found = _NEXT.search(resp_headers.get("Link", "") or "")
         url = found.group(1) if found else None
     return commit, sorted(files, key=lambda f: f.path)
