@@ -14,8 +14,8 @@ import pytest
 
 from medret import cli
 from medret.corpus import embeddings as emb
-from medret.corpus.download import human_bytes
 from medret.errors import ConfigError
+from medret.fetch.files import human_bytes
 from medret.storage.vectors import RECORD as VERIFIED
 from tests.hubfake import DownServer, FakeHub, hub_env
 
