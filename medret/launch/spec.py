@@ -111,7 +111,7 @@ class JobSpec(Options):
     # indices (0..gpus_per_node-1) of the GPUs that retrieve; None = the layout's default; "none" = CPU retriever
     retriever_gpus: str | None = option(None, "GPU index/indices that retrieve, e.g. 3 or 2,3; 'none' = CPU "
                                         "(default: the last GPU; retriever-node with >=2 nodes: all GPUs of the last "
-                                        "node)", kind=str, check=_gpu_text, group=CLUSTER)
+                                        "node)", kind=str, check=_gpu_text, digits=True, group=CLUSTER)
     tensor_parallel: int = option(1, "vLLM rollout tensor-parallel size; must divide the training GPUs per node",
                                   aliases=("--tp",), check=check_whole, group=CLUSTER)
     topk: int = option(DEFAULT_TOPK, "passages per query", check=check_whole, group=CLUSTER)
@@ -185,7 +185,7 @@ class JobSpec(Options):
     def from_mapping(cls, block: Mapping[str, Any] | Any, **overrides: Any) -> "JobSpec":
         """From a dict (flags or YAML): the job's own options and the retriever's (any spelling EngineOptions
         accepts: ``corpus`` / ``corpus_name``). Unknown keys are refused with the list of valid ones."""
-        data = {str(k).replace("-", "_"): v for k, v in {**dict(block), **overrides}.items() if v is not None}
+        data = {str(k).replace("-", "_"): v for k, v in {**options.plain_dict(block), **overrides}.items()}
         own = options.declarations(cls)
         engine_keys = _accepted(EngineOptions)
         unknown = sorted(set(data) - set(own) - engine_keys - {"engine"})
@@ -197,18 +197,10 @@ class JobSpec(Options):
         if engine is None:  # checked as the retriever checks them (kinds, choices, --like names)
             engine = EngineOptions.from_mapping({**RETRIEVER_DEFAULTS, **options.normalize(EngineOptions, given)})
         job = options.normalize(cls, data)
-        if "retriever_gpus" in job:
-            gpus = job["retriever_gpus"]
-            job["retriever_gpus"] = ",".join(map(str, parse_gpu_list(gpus))) if isinstance(gpus, (list, tuple, int)) \
-                else gpus
-        for name in ("sbatch_extra", "overrides"):
-            if isinstance(job.get(name), str):
-                job[name] = (job[name],)
-            elif isinstance(job.get(name), list):
-                job[name] = tuple(job[name])
-        for name, decl in own.items():  # a YAML number for a text field (account: 0123 → "0123" is YAML's issue)
-            if decl.kind is str and isinstance(job.get(name), (int, float)) and not isinstance(job[name], bool):
-                job[name] = str(job[name])
+        gpus = job.get("retriever_gpus")
+        if isinstance(gpus, (list, tuple)) and all(isinstance(g, int) and not isinstance(g, bool)
+                                                   or isinstance(g, str) and g.strip().isdigit() for g in gpus):
+            job["retriever_gpus"] = ",".join(map(str, gpus)) or "none"  # a YAML list of GPU indices
         return cls(**job, engine=engine)
 
     def to_dict(self) -> dict[str, Any]:
