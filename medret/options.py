@@ -78,6 +78,7 @@ class Options:
     Subclasses are frozen dataclasses whose fields are made by :func:`option`."""
 
     REQUEST_KEYS: ClassVar[tuple[str, ...]] = ()  # per-request keys a block may carry; ignored by from_mapping
+    RENAMED: ClassVar[dict[str, str]] = {}  # old option name -> new one: the old key / flag is refused, naming it
 
     def __post_init__(self) -> None:
         for name, decl in declarations(type(self)).items():
@@ -159,6 +160,10 @@ def normalize(cls: type, data: dict[str, Any], overrides: Mapping[str, Any] | No
     renames = {key: name for name, d in decls.items() for key in d.keys}
     ignored = set(getattr(cls, "REQUEST_KEYS", ()))
     merged = {**data, **(overrides or {})}
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if old in merged and old not in decls:
+            raise ConfigError(f"{old}={merged[old]!r} is no longer an option: it was renamed {new} "
+                              f"(give {new}={merged[old]!r})")
     for key, value in merged.items():
         if key in ignored:
             continue
@@ -220,6 +225,10 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
     dflt = defaults(cls)
     names = [n for n in (only if only is not None else decls) if n not in set(exclude)]
     groups: dict[str, Any] = {}
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if new in names and decls[new].flags and old not in decls:
+            parser.add_argument("--" + old.replace("_", "-"), nargs="?", help=argparse.SUPPRESS,
+                                action=_renamed(decls[new].flags[0]))
     for name in names:
         decl = decls[name]
         dest = (dests or {}).get(name, name)
@@ -243,6 +252,15 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
             metavar = decl.metavar or (None if decl.choices else decl.flags[0][2:].upper().replace("-", "_"))
             target.add_argument(*decl.flags, dest=dest, type=decl.kind, choices=decl.choices, default=None,
                                 metavar=metavar, help=text)
+
+
+def _renamed(flag: str) -> type[argparse.Action]:
+    """An action that refuses a renamed flag, naming the new one."""
+    class Renamed(argparse.Action):
+        def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+            value = f" {values}" if values is not None else ""
+            parser.error(f"{option_string} is no longer an option: it was renamed {flag} (give {flag}{value})")
+    return Renamed
 
 
 def given(args: argparse.Namespace, cls: type, *, exclude: Iterable[str] = ()) -> dict[str, Any]:

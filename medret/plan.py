@@ -193,7 +193,8 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
         nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(n)))))
         ivf = n * (code + 8) + nlist * dim * 4 + (2 ** pq_nbits) * dim * 4
         ivf_s = encode_s / encode_gpus + n / a["ivfpq_add_per_s"]
-        # the fp16 vectors stay on disk (memory-mapped): the re-rank reads k x rerank rows of them per query
+        # the fp16 vectors stay on disk (memory-mapped): the exact re-scoring reads k x refine_factor rows of them
+        # per query
         opts.append(Option(f"IVF{nlist},PQ{pq_m}x{pq_nbits} (CPU, re-ranked)", "cpu", 0, 0, proc + store_ram + ivf,
                            ivf + fp16 + store_disk, ivf_s, "approximate; candidates re-scored exactly (fp16)"))
     else:

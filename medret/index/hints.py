@@ -9,7 +9,8 @@ from medret import options
 from medret.config import EngineOptions
 
 #: engine options that change how an index is searched, not what `medret index build` builds: left out
-SEARCH_ONLY = ("nprobe", "ef_search", "rerank", "rrf_k", "fusion_depth")
+SEARCH_ONLY = ("nprobe", "ef_search", "refine_factor", "rrf_k", "fusion_depth", "reranker", "rerank_depth",
+               "reranker_like", "reranker_format", "reranker_max_length")
 
 
 def build_command(config: EngineOptions, index_type: str | None = None, *, rebuild: bool = False,
