@@ -1,4 +1,5 @@
-"""nprobe / ef_search / refine_factor: validated in RetrieverConfig, carried by the CLI flags to the loaded faiss index."""
+"""nprobe / ef_search / refine_factor: validated in RetrieverConfig, carried by the CLI flags to the loaded faiss
+index."""
 import json
 
 import numpy as np
@@ -42,6 +43,7 @@ def test_ann_settings_reach_the_faiss_index(tmp_path, tiny_bert_dir, capsys):
     _, faiss_rows = tuned.faiss_index.search(q, 5)
     assert engine.search_rows(["sepsis shock"], 5)[1].tolist() == faiss_rows.tolist()
     # the CLI flags build the same configuration
-    assert main(["search", "sepsis shock", *args, "--nprobe", "2", "--refine-factor", "0", "--topk", "5", "--json"]) == 0
+    assert main(["search", "sepsis shock", *args, "--nprobe", "2", "--refine-factor", "0", "--topk", "5",
+                 "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["result"][0]
     assert [d["document"]["id"] for d in rows] == [d["id"] for d in engine.documents(faiss_rows)]
