@@ -280,3 +280,4 @@ def backend_of(block: Mapping[str, Any], default: str = "local", prefix: str = "
 
 
 ENCODER_OPTION_NAMES = option_names(EngineOptions, ENCODER)  # like, pooling, prefixes, lengths, doc_format
+RERANK_OPTION_NAMES = option_names(EngineOptions, RERANK)  # reranker, rerank_depth, its recipe
