@@ -38,19 +38,22 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_reference import free_port, load1, queries_for, stop
+from vs_reference import cpu_s, free_port, load1, queries_for, stop
 
 TOPK = 3
 
 
-def timed(fn, *args, runs: int = 1) -> tuple[float, object]:
-    """(median wall seconds of ``runs`` calls of ``fn(*args)``, the last answer)."""
-    out, answer = [], None
+def timed(fn, *args, runs: int = 1, cpu=time.process_time) -> tuple[float, float, object]:
+    """(median wall seconds of ``runs`` calls of ``fn(*args)``, their median CPU seconds as ``cpu()`` counts them,
+    the last answer). CPU seconds (user + system of the process that does the work, all its threads) are less
+    sensitive than wall time to other jobs on a shared machine."""
+    wall, used, answer = [], [], None
     for _ in range(runs):
-        t = time.perf_counter()
+        c, t = cpu(), time.perf_counter()
         answer = fn(*args)
-        out.append(time.perf_counter() - t)
-    return float(np.median(out)), answer
+        wall.append(time.perf_counter() - t)
+        used.append(cpu() - c)
+    return float(np.median(wall)), float(np.median(used)), answer
 
 
 def as_searchr1(item: dict) -> str:
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     first.retrieve(pool[:8], max(depths))  # warm
     rows = []
     s_pair: dict[int, float] = {}
+    c_pair: dict[int, float] = {}
     sr1 = sr1_url = None
     work = Path(tempfile.mkdtemp(prefix="rerank-cost-"))
     if a.searchr1:
@@ -127,32 +131,37 @@ def main(argv: list[str] | None = None) -> int:
         if sr1 is not None:
             wait_searchr1(sr1_url, sr1, first.retrieve(pool[:1], 1)["result"][0])
         sr1_pair: dict[int, float] = {}
+        sr1_cpu_pair: dict[int, float] = {}
         sr1_overhead: dict[int, float] = {}
         for d in depths:
             rr = get_retriever(a.corpus, "BM25", reranker=a.model, rerank_depth=d, reranker_format="searchr1")
             rr.retrieve(pool[-2:], TOPK)  # load and warm
             for b in batches:
                 qs = pool[:b]
-                t_first, _ = timed(first.retrieve, qs, d, runs=3)
+                t_first, c_first, _ = timed(first.retrieve, qs, d, runs=3)
                 pairs = b * d
-                row = {"depth": d, "batch": b, "pairs": pairs, "first": t_first}
+                row = {"depth": d, "batch": b, "pairs": pairs, "first": t_first, "first_cpu": c_first}
                 if pairs <= a.measure_pairs:
-                    row["medret"], got = timed(rr.retrieve, qs, TOPK)
+                    row["medret"], row["medret_cpu"], got = timed(rr.retrieve, qs, TOPK)
                     row["measured"] = True
                     s_pair[d] = max(1e-9, (row["medret"] - t_first) / pairs)
+                    c_pair[d] = max(1e-9, (row["medret_cpu"] - c_first) / pairs)
                 else:
                     row["medret"] = t_first + pairs * s_pair[d]
+                    row["medret_cpu"] = c_first + pairs * c_pair[d]
                     row["measured"] = False
                 if sr1 is not None:
                     cands = [[h for h in r] for r in first.retrieve(qs, d)["result"]]
                     sr_pairs = b * b * d
                     row["sr1_pairs"] = sr_pairs
                     if b == 1 or (b == a.cross_batch and d == min(depths)):
-                        t_sr1, out = timed(searchr1_call, sr1_url, qs, cands)
+                        t_sr1, c_sr1, out = timed(searchr1_call, sr1_url, qs, cands, cpu=lambda: cpu_s(sr1.pid))
                         row["sr1"] = t_first + t_sr1
+                        row["sr1_cpu"] = c_first + c_sr1
                         row["sr1_measured"] = True
                         if b == 1:
                             sr1_pair[d] = (row["sr1"] - t_first) / pairs
+                            sr1_cpu_pair[d] = c_sr1 / pairs
                             sr1_overhead[d] = (row["sr1"] - t_first) - (row["medret"] - t_first)
                             if row["measured"]:
                                 same = [[x["document"] for x in r] for r in out["result"]] == \
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  for i, r in enumerate(out["result"]))
                     else:
                         row["sr1"] = t_first + sr_pairs * sr1_pair[d]
+                        row["sr1_cpu"] = c_first + sr_pairs * sr1_cpu_pair[d]
                         row["sr1_measured"] = False
                 rows.append(row)
                 print(row, f"load1={load1()}", flush=True)
@@ -174,19 +184,22 @@ def main(argv: list[str] | None = None) -> int:
         if sr1 is not None:
             stop(sr1)
     print(f"\n{platform.node()}, {os.cpu_count()} CPUs, load average {load1()}, model {a.model}, corpus {a.corpus}")
-    print("| depth | batch | pairs (medret / Search-R1) | first stage s | medret first+rerank s | ratio to first stage "
-          "| Search-R1 first+rerank s | Search-R1 / medret |")
+    print("wall s (CPU s): ~ = projected from the seconds per pair measured at that depth")
+    print("| depth | batch | pairs (medret / Search-R1) | first stage | medret first+rerank | ratio to first stage "
+          "| Search-R1 first+rerank | Search-R1 / medret |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         m = "" if r["measured"] else "~"
-        line = (f"| {r['depth']} | {r['batch']} | {r['pairs']:,} / {r.get('sr1_pairs', 0):,} | {r['first']:.4f} | "
-                f"{m}{r['medret']:.2f} | {m}{r['medret'] / r['first']:.0f}x |")
+        line = (f"| {r['depth']} | {r['batch']} | {r['pairs']:,} / {r.get('sr1_pairs', 0):,} | "
+                f"{r['first']:.4f} ({r['first_cpu']:.4f}) | {m}{r['medret']:.1f} ({m}{r['medret_cpu']:.1f}) | "
+                f"{m}{r['medret'] / r['first']:.0f}x |")
         if "sr1" in r:
             s = "" if r["sr1_measured"] else "~"
-            extra = " (same top-3 ids)" if r.get("same_top3") else ""
-            extra += f" ({r['foreign']} of {r['batch']} queries got another query's document)" if "foreign" in r \
+            extra = ", same top-3" if r.get("same_top3") else ""
+            extra += f", {r['foreign']} of {r['batch']} queries got another query's document" if "foreign" in r \
                 else ""
-            line += f" {s}{r['sr1']:.2f}{extra} | {s}{r['sr1'] / r['medret']:.2f}x |"
+            line += (f" {s}{r['sr1']:.1f} ({s}{r['sr1_cpu']:.1f}{extra}) | {s}{r['sr1'] / r['medret']:.2f}x "
+                     f"({s}{r['sr1_cpu'] / r['medret_cpu']:.2f}x) |")
         else:
             line += " - | - |"
         print(line)
