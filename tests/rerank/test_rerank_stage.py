@@ -181,3 +181,21 @@ def test_the_reranker_is_part_of_the_identity(cross_encoder_dir):
              actor_base_name(plain.replace(reranker=str(cross_encoder_dir), rerank_depth=20), "j"),
              actor_base_name(plain.replace(reranker=str(cross_encoder_dir), reranker_format="searchr1"), "j")}
     assert len(names) == 4
+
+
+@pytest.mark.parametrize("fp16,dtype", [(None, "float16"), (False, "float32")])
+def test_the_cross_encoder_runs_on_the_retrievers_device_in_fp16_on_cuda(fp16, dtype, cross_encoder_dir,
+                                                                          monkeypatch):
+    """On CUDA the cross-encoder is put on the retriever's device, in fp16 unless fp16=False (the device spy of
+    tests/index/test_sharded_engine.py records medret's placements and runs them on the CPU; nothing is searched)."""
+    from tests.index.test_sharded_engine import DeviceSpy
+
+    spy = DeviceSpy(monkeypatch)
+    engine = Engine(RetrieverConfig(corpus_name="sample", retriever_name="BM25", reranker=str(cross_encoder_dir),
+                                    device="cuda", fp16=fp16))
+    try:
+        assert engine.info()["device"] == engine.reranker.device == "cuda:0"
+        assert spy.modules == ["cuda:0"]
+        assert str(engine.reranker.model.dtype) == f"torch.{dtype}"
+    finally:
+        engine.close()
