@@ -72,8 +72,9 @@ ASSUMPTIONS: dict[str, Any] = {
     "cross_encoder_gpu_bytes": 2 * GiB,
     "cross_encoder_ram_bytes": 2 * GiB,
     # pairs of ~300 tokens scored per second, from the FLOPs of a BERT-base pair (2 x 85M x 300 = ~50 GFLOP): one
-    # H100/H200 in fp16 at ~20 % of its dense peak; one server CPU core at ~50 GFLOP/s. Rough estimates; the FLOP
-    # count matches what was measured on a 2-core VM (~15 GFLOP/s: 1.2 pairs/s of 77 tokens, benchmarks/RESULTS.md)
+    # H100/H200 in fp16 at ~20 % of its dense peak; one server CPU core at ~50 GFLOP/s. Rough estimates; measured
+    # on a 2-core VM: 0.23-0.34 CPU-seconds per pair of ~77 tokens (~13 GFLOP), i.e. ~40-55 GFLOP/s per core
+    # (benchmarks/RESULTS.md, "Rerank stage")
     "cross_encoder_pairs_per_s_gpu": 2_000,
     "cross_encoder_pairs_per_s_per_core": 1.0,
 }
