@@ -171,6 +171,20 @@ def test_the_old_rerank_option_is_refused_naming_refine_factor(capsys):
     assert "--rerank is no longer an option: it was renamed --refine-factor (give --refine-factor 5)" in \
         capsys.readouterr().err
     assert RetrieverConfig.from_mapping({"refine_factor": 5}).refine_factor == 5
+    from medret.config import validate_retriever_block
+
+    with pytest.raises(ConfigError, match="'rerank' was renamed 'refine_factor'"):  # Search-R1's retriever block
+        validate_retriever_block({"backend": "local", "rerank": 5})
+
+
+def test_search_r1_block_with_a_reranker(cross_encoder_dir, reference):
+    """The trainer's `retriever` block (+retriever.reranker=..., +retriever.rerank_depth=...) reaches the stage."""
+    from medret.integrations.searchr1_runtime import batch_search
+
+    block = {"backend": "local", "corpus_name": "sample", "retriever_name": "BM25", "reranker": str(cross_encoder_dir),
+             "rerank_depth": "10", "topk": 3}  # hydra may hand numbers over as strings
+    expected = reference.rerank(QUERIES, first_stage(get_retriever("sample", "BM25"), QUERIES), 3)
+    assert_same(batch_search(block, QUERIES), expected)
 
 
 def test_the_reranker_is_part_of_the_identity(cross_encoder_dir):
