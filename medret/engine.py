@@ -54,7 +54,7 @@ class Engine:
         self.store = open_corpus_store(self.corpus, build=config.auto_build, progress=progress)
         self.device = "cpu"
         self.searchers: list[Searcher] = []
-        self.reranker: Any = None
+        self.reranker: CrossEncoder | None = None
         try:
             for p in self.parts:
                 self.searchers.append(self._searcher(p, progress, shards))
@@ -116,6 +116,7 @@ class Engine:
                 for srow, rrow in zip(scores.tolist(), rows.tolist())]
 
     def _reranked(self, queries: list[str], k: int) -> list[list[dict]]:
+        assert self.reranker is not None
         depth = self.config.rerank_depth
         check_topk(k, k, depth)
         unique, where = dedupe(queries)  # a query asked twice in one batch is scored once
