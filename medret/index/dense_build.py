@@ -325,7 +325,7 @@ def build_dense_index(
                 faiss_index.add(np.ascontiguousarray(arr[s : s + 65536], dtype=np.float32))
         sp: dict[str, Any] = dict(default_search_params(factory))
         sp.update({k: v for k, v in (("nprobe", config.nprobe), ("ef_search", config.ef_search),
-                                     ("rerank", config.rerank)) if v is not None})
+                                     ("rerank", config.refine_factor)) if v is not None})
         index = DenseIndex(metric=spec.metric, dim=dim, index_type=index_type, faiss_index=faiss_index,
                            search_params=sp)
     index.write_into(work, embedding_files=files)

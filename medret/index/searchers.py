@@ -118,7 +118,9 @@ class DenseSearcher:
         return [ix for _, ix in self.indexes if isinstance(ix, ShardedDenseIndex)]
 
     def _open(self, source: Any, sub: Any, config: EngineOptions, progress: bool, corpus_name: str) -> Any:
-        params: dict[str, Any] = {"nprobe": config.nprobe, "ef_search": config.ef_search, "rerank": config.rerank}
+        # "rerank" is the refine factor's key in DenseIndex's search parameters (and in the dense.json files written)
+        params: dict[str, Any] = {"nprobe": config.nprobe, "ef_search": config.ef_search,
+                                  "rerank": config.refine_factor}
         device = "cpu" if self.shards is not None else self.device  # shard workers put the rows on their devices
         kind, where, _ = locate_dense(source, len(sub), self.spec, self.identity, config)
         if kind in ("own", "copy"):

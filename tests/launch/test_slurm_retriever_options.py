@@ -28,7 +28,8 @@ DECLS = options.declarations(EngineOptions)
 DEFAULTS = options.defaults(EngineOptions)
 # values for the options whose check refuses the generic value of their kind (a recipe name; a job's device; names
 # that reach the script as they are)
-SPECIAL = {"like": "e5", "device": "cpu", "corpus_name": "/x/corpus", "retriever_name": "/x/encoder"}  # no spaces
+SPECIAL = {"like": "e5", "reranker_like": "ms-marco-MiniLM-L12-v2", "device": "cpu", "corpus_name": "/x/corpus",
+           "retriever_name": "/x/encoder"}  # no spaces
 NOT_IN_A_JOB = {"gpu_id"}  # the job maps --retriever-gpus to a GPU id itself (refused below)
 
 
