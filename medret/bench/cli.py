@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medret.bench.harness import BenchConfig, format_table, run_bench, write_outputs
+from medret.bench.harness import BenchConfig, format_table, require_bench_extra, run_bench, write_outputs
 from medret.bench.synth import write_synthetic_corpus
 from medret.config import EngineOptions
 from medret.corpus.registry import cache_dir
@@ -100,6 +100,7 @@ def read_queries_file(path: str) -> list[str]:
 
 
 def cmd_bench(args) -> int:
+    require_bench_extra()
     opts = EngineOptions.from_args(args)
     corpus, db_dir, queries = opts.corpus_name, opts.db_dir, None
     work = _work_dir(args)
