@@ -110,3 +110,26 @@ def save_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32) -> Path:
     BertModel(cfg).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def install_downloaded(src: Path, models_dir: Path, model_id: str, revision: str = "0" * 40) -> Path:
+    """Put the model folder ``src`` at ``models_dir/model_id`` as `medret models download` leaves it: the files and
+    its record (sizes, mtimes, sha256 of the weights, git blob ids of the small files), so the loader identifies it
+    by its record rather than by the published model's shape (a hand copy of a tiny model is refused: issue 24)."""
+    import hashlib
+    import shutil
+
+    from medret.encoders.locate import DOWNLOAD_RECORD
+
+    dest = Path(models_dir) / model_id
+    shutil.copytree(src, dest)
+    files = {}
+    for p in sorted(dest.iterdir()):
+        data, st = p.read_bytes(), p.stat()
+        lfs = p.suffix in (".safetensors", ".bin")
+        files[p.name] = {"stat": [st.st_size, st.st_mtime_ns], "size": st.st_size,
+                         "sha256": hashlib.sha256(data).hexdigest() if lfs else None,
+                         "blob_id": None if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+    (dest / DOWNLOAD_RECORD).write_text(json.dumps({"repo_id": model_id, "revision": revision, "complete": True,
+                                                    "files": files}))
+    return dest

@@ -27,6 +27,7 @@ from medret.encoders.locate import (
     search_dirs,
 )
 from medret.encoders.pooling import l2_normalize, pool
+from medret.encoders.recipe_check import require_recipe_model, width_problem
 from medret.encoders.specs import EncoderSpec, format_docs, format_query
 from medret.errors import ConfigError, ModelNotFoundError
 from medret.validate import check_whole
@@ -142,9 +143,14 @@ class Encoder:
         self._query_loc = model_location(spec.query_model, query_model_path, models_dir)
         self._doc_loc = model_location(spec.doc_model, doc_model_path, models_dir)
         self._models_dir = models_dir
+        # a folder found for the recipe's model id (not one given on purpose) is held to the recipe
+        self._explicit = {"query": query_model_path, "doc": doc_model_path}
         self._parts: dict[str, _Part] = {}
         if load_query:
             self._part("query")
+        problem = width_problem(spec.name, self._query_loc, self._doc_loc)
+        if problem:
+            raise ModelNotFoundError(problem)
 
     # ------------------------------------------------------------------ loading
     def _part(self, role: str) -> _Part:
@@ -155,6 +161,7 @@ class Encoder:
             if shared:
                 self._parts[role] = shared[0]
         if role not in self._parts:
+            require_recipe_model(self.spec.name, role, model, self._explicit[role], loc)
             self._parts[role] = _Part(model, loc, role, self.spec.name, self.device, self.fp16, self._models_dir)
         return self._parts[role]
 

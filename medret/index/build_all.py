@@ -13,6 +13,7 @@ from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import build_store, open_corpus_store
 from medret.device import resolve_device
 from medret.encoders.locate import model_dim, model_location
+from medret.encoders.recipe_check import require_recipe_model
 from medret.encoders.specs import spec_for
 from medret.errors import ConfigError
 from medret.index.bm25 import build_bm25
@@ -63,6 +64,7 @@ def build_all(config: EngineOptions, index_type: str | None = None, rebuild: boo
         identity = encoder_identity(spec, config.doc_model, config.query_model, config.models_dir)
         device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
         doc_model_path = model_location(spec.doc_model, config.doc_model, config.models_dir)
+        require_recipe_model(spec.name, "doc", spec.doc_model, config.doc_model, doc_model_path)
         for (_, sub), source in zip(source_stores(store), corpus.sources):
             out = keyed_dir(source, identity)  # medret builds its own index for this encoder (locate: "own")
             if adopt_legacy and read_manifest(out) is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from medret import cli
 from medret.corpus import embeddings as emb
 from medret.corpus.download import human_bytes
 from medret.errors import ConfigError
+from tests.conftest import install_downloaded
 from tests.hubfake import DownServer, FakeHub, hub_env
 
 DIM = 32  # the tiny BERT's width, so its query vectors meet these document vectors
@@ -230,7 +230,7 @@ def test_index_build_uses_medrags_embeddings_and_encodes_nothing(hosts, vectors,
     encoded every source again, issue 14's walkthrough); another index type, or --rebuild, builds medret's own."""
     models = tmp_path / "models"
     for mid in (MODEL, "ncbi/MedCPT-Query-Encoder"):
-        shutil.copytree(tiny_bert_dir, models / mid)
+        install_downloaded(tiny_bert_dir, models, mid)
     monkeypatch.setenv("MEDRET_MODELS_DIR", str(models))
     db = tmp_path / "db"
     assert download(db) == 0
