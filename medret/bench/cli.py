@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def _work_dir(args) -> Path:
 
 def pubmedqa_corpus(path: str, work: Path) -> tuple[Path, dict]:
     data = pubmedqa.load(path)
-    folder = work / "pubmedqa"
+    # keyed by the file's content: another copy (or version) of ori_pqal.json gets its own corpus
+    folder = work / f"pubmedqa-{hashlib.sha256(pubmedqa.locate(path).read_bytes()).hexdigest()[:12]}"
     if not (folder / "chunk" / "pubmedqa.jsonl").is_file():
         pubmedqa.write_corpus(data, folder)
     return folder, data
