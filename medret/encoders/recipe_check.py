@@ -130,6 +130,18 @@ def folder_problem(spec_name: str, role: str, model_id: str, folder: str | os.Pa
             f"{folder}); to use this model on purpose, give its folder with {flag} {folder}")
 
 
+def folder_summary(model_id: str, folder: str | os.PathLike[str]) -> str:
+    """What :func:`folder_problem` found right about ``folder``, for doctor's ok line."""
+    record = _read_json(Path(folder) / DOWNLOAD_RECORD)
+    if isinstance(record, dict) and record.get("repo_id") == model_id:
+        return f"downloaded by medret at revision {str(record.get('revision'))[:12]}, files as recorded"
+    want = RECIPE_MODELS.get(model_id)
+    if want is None:
+        return ""
+    return (f"config.json as published for {model_id} ({want.model_type}, hidden_size {want.hidden_size}, "
+            f"vocab_size {want.vocab_size})")
+
+
 def require_recipe_model(spec_name: str, role: str, model_id: str, explicit: object, location: str) -> None:
     """ModelNotFoundError when ``location`` was found for ``model_id`` (``explicit`` is None: no folder given on
     purpose) and is not the model the recipe names (see :func:`folder_problem`)."""

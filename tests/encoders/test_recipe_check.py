@@ -97,3 +97,17 @@ def test_query_and_document_encoders_must_agree_in_width(tiny_bert_dir, make_tin
     out = json.loads(capsys.readouterr().out)
     assert rc == 1
     assert any(c["status"] == "fail" and "disagree in width" in c["detail"] for c in out["checks"]), out["checks"]
+
+
+def test_doctor_names_the_recorded_revision_of_a_downloaded_model(tiny_bert_dir, toy_corpus, tmp_path, monkeypatch,
+                                                                   capsys):
+    from tests.conftest import install_downloaded
+
+    install_downloaded(tiny_bert_dir, tmp_path / "models", QUERY_ID, revision="abcdef0123456789" * 2 + "abcdef01")
+    monkeypatch.setenv("MEDRET_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cli.main(["doctor", "--json", "--corpus", str(toy_corpus), "--retriever", "MedCPT", "--device", "cpu"])
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    [q] = [c for c in checks if c["key"] == "encoder"]
+    assert q["status"] == "ok" and "(dim 32" in q["title"]  # a downloaded model is the hub's: not held to 768
+    assert "downloaded by medret at revision abcdef012345, files as recorded" in q["detail"]
