@@ -83,9 +83,11 @@ def _work_dir(args) -> Path:
 
 
 def pubmedqa_corpus(path: str, work: Path) -> tuple[Path, dict]:
-    data = pubmedqa.load(path)
+    file = pubmedqa.locate(path)
+    raw = file.read_bytes()
+    data = pubmedqa.parse(raw, file)
     # keyed by the file's content: another copy (or version) of ori_pqal.json gets its own corpus
-    folder = work / f"pubmedqa-{hashlib.sha256(pubmedqa.locate(path).read_bytes()).hexdigest()[:12]}"
+    folder = work / f"pubmedqa-{hashlib.sha256(raw).hexdigest()[:12]}"
     if not (folder / "chunk" / "pubmedqa.jsonl").is_file():
         pubmedqa.write_corpus(data, folder)
     return folder, data

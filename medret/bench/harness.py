@@ -121,13 +121,12 @@ BENCH_EXTRA = ("psutil", "matplotlib")  # medret[bench]: memory readings and the
 
 def require_bench_extra() -> None:
     """Before anything runs: the packages of ``medret[bench]`` are importable, or one error naming the extra."""
-    missing = [m for m in BENCH_EXTRA if importlib.util.find_spec(m) is None]
+    missing = []
     for m in BENCH_EXTRA:
-        if m not in missing:
-            try:
-                importlib.import_module(m)
-            except ImportError:
-                missing.append(m)
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            missing.append(m)
     if missing:
         raise MissingDependencyError(
             f"medret bench needs {' and '.join(missing)} (memory readings, bench.png), not installed here: "

@@ -16,13 +16,13 @@ The loader (:class:`medret.encoders.hf.Encoder`) refuses a folder that fails; ``
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medret.corpus.download import git_blob_id
 from medret.encoders.fingerprint import file_digest
 from medret.encoders.locate import DOWNLOAD_RECORD, is_local, model_dim
 from medret.errors import ModelNotFoundError
@@ -71,15 +71,6 @@ def shape_differences(model_id: str, folder: str | os.PathLike[str]) -> list[str
     return out
 
 
-def _blob_id(path: Path) -> str:
-    h = hashlib.sha1()
-    h.update(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download_differences(model_id: str, folder: str | os.PathLike[str]) -> list[str] | None:
     """None when ``folder`` has no download record; else what differs from what the download recorded."""
     root = Path(folder)
@@ -106,7 +97,7 @@ def download_differences(model_id: str, folder: str | os.PathLike[str]) -> list[
         elif entry.get("stat") != [st.st_size, st.st_mtime_ns]:  # touched since: its content decides
             if entry.get("sha256") and file_digest(path) != entry["sha256"]:
                 out.append(f"{name} changed since the download (sha256 differs)")
-            elif not entry.get("sha256") and entry.get("blob_id") and _blob_id(path) != entry["blob_id"]:
+            elif not entry.get("sha256") and entry.get("blob_id") and git_blob_id(path) != entry["blob_id"]:
                 out.append(f"{name} changed since the download (content differs)")
     return out
 

@@ -34,8 +34,13 @@ def locate(path: str | os.PathLike[str]) -> Path:
 def load(path: str | os.PathLike[str]) -> dict:
     """PubMedQA's ``ori_pqal.json`` ({PMID: {"QUESTION": str, "CONTEXTS": [str, ...], ...}}), checked."""
     file = locate(path)
+    return parse(file.read_bytes(), file)
+
+
+def parse(raw: bytes, file: Path) -> dict:
+    """The content of ``file`` (``ori_pqal.json``), checked; see :func:`load`."""
     try:
-        data = orjson.loads(file.read_bytes())
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise CorpusError(f"--pubmedqa {str(file)!r} is not JSON ({e}): pass PubMedQA's {FILE} ({SOURCE})") from None
     if not isinstance(data, dict) or not data:
