@@ -3,7 +3,8 @@
 * :class:`EngineOptions`: what is searched and how (corpus, retriever, models, encoder recipe, devices, indexes,
   fusion); the in-process engine reads these, and so does every Ray actor and ``medret serve``;
 * :class:`Limits`: the limits of one request (in-process calls and ``medret serve``);
-* :class:`HttpOptions`: the HTTP transport's (url, address file, token, deadlines, retries);
+* :class:`HttpOptions`: the HTTP transport's (url, address file, token, deadlines, retries, and the answer cap
+  it shares with the limits: :class:`AnswerLimit`);
 * :class:`RayOptions`: the Ray transport's (cluster, namespace, placement, GPUs, shards, job).
 
 :class:`RetrieverConfig` is all of them plus ``backend``: one frozen, hashable value (the key of
@@ -143,7 +144,18 @@ class EngineOptions(Options):
 
 
 @dataclass(frozen=True)
-class Limits(Options):
+class AnswerLimit(Options):
+    """The largest answer: a server refuses requests whose answer would pass it (by an estimate, before any
+    work), and the HTTP client stops reading one that does (so a wrong or hostile server cannot exhaust memory)."""
+
+    max_answer_bytes: int = option(256 * 1024 ** 2, "largest answer in bytes: a server refuses (413) requests whose "
+                                   "estimated answer (queries x topk x the corpus's mean document size) is larger; "
+                                   "the HTTP client stops reading an answer that grows past it",
+                                   check=check_whole, metavar="N", group=LIMITS_GROUP)
+
+
+@dataclass(frozen=True)
+class Limits(AnswerLimit):
     """The limits of one request: in-process calls and `medret serve` (whose flags are made from these)."""
 
     max_topk: int = option(1000, "largest topk a request may ask for", check=check_whole, metavar="N",
@@ -153,9 +165,6 @@ class Limits(Options):
                                   group=LIMITS_GROUP)
     max_answer_docs: int = option(524_288, "most documents one answer may hold (queries x topk); larger requests "
                                   "are refused (413)", check=check_whole, metavar="N", group=LIMITS_GROUP)
-    max_answer_bytes: int = option(256 * 1024 ** 2, "largest estimated answer in bytes (queries x topk x the "
-                                   "corpus's mean document size); larger requests are refused (413)",
-                                   check=check_whole, metavar="N", group=LIMITS_GROUP)
 
 
 @dataclass(frozen=True)
@@ -168,8 +177,9 @@ class TransportOptions(Options):
 
 
 @dataclass(frozen=True)
-class HttpOptions(TransportOptions):
-    """The HTTP transport's options (:class:`medret.transports.http.HttpTransport`)."""
+class HttpOptions(TransportOptions, AnswerLimit):
+    """The HTTP transport's options (:class:`medret.transports.http.HttpTransport`); ``max_answer_bytes`` is the
+    same setting as the server's (:class:`AnswerLimit`)."""
 
     url: str | None = option(None, "search through a running `medret serve` (http://host:port)", kind=str,
                              check=check_string, group=HTTP)

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medret.corpus.download import git_blob_id
 from medret.encoders.fingerprint import file_digest
 from medret.encoders.locate import DOWNLOAD_RECORD, is_local, model_dim
 from medret.errors import ModelNotFoundError
+from medret.fetch.files import git_blob_id
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import pytest
 
 from medret import cli
 from medret.corpus import embeddings as emb
-from medret.corpus.download import human_bytes
 from medret.errors import ConfigError
+from medret.fetch.files import human_bytes
 from tests.conftest import install_downloaded
 from tests.hubfake import DownServer, FakeHub, hub_env
 
