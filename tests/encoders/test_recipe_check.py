@@ -111,3 +111,21 @@ def test_doctor_names_the_recorded_revision_of_a_downloaded_model(tiny_bert_dir,
     [q] = [c for c in checks if c["key"] == "encoder"]
     assert q["status"] == "ok" and "(dim 32" in q["title"]  # a downloaded model is the hub's: not held to 768
     assert "downloaded by medret at revision abcdef012345, files as recorded" in q["detail"]
+
+
+def test_index_build_refuses_a_hand_copied_document_model(tiny_bert_dir, toy_corpus, tmp_path, monkeypatch, capsys):
+    """The document side is checked where it is loaded: by the index build's encoder."""
+    from tests.conftest import install_downloaded
+
+    models = tmp_path / "models"
+    install_downloaded(tiny_bert_dir, models, QUERY_ID)  # the query model as downloaded: fine
+    doc = models / "ncbi" / "MedCPT-Article-Encoder"
+    shutil.copytree(tiny_bert_dir, doc)  # the document model copied by hand: 32-d
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = cli.main(["index", "build", "--corpus", str(toy_corpus), "--retriever", "MedCPT", "--device", "cpu",
+                   "--models-dir", str(models)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert f"the document model of retriever 'MedCPT' in {doc} is not ncbi/MedCPT-Article-Encoder" in err, err
+    assert "hidden_size 32 where ncbi/MedCPT-Article-Encoder has 768" in err and "--doc-model" in err
+    assert not list((toy_corpus / "medret").glob("index/*/manifest.json"))  # no index was recorded as built
