@@ -138,9 +138,6 @@ class Whole:
     def optional(self, meaning: str = "") -> "Whole":
         return Whole(self.minimum, meaning, self.error)
 
-    def raising(self, error: type[ConfigError]) -> "Whole":
-        return Whole(self.minimum, self.none, error)
-
 
 class Number:
     """A finite number (int or float, never a bool) above 0 (``positive``) or at least ``minimum``."""

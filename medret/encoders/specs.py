@@ -59,7 +59,6 @@ class EncoderSpec:
     doc_prefix: str
     query_max_len: int
     doc_max_len: int
-    doc_pair_input: bool
     metric: Metric
     dim: int | None
     doc_format: DocFormat = "concat"
@@ -73,11 +72,11 @@ class EncoderSpec:
             raise ConfigError(f"doc_format={self.doc_format!r} is invalid: use one of {', '.join(DOC_FORMATS)}")
         for field in ("query_max_len", "doc_max_len"):
             check_token_count(field, getattr(self, field))
-        if self.doc_pair_input != (self.doc_format == "pair"):
-            raise ConfigError(
-                f"doc_pair_input={self.doc_pair_input!r} contradicts doc_format={self.doc_format!r}: "
-                "pair input goes with doc_format='pair' and only with it"
-            )
+
+    @property
+    def doc_pair_input(self) -> bool:
+        """True when documents go in as (title, text) pairs: ``doc_format == "pair"``, never set on its own."""
+        return self.doc_format == "pair"
 
     @property
     def slug(self) -> str:
@@ -116,7 +115,6 @@ MEDCPT = EncoderSpec(
     doc_prefix="",
     query_max_len=64,
     doc_max_len=512,
-    doc_pair_input=True,
     metric="ip",
     dim=768,
     doc_format="pair",
@@ -131,7 +129,6 @@ CONTRIEVER = EncoderSpec(
     doc_prefix="",
     query_max_len=512,
     doc_max_len=512,
-    doc_pair_input=False,
     metric="ip",
     dim=768,
     doc_format="contriever",
@@ -146,7 +143,6 @@ SPECTER = EncoderSpec(
     doc_prefix="",
     query_max_len=512,
     doc_max_len=512,
-    doc_pair_input=False,
     metric="l2",
     dim=768,
     doc_format="specter",
@@ -161,7 +157,6 @@ E5 = EncoderSpec(
     doc_prefix="passage: ",
     query_max_len=256,
     doc_max_len=256,
-    doc_pair_input=False,
     metric="ip",
     dim=768,
     doc_format="searchr1",
@@ -227,9 +222,7 @@ def resolve_spec(
     }
     if doc_format is not None:
         overrides["doc_format"] = doc_format
-        overrides["doc_pair_input"] = doc_format == "pair"
     elif doc_pair_input is not None:
-        overrides["doc_pair_input"] = doc_pair_input
         overrides["doc_format"] = "pair" if doc_pair_input else "concat"
     overrides = {k: v for k, v in overrides.items() if v is not None}
 
@@ -272,7 +265,6 @@ def resolve_spec(
         doc_prefix="",
         query_max_len=512,
         doc_max_len=512,
-        doc_pair_input=False,
         metric="ip",
         dim=None,
         doc_format="concat",

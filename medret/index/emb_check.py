@@ -30,7 +30,7 @@ import numpy as np
 from medret import optional
 from medret.errors import IndexBuildError
 from medret.storage.atomic import atomic_path, atomic_write_text
-from medret.storage.checksums import HashingWriter, mismatches, sha256_file
+from medret.storage.checksums import HashingWriter, sha256_file
 
 log = logging.getLogger(__name__)
 SIDECAR = ".sha256"
@@ -106,11 +106,6 @@ def collect(work: Path, files: list[str]) -> dict[str, str]:
 def drop_sidecars(work: Path) -> None:
     for p in work.glob(f"*.npy{SIDECAR}"):
         p.unlink()
-
-
-def mismatched_files(index_dir: Path, manifest: dict) -> list[str]:
-    """The embedding files whose sha256 differs from the manifest's ``emb_sha256`` (reads every file)."""
-    return mismatches(index_dir, manifest.get("emb_sha256") or {})
 
 
 def check_vectors(index: Any, index_dir: Path, hint: str, file_rows: int | None = None) -> None:

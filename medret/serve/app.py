@@ -133,6 +133,7 @@ class Service:
                            "window": len(lat)},
         }
         out.update(b.stats.as_dict())
+        out["queued_requests"] = b.queued()
         return out
 
     def note_ignored(self, names: list[str]) -> None:

@@ -336,16 +336,6 @@ class HttpTransport(BaseTransport):
         finally:
             conn.close()
 
-    def health(self) -> bool:
-        """True when the server answers GET /health with 200 (one try, no retries)."""
-        try:
-            with self._lock:
-                r = self._send(self._resolve(), "GET", "/health", None,
-                               time.monotonic() + min(10.0, self.config.timeout))
-            return r.status_code == 200
-        except (OSError, http.client.HTTPException, TransportError):
-            return False
-
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

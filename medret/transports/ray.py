@@ -234,7 +234,6 @@ class RayTransport(BaseTransport):
                  ready_timeout: float | None = None):
         if options is not None:
             config = config.replace(**options.to_dict())
-        self.options = RayOptions.of(config)
         if config.ray_placement == "per-node" and config.ray_shards > 1:
             raise ConfigError("ray_shards > 1 with ray_placement='per-node' is not supported: shard one index over "
                               "the retriever node's GPUs with ray_placement='retriever-node'")
