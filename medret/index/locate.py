@@ -114,6 +114,21 @@ def locate_dense(source: Any, size: int, spec: EncoderSpec, identity: EncoderIde
     return Location("build" if small else "missing", own)
 
 
+def dense_indexes(source: Any) -> list[Location]:
+    """Every dense index of ``source`` that :func:`locate_dense` can serve, each once: medret's own (``own``, any
+    encoder; ``legacy`` for medret's first layout, which records no encoder) and MedRAG's precomputed ones
+    (``medrag``: its ``embedding/*.npy`` and/or ``faiss.index``; ``detail`` names the retrievers it serves)."""
+    root = Path(source.artifact_dir) / "index"
+    out = [Location("own" if recorded(read_manifest(m.parent)) else "legacy", m.parent)
+           for m in (sorted(root.glob("*/manifest.json")) if root.is_dir() else [])]
+    medrag: dict[Path, list[str]] = {}
+    for spec in REGISTRY.values():
+        folder = medrag_index_dir(source.root, spec)
+        if medrag_applies(spec) and (has_medrag_embeddings(folder) or has_medrag_faiss(folder)):
+            medrag.setdefault(folder, []).append(spec.name)
+    return out + [Location("medrag", folder, ", ".join(names)) for folder, names in medrag.items()]
+
+
 def legacy_message(old: Path, identity: EncoderIdentity, corpus_name: str, config: EngineOptions) -> str:
     adopt = build_command(config, extra=["--adopt-legacy"])
     return (f"the dense index at {old} is in medret's first layout, which did not record which model weights built "
