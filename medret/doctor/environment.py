@@ -14,6 +14,7 @@ from medret.device import cuda_fix, parse_visible_devices, resolve_device
 from medret.doctor.checks import FAIL, OK, WARN, Check, gb
 from medret.errors import ConfigError, DeviceError, MedretError, MissingDependencyError
 from medret.retrievers import retriever_parts
+from medret.transports import transport_class
 from medret.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -39,18 +40,13 @@ def _version(dist: str) -> str | None:
 
 def needs(config: Any) -> dict[str, str]:
     """The optional packages this configuration uses, with the extra that installs them."""
-    out: dict[str, str] = {}
     if config is None:
-        return out
+        return {}
     try:
         parts = retriever_parts(config.retriever_name)
     except MedretError:
         parts = ()
-    if config.backend == "local" and any(p != "bm25" for p in parts):
-        out.update({"torch": "dense", "transformers": "dense", "faiss-cpu": "dense"})
-    if config.backend == "ray":
-        out["ray"] = "ray"
-    return out
+    return transport_class(config.backend).needs(dense=any(p != "bm25" for p in parts))
 
 
 def check_packages(config: Any) -> list[Check]:

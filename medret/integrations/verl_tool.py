@@ -34,6 +34,7 @@ from medret.errors import ConfigError
 from medret.integrations import protocol, searchr1_runtime
 from medret.options import Options, declarations, option, plain_dict
 from medret.serve.batcher import Batcher
+from medret.transports import transport_class
 from medret.validate import check_number, check_queries, check_whole
 
 logger = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ class MedretSearchTool(_BaseTool):
         self.settings = ToolSettings.from_config(config or {})
         super().__init__(config, tool_schema)
         self._instance_dict: dict[str, dict[str, Any]] = {}
-        if self.settings.preload and self.settings.backend != "http":
+        if self.settings.preload and not transport_class(self.settings.backend).remote:  # a server preloads itself
             self._retriever()
         logger.info("MedretSearchTool ready: backend=%s topk=%d block=%s", self.settings.backend,
                     self.settings.topk, self.settings.block)
