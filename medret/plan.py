@@ -29,6 +29,7 @@ from typing import Any
 
 from medret.config import EngineOptions
 from medret.corpus.registry import DISPLAY, KNOWN_ROWS, SAMPLE_DIR, SOURCES
+from medret.encoders.specs import REGISTRY, known_names
 from medret.errors import ConfigError
 from medret.launch import recipes
 from medret.options import add_flags
@@ -36,7 +37,6 @@ from medret.options import add_flags
 GiB = 1 << 30
 
 # Model dimensions of the named dense retrievers (all BERT-base sized).
-DIMS = {"medcpt": 768, "contriever": 768, "specter": 768, "e5": 768}
 
 ASSUMPTIONS: dict[str, Any] = {
     # MedCPT document encoding on one H200 at 256 tokens (measured by the author, fp16).
@@ -146,11 +146,12 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
     r = retriever.strip().lower()
     dense = r != "bm25"
     if dim is None:
-        if dense and r not in DIMS:
+        spec = REGISTRY.get(r)  # a named dense retriever's dimension is its spec's
+        if dense and (spec is None or spec.dim is None):
             raise ConfigError(f"retriever={retriever!r} is unknown to the planner: use BM25, "
-                              f"{', '.join(['MedCPT', 'Contriever', 'SPECTER', 'e5'])}, or give the embedding "
+                              f"{', '.join(known_names())}, or give the embedding "
                               "dimension of your model with --dim N (dim=N in Python), e.g. --dim 768")
-        dim = DIMS.get(r, 768)
+        dim = spec.dim if spec is not None and spec.dim else 768
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise ConfigError(f"dim (--dim)={dim!r} is invalid: the embedding dimension, a whole number such as 768")
     if dim % pq_m:

@@ -12,6 +12,7 @@ from typing import Any
 from medret import optional
 from medret.device import cuda_fix, parse_visible_devices, resolve_device
 from medret.doctor.checks import FAIL, OK, WARN, Check, gb
+from medret.encoders.specs import known_names
 from medret.errors import ConfigError, DeviceError, MedretError, MissingDependencyError
 from medret.retrievers import retriever_parts
 from medret.transports import transport_class
@@ -73,7 +74,7 @@ def check_torch(config: Any) -> list[Check]:
     except MissingDependencyError:
         dense = "torch" in needs(config)
         return [Check("torch", FAIL if dense else OK, "PyTorch not installed",
-                      "needed only for dense retrievers (MedCPT, Contriever, SPECTER, e5)",
+                      f"needed only for dense retrievers ({', '.join(known_names())})",
                       "pip install 'medret[dense]'" if dense else "")]
     cuda = getattr(torch.version, "cuda", None)
     try:

@@ -14,7 +14,7 @@ from medret.doctor.checks import FAIL, OK, WARN, Check
 from medret.doctor.data import device_or_none
 from medret.encoders.hf import Encoder
 from medret.encoders.locate import hub_problem, model_location, offline_fix
-from medret.encoders.specs import spec_for
+from medret.encoders.specs import like_choices, spec_for
 from medret.errors import MedretError
 from medret.fetch.env import hf_cache_dir, hf_offline
 from medret.retrievers import dense_parts
@@ -42,7 +42,7 @@ def check_encoder(config: Any, ready: bool = True) -> list[Check]:
             spec = spec_for(part, config)
         except MedretError as e:
             out.append(Check("encoder", FAIL, f"encoder {part!r} cannot be configured", str(e),
-                             "give --like e5|MedCPT|Contriever|SPECTER or --pooling cls|mean for a local model folder"))
+                             f"give --like {like_choices()} or --pooling cls|mean for a local model folder"))
             continue
         qloc = model_location(spec.query_model, config.query_model, config.models_dir)
         dloc = model_location(spec.doc_model, config.doc_model, config.models_dir)

@@ -169,6 +169,11 @@ def known_names() -> list[str]:
     return [s.name for s in REGISTRY.values()]
 
 
+def like_choices(quote: str = "") -> str:
+    """The named recipes as the ``like`` choices a message lists: ``MedCPT|Contriever|SPECTER|e5``."""
+    return "|".join(f"{quote}{n}{quote}" for n in known_names())
+
+
 def get_spec(name: str) -> EncoderSpec | None:
     """The registered spec for a retriever name or one of its model ids (case-insensitive), else None."""
     key = name.strip().lower()
@@ -251,7 +256,7 @@ def resolve_spec(
         raise ConfigError(
             f"retriever={name_or_path!r} is not a known dense retriever{hint}: use one of "
             f"{', '.join(known_names())} (case-insensitive), or give a local model directory / model id "
-            "together with like='e5'|'MedCPT'|'Contriever'|'SPECTER' (a named retriever's recipe; CLI: --like) or "
+            f"together with like={like_choices(chr(39))} (a named retriever's recipe; CLI: --like) or "
             "pooling='cls'|'mean' (CLI: --pooling)"
         )
     model = os.path.expanduser(name_or_path)
