@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from medret.config import EngineOptions
+from medret.corpus.embeddings import PUBLISHED_MODELS
 from medret.corpus.registry import Corpus
 from medret.corpus.store import UnionStore
 from medret.encoders.specs import REGISTRY, EncoderSpec
@@ -84,7 +85,8 @@ def medrag_applies(spec: EncoderSpec) -> bool:
     """MedRAG's precomputed index fits ``spec`` when its document model is one MedRAG embedded (by hub id; the
     weights may come from the cache, $MEDRET_MODELS_DIR or a ``--doc-model`` copy) and it encodes documents with
     MedRAG's recipe for it. A local folder configured ``--like MedCPT`` is another model: it gets its own index."""
-    registered = next((s for s in REGISTRY.values() if s.doc_model == spec.doc_model and s.name != "e5"), None)
+    registered = next((s for s in REGISTRY.values() if s.doc_model == spec.doc_model
+                       and s.doc_model in PUBLISHED_MODELS), None)
     return registered is not None and spec.same_encoding(registered)
 
 
