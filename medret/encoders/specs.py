@@ -161,8 +161,21 @@ E5 = EncoderSpec(
     dim=768,
     doc_format="searchr1",
 )
+MEDEMBED = EncoderSpec(  # a fine-tune of BAAI/bge-small-en-v1.5: BGE's [CLS] pooling, normalised (cosine)
+    name="MedEmbed",
+    query_model="abhinand/MedEmbed-small-v0.1",
+    doc_model="abhinand/MedEmbed-small-v0.1",
+    pooling="cls",
+    normalize=True,
+    query_prefix="",
+    doc_prefix="",
+    query_max_len=512,
+    doc_max_len=512,
+    metric="ip",
+    dim=384,
+)
 
-REGISTRY: dict[str, EncoderSpec] = {s.name.lower(): s for s in (MEDCPT, CONTRIEVER, SPECTER, E5)}
+REGISTRY: dict[str, EncoderSpec] = {s.name.lower(): s for s in (MEDCPT, CONTRIEVER, SPECTER, E5, MEDEMBED)}
 
 
 def known_names() -> list[str]:
