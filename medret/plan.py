@@ -151,10 +151,8 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
     n = sum(rows.values())
     gpu_b = parse_size(gpu_mem, "gpu_mem (--gpu-mem)")
     ram_b = parse_size(ram, "ram (--ram)")
-    for name, v, low in (("gpus", gpus, 0), ("nodes", nodes, 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
-            raise ConfigError(f"{name} (--{name})={v!r} is invalid: a whole number >= {low}"
-                              + (" (GPUs per node)" if name == "gpus" else ""))
+    check_whole.at_least(0)("gpus (--gpus)", gpus, "GPUs per node")
+    check_whole("nodes (--nodes)", nodes)
     if gpu_b is None:
         gpus = 0
     r = retriever.strip().lower()
@@ -166,12 +164,10 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
                               f"{', '.join(known_names())}, or give the embedding "
                               "dimension of your model with --dim N (dim=N in Python), e.g. --dim 768")
         dim = spec.dim if spec is not None and spec.dim else 768
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise ConfigError(f"dim (--dim)={dim!r} is invalid: the embedding dimension, a whole number such as 768")
+    check_whole("dim (--dim)", dim, "the embedding dimension, such as 768")
     if dim % pq_m:
         raise ConfigError(f"pq_m (--pq-m)={pq_m} is invalid: it must divide the dimension {dim} (e.g. 96, 48, 192)")
-    if not 1 <= pq_nbits <= 16:
-        raise ConfigError(f"pq_nbits (--pq-nbits)={pq_nbits} is invalid: 1 to 16 bits per sub-quantizer (8 is usual)")
+    check_whole.at_most(16)("pq_nbits (--pq-nbits)", pq_nbits, "bits per sub-quantizer (8 is usual)")
     recipes.recipe_keys(recipe)  # refuses an unknown recipe
     a = ASSUMPTIONS
     model = a["gpu_model_bytes"] + a["gpu_context_bytes"]

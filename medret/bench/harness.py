@@ -33,6 +33,7 @@ from medret.errors import ConfigError
 from medret.storage.atomic import atomic_path, atomic_write_text
 from medret.transports import TRANSPORTS, transport_class
 from medret.transports.local import LocalTransport
+from medret.validate import check_whole
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,8 @@ class BenchConfig:
         if not 0.0 <= self.dup_ratio < 1.0:
             raise ConfigError(f"dup_ratio={self.dup_ratio!r} is invalid: a fraction from 0 (all queries distinct) "
                               f"to below 1 (e.g. 0.875 for GRPO groups of 8 sharing one query)")
-        if not isinstance(self.topk, int) or self.topk < 1:
-            raise ConfigError(f"topk={self.topk!r} is invalid: a positive whole number")
-        if self.repeats < 1 or self.min_repeats < 1:
-            raise ConfigError(f"repeats={self.repeats}, min_repeats={self.min_repeats} are invalid: at least 1")
+        for name in ("topk", "repeats", "min_repeats"):
+            check_whole(name, getattr(self, name))
 
     def retriever_kwargs(self) -> dict[str, Any]:
         return {"corpus_name": self.corpus, "retriever_name": self.retriever, "db_dir": self.db_dir, **self.options}
