@@ -29,7 +29,7 @@ from typing import Any
 
 from medret.config import EngineOptions
 from medret.corpus.registry import DISPLAY, KNOWN_ROWS, SAMPLE_DIR, SOURCES
-from medret.encoders.specs import MAX_RERANK_DEPTH
+from medret.encoders.specs import MAX_RERANK_DEPTH, REGISTRY, known_names
 from medret.errors import ConfigError
 from medret.launch import recipes
 from medret.options import add_flags
@@ -38,7 +38,6 @@ from medret.validate import check_whole
 GiB = 1 << 30
 
 # Model dimensions of the named dense retrievers (all BERT-base sized).
-DIMS = {"medcpt": 768, "contriever": 768, "specter": 768, "e5": 768}
 
 ASSUMPTIONS: dict[str, Any] = {
     # MedCPT document encoding on one H200 at 256 tokens (measured by the author, fp16).
@@ -152,26 +151,23 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
     n = sum(rows.values())
     gpu_b = parse_size(gpu_mem, "gpu_mem (--gpu-mem)")
     ram_b = parse_size(ram, "ram (--ram)")
-    for name, v, low in (("gpus", gpus, 0), ("nodes", nodes, 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
-            raise ConfigError(f"{name} (--{name})={v!r} is invalid: a whole number >= {low}"
-                              + (" (GPUs per node)" if name == "gpus" else ""))
+    check_whole.at_least(0)("gpus (--gpus)", gpus, "GPUs per node")
+    check_whole("nodes (--nodes)", nodes)
     if gpu_b is None:
         gpus = 0
     r = retriever.strip().lower()
     dense = r != "bm25"
     if dim is None:
-        if dense and r not in DIMS:
+        spec = REGISTRY.get(r)  # a named dense retriever's dimension is its spec's
+        if dense and (spec is None or spec.dim is None):
             raise ConfigError(f"retriever={retriever!r} is unknown to the planner: use BM25, "
-                              f"{', '.join(['MedCPT', 'Contriever', 'SPECTER', 'e5'])}, or give the embedding "
+                              f"{', '.join(known_names())}, or give the embedding "
                               "dimension of your model with --dim N (dim=N in Python), e.g. --dim 768")
-        dim = DIMS.get(r, 768)
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise ConfigError(f"dim (--dim)={dim!r} is invalid: the embedding dimension, a whole number such as 768")
+        dim = spec.dim if spec is not None and spec.dim else 768
+    check_whole("dim (--dim)", dim, "the embedding dimension, such as 768")
     if dim % pq_m:
         raise ConfigError(f"pq_m (--pq-m)={pq_m} is invalid: it must divide the dimension {dim} (e.g. 96, 48, 192)")
-    if not 1 <= pq_nbits <= 16:
-        raise ConfigError(f"pq_nbits (--pq-nbits)={pq_nbits} is invalid: 1 to 16 bits per sub-quantizer (8 is usual)")
+    check_whole.at_most(16)("pq_nbits (--pq-nbits)", pq_nbits, "bits per sub-quantizer (8 is usual)")
     recipes.recipe_keys(recipe)  # refuses an unknown recipe
     a = ASSUMPTIONS
     model = a["gpu_model_bytes"] + a["gpu_context_bytes"]

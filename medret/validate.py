@@ -164,9 +164,6 @@ class Whole:
     def optional(self, meaning: str = "") -> "Whole":
         return Whole(self.minimum, meaning, self.error, self.maximum)
 
-    def raising(self, error: type[ConfigError]) -> "Whole":
-        return Whole(self.minimum, self.none, error, self.maximum)
-
 
 class Number:
     """A finite number (int or float, never a bool) above 0 (``positive``) or at least ``minimum``."""

@@ -9,11 +9,11 @@ from pathlib import Path
 from medret.bench.harness import BenchConfig, format_table, require_bench_extra, run_bench, write_outputs
 from medret.bench.synth import write_synthetic_corpus
 from medret.config import EngineOptions
-from medret.corpus.registry import cache_dir
 from medret.errors import ConfigError
 from medret.eval import pubmedqa
 from medret.eval.qrels import load_labelled, pubmedqa_set, write_beir_corpus
 from medret.eval.runner import evaluate, format_results
+from medret.fetch.env import default_cache_dir
 from medret.options import add_flags, given
 from medret.plan import register as register_plan
 from medret.storage.atomic import atomic_write_text
@@ -79,7 +79,7 @@ EVAL_OWN = ("corpus_name", "retriever_name")
 
 
 def _work_dir(args) -> Path:
-    return Path(args.work_dir).expanduser() if args.work_dir else cache_dir() / "bench"
+    return Path(args.work_dir).expanduser() if args.work_dir else default_cache_dir() / "bench"
 
 
 def pubmedqa_corpus(path: str, work: Path) -> tuple[Path, dict]:

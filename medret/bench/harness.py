@@ -31,11 +31,12 @@ from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import open_corpus_store
 from medret.errors import ConfigError, MissingDependencyError
 from medret.storage.atomic import atomic_path, atomic_write_text
+from medret.transports import TRANSPORTS, transport_class
 from medret.transports.local import LocalTransport
+from medret.validate import check_whole
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("local", "http", "ray")
 DEFAULT_BATCHES = (1, 8, 64, 512, 2560)
 
 
@@ -58,18 +59,16 @@ class BenchConfig:
     options: dict[str, Any] = field(default_factory=dict)  # other RetrieverConfig fields (pooling, device, ...)
 
     def __post_init__(self) -> None:
-        bad = [b for b in self.backends if b not in BACKENDS]
+        bad = [b for b in self.backends if b not in TRANSPORTS]
         if bad or not self.backends:
-            raise ConfigError(f"backends={list(self.backends)!r} is invalid: choose from {', '.join(BACKENDS)}")
+            raise ConfigError(f"backends={list(self.backends)!r} is invalid: choose from {', '.join(TRANSPORTS)}")
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch_sizes={list(self.batch_sizes)!r} is invalid: positive whole numbers, e.g. 1,8,64")
         if not 0.0 <= self.dup_ratio < 1.0:
             raise ConfigError(f"dup_ratio={self.dup_ratio!r} is invalid: a fraction from 0 (all queries distinct) "
                               f"to below 1 (e.g. 0.875 for GRPO groups of 8 sharing one query)")
-        if not isinstance(self.topk, int) or self.topk < 1:
-            raise ConfigError(f"topk={self.topk!r} is invalid: a positive whole number")
-        if self.repeats < 1 or self.min_repeats < 1:
-            raise ConfigError(f"repeats={self.repeats}, min_repeats={self.min_repeats} are invalid: at least 1")
+        for name in ("topk", "repeats", "min_repeats"):
+            check_whole(name, getattr(self, name))
 
     def retriever_kwargs(self) -> dict[str, Any]:
         return {"corpus_name": self.corpus, "retriever_name": self.retriever, "db_dir": self.db_dir, **self.options}
@@ -209,18 +208,15 @@ class Server:
 
 
 def available(backend: str) -> str | None:
-    """None when the backend can run here, else why not."""
-    if backend == "local":
-        return None
-    if backend == "http":
-        for mod in ("medret.transports.http", "medret.serve.server", "uvicorn", "starlette", "requests"):
-            if importlib.util.find_spec(mod) is None:
-                return f"{mod} is not installed"
-        return None
-    if importlib.util.find_spec("ray") is None:
-        return "ray is not installed (pip install 'medret[ray]')"
-    if importlib.util.find_spec("medret.transports.ray") is None:
-        return "medret.transports.ray is not part of this installation"
+    """None when the backend can run here, else why not: the transport's own packages and, for a remote one, the
+    server this benchmark starts for it."""
+    cls = transport_class(backend)
+    wanted = [(d, f" (pip install 'medret[{extra}]')") for d, extra in cls.needs(dense=False).items()]
+    if cls.remote:
+        wanted += [(m, "") for m in ("medret.serve.server", "uvicorn", "starlette")]
+    for mod, fix in wanted:
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed{fix}"
     return None
 
 
@@ -308,7 +304,7 @@ def run_backend(backend: str, cfg: BenchConfig, pool: Sequence[str]) -> dict[str
     server = None
     retriever = None
     try:
-        if backend == "http":
+        if transport_class(backend).remote:  # a server to search: started here, timed from its start
             server = Server(kwargs, cfg.startup_timeout)
             config = RetrieverConfig.from_mapping({**kwargs, "backend": "http", "address_file": server.address_file,
                                                    "timeout": 600.0})

@@ -77,9 +77,6 @@ def medrag_index_dir(source_dir: str | os.PathLike[str], doc_model: str | Encode
     return Path(source_dir) / "index" / model
 
 
-cache_dir = default_cache_dir  # the older name (benchmarks use it)
-
-
 def artifacts_in(cache: str | os.PathLike[str] | None, name: str, origin: Path, default: Path) -> Path:
     """Where the stores and indexes of ``origin`` (a source folder, a jsonl file, or a db_dir for corpus-level
     artifacts) live: ``default`` (beside the data), or with ``cache_dir`` set, ``<cache_dir>/<name>-<hash of the

@@ -15,10 +15,11 @@ from medret.doctor.data import device_or_none
 from medret.encoders.hf import Encoder
 from medret.encoders.locate import hub_problem, model_location, offline_fix
 from medret.encoders.recipe_check import folder_summary, require_recipe_model, width_problem
-from medret.encoders.specs import spec_for
+from medret.encoders.specs import like_choices, spec_for
 from medret.errors import MedretError
 from medret.fetch.env import hf_cache_dir, hf_offline
 from medret.retrievers import dense_parts
+from medret.transports import transport_class
 from medret.transports.http import HttpTransport, base_url, read_address_file
 
 
@@ -26,7 +27,7 @@ def check_encoder(config: Any, ready: bool = True) -> list[Check]:
     """Every model of every dense part: where it would load from, that it loads and encodes. The query model's
     lines are ``encoder``; a separate document model's are ``doc-encoder`` (needed to build an index, so a missing
     one fails only while an index still has to be built)."""
-    if config.backend not in ("local", "ray"):
+    if transport_class(config.backend).remote:  # the server loads the models
         return []
     try:
         parts = list(dense_parts(config.retriever_name))
@@ -42,7 +43,7 @@ def check_encoder(config: Any, ready: bool = True) -> list[Check]:
             spec = spec_for(part, config)
         except MedretError as e:
             out.append(Check("encoder", FAIL, f"encoder {part!r} cannot be configured", str(e),
-                             "give --like e5|MedCPT|Contriever|SPECTER or --pooling cls|mean for a local model folder"))
+                             f"give --like {like_choices()} or --pooling cls|mean for a local model folder"))
             continue
         qloc = model_location(spec.query_model, config.query_model, config.models_dir)
         dloc = model_location(spec.doc_model, config.doc_model, config.models_dir)
@@ -121,9 +122,10 @@ def _model_availability(loc: str) -> str:
 
 
 def check_search(config: Any, query: str, ready: bool) -> list[Check]:
-    if config.backend in ("local", "ray") and not ready:
+    here = not transport_class(config.backend).remote  # the index is searched from this machine's files
+    if here and not ready:
         return [Check("search", WARN, "test query skipped: the store or index is not ready (see above)")]
-    cfg = config.replace(auto_build=False) if config.backend in ("local", "ray") else config
+    cfg = config.replace(auto_build=False) if here else config
     try:
         t0 = time.perf_counter()
         r = Retriever(cfg)

@@ -24,6 +24,7 @@ from typing import Any
 
 from medret.encoders.fingerprint import file_digest
 from medret.encoders.locate import DOWNLOAD_RECORD, is_local, model_dim
+from medret.encoders.specs import REGISTRY
 from medret.errors import ModelNotFoundError
 from medret.fetch.files import git_blob_id
 
@@ -37,14 +38,12 @@ class ModelShape:
     vocab_size: int
 
 
-_BERT_BASE = ModelShape("bert", 768, 30522)
-#: the published config.json of each model a named retriever loads
+#: the published config.json of each model a named retriever loads, from the registry (EncoderSpec.model_type,
+#: dim = hidden_size, vocab_size)
 RECIPE_MODELS: dict[str, ModelShape] = {
-    "ncbi/MedCPT-Query-Encoder": _BERT_BASE,
-    "ncbi/MedCPT-Article-Encoder": _BERT_BASE,
-    "facebook/contriever": _BERT_BASE,
-    "allenai/specter": ModelShape("bert", 768, 31116),  # SciBERT's vocabulary
-    "intfloat/e5-base-v2": _BERT_BASE,
+    model: ModelShape(spec.model_type, spec.dim, spec.vocab_size)
+    for spec in REGISTRY.values() if spec.model_type and spec.dim and spec.vocab_size
+    for model in (spec.query_model, spec.doc_model)
 }
 
 

@@ -72,8 +72,7 @@ class Service:
                  loader: Callable[[], SearchBackend] | None = None):
         self.config = config
         self.settings = settings
-        self.batcher = Batcher(loader or _local_loader(config), settings.max_batch_queries, settings.max_wait_ms,
-                               max_batch_docs=settings.max_batch_docs)
+        self.batcher = Batcher(loader or _local_loader(config), settings)
         self._token = settings.token.encode() if settings.token else None
         self.started_at = time.time()
         self.requests_ok = 0
@@ -133,6 +132,7 @@ class Service:
                            "window": len(lat)},
         }
         out.update(b.stats.as_dict())
+        out["queued_requests"] = b.queued()
         return out
 
     def note_ignored(self, names: list[str]) -> None:

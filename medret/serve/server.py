@@ -16,6 +16,7 @@ from medret.config import RetrieverConfig
 from medret.errors import ConfigError, StorageError
 from medret.serve.app import ServeSettings, create_app
 from medret.storage.atomic import atomic_write_text
+from medret.validate import check_whole
 
 try:
     from uvicorn.protocols.http.h11_impl import H11Protocol as _H11
@@ -28,8 +29,7 @@ log = logging.getLogger(__name__)
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0, backlog: int = 2048) -> socket.socket:
     """A listening TCP socket on host:port (port 0: a free port chosen by the OS)."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"port={port!r} is invalid: a number from 0 to 65535 (0 picks a free port)")
+    check_whole.at_least(0).at_most(65535)("port", port, "0 picks a free port")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:

@@ -11,7 +11,8 @@ from typing import Any
 
 from medret.config import DEFAULT_TOPK
 from medret.errors import ConfigError
-from medret.options import Options, option
+from medret.options import option
+from medret.serve.batcher import SERVER, BatchOptions
 from medret.validate import check_number, check_token, check_whole
 
 TOKEN_ENV = "MEDRET_TOKEN"
@@ -33,24 +34,16 @@ def _check_token(name: str, value: Any) -> None:
     check_token(value, name)
 
 
-SERVER = "server"
 
 
 @dataclass(frozen=True)
-class ServeSettings(Options):
+class ServeSettings(BatchOptions):
     """Server knobs that are not part of the retriever (limits of a request are in :class:`RetrieverConfig`).
 
     Each is declared once, here, with its flag and help; ``medret serve`` derives its flags from the fields."""
 
     default_topk: int = option(DEFAULT_TOPK, "topk of a request that has none (as Search-R1's)", flag="--topk",
                                check=check_whole, metavar="N", group=SERVER)
-    max_batch_queries: int = option(4096, "most queries merged from concurrent requests into one engine call",
-                                    check=check_whole, metavar="N", group=SERVER)
-    max_batch_docs: int = option(65536, "most hits (queries x topk) one engine call computes; a larger request is "
-                                 "searched alone, in slices of this size, with other requests served between its "
-                                 "slices", check=check_whole, metavar="N", group=SERVER)
-    max_wait_ms: float = option(0.0, "milliseconds to wait for more requests before a batch (0: take what is "
-                                "queued)", check=check_number.at_least(0).at_most(10_000), metavar="X", group=SERVER)
     max_body_bytes: int = option(32 * 1024 * 1024, "largest request body in bytes (413 above)", check=check_whole,
                                  metavar="N", group=SERVER)
     header_timeout_s: float = option(10.0, "seconds a connection has to send a whole request head (from connecting, "
