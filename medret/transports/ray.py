@@ -339,7 +339,7 @@ class RayTransport(BaseTransport):
     def _absent(self) -> str:
         """The attach message: the job, the actor expected, and the command that starts it."""
         up = ["medret", "ray", "up", *options.argv(EngineOptions.of(self.config)),
-              *options.argv(self.options, exclude=("ray_attach", "timeout"))]
+              *options.argv(RayOptions.of(self.config), exclude=("ray_attach", "timeout"))]
         job = self.config.ray_job or job_id()
         if not self.config.ray_job:
             up.append(f"--ray-job={job}")
