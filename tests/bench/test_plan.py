@@ -201,6 +201,15 @@ def test_recipe_batches_fitted_to_the_training_gpus(recipe, world, expected):
     assert f"--recipe {recipe}" in render
 
 
+def job_paths(tmp_path):
+    """The paths a rendered job reads, where `slurm check` and the dry run look for them (issue 21): the corpus
+    folder data/medrag and the default data folder with its two files."""
+    (tmp_path / "data" / "medrag").mkdir(parents=True)
+    (tmp_path / "data" / "nq_search").mkdir()
+    for name in ("train.parquet", "val.parquet"):
+        (tmp_path / "data" / "nq_search" / name).write_bytes(b"PAR1")
+
+
 def _bash(cmd, tmp_path, **env):
     import os
     import subprocess
@@ -240,11 +249,7 @@ def test_printed_commands_run_with_the_real_cli(args, expect, tmp_path, capsys):
         assert callable(parsed.func)
     r = _bash(c["render"], tmp_path, DB="/data/medrag")
     assert r.returncode == 0, r.stderr
-    # the job's paths where `slurm check` and the dry run look for them: the corpus folder, the default data folder
-    (tmp_path / "data" / "medrag").mkdir(parents=True)
-    (tmp_path / "data" / "nq_search").mkdir()
-    for name in ("train.parquet", "val.parquet"):
-        (tmp_path / "data" / "nq_search" / name).write_bytes(b"PAR1")
+    job_paths(tmp_path)
     r = _bash(c["render"].replace('"$DB"', "data/medrag"), tmp_path)
     assert r.returncode == 0, r.stderr
     r = _bash(c["check"], tmp_path)
@@ -281,7 +286,8 @@ def test_idle_gpus_are_counted_and_the_best_layout_without_them_is_shown(ram, al
     assert "6 of the job's 16 GPUs stay idle" in text
     assert f"alternative without idle GPUs: {alt['name']}, layout per-node, 16 training GPUs; cost: recall" in text
     # the alternative's commands are real: its job renders and passes `slurm check`
-    r = _bash(alt["commands"]["render"], tmp_path, DB="/data/medrag")
+    job_paths(tmp_path)
+    r = _bash(alt["commands"]["render"].replace('"$DB"', "data/medrag"), tmp_path)
     assert r.returncode == 0, r.stderr
     r = _bash("medret slurm check job.sbatch", tmp_path)
     assert r.returncode == 0 and "job.sbatch: OK" in r.stdout, r.stdout + r.stderr
