@@ -258,6 +258,9 @@ class RayOptions(TransportOptions):
     # workers that do not inherit the driver's environment (veRL tool workers) can pass it explicitly
     ray_job: str | None = option(None, "job id in the actor's name (default: $MEDRET_RAY_JOB, else $SLURM_JOB_ID)",
                                  kind=str, aliases=("--job",), check=check_string, digits=True, group=RAY)
+    ray_attach: bool = option(False, "only look the job's actor up by name, never create one: fail at once if it is "
+                              "absent (the trainer's side of a dedicated retriever node: `medret ray up` creates it)",
+                              group=RAY)
     ray_max_restarts: int = option(0, "times Ray restarts the retriever actor after its process dies (an out-of-memory "
                                    "kill, a lost node); -1: always", check=check_whole.at_least(-1), group=RAY)
 

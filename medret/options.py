@@ -64,7 +64,8 @@ def option(default: Any, help: str, *, kind: type | None = None, flag: str | Non
            group: str = "", search_only: bool = False, request: bool = False, digits: bool = False) -> Any:
     """A dataclass field declaring one option.
 
-    ``kind`` is int, float, str or bool (taken from the default when it is not None). ``flag``: True for
+    ``kind`` is int, float, str, bool or tuple (a list of strings: a repeatable flag; taken from the default when
+    it is not None). ``flag``: True for
     ``--name-with-dashes``, a string for another flag, False/None for none; ``aliases`` are further flags.
     ``keys`` are further names accepted by :meth:`Options.from_mapping`. ``check(name, value)`` raises
     :class:`ConfigError`; ``choices`` adds a check of its own. ``identity``: part of a Ray actor's name.
@@ -78,8 +79,8 @@ def option(default: Any, help: str, *, kind: type | None = None, flag: str | Non
         if default is None:
             raise TypeError(f"option(None, {help!r}) needs kind=")
         kind = type(default)
-    if kind not in (int, float, str, bool):
-        raise TypeError(f"option kind {kind!r} is not one of int, float, str, bool")
+    if kind not in (int, float, str, bool, tuple):
+        raise TypeError(f"option kind {kind!r} is not one of int, float, str, bool, tuple")
     decl = Declaration(kind=kind, help=help, flags=(), keys=tuple(keys), check=check, identity=identity,
                        choices=tuple(choices) if choices is not None else None, metavar=metavar, group=group,
                        search_only=search_only, request=request, digits=digits)
@@ -177,8 +178,9 @@ _KIND_WORDS = {
     int: "a whole number (an int: not a bool, not a fraction)",
     float: "a number (an int or a float: not a bool, not NaN)",
     str: "a string (a path may be a str or os.PathLike, not bytes)",
+    tuple: "a list of strings",
 }
-_EXAMPLES = {bool: "true", int: "3", float: "2.5", str: "'...'"}
+_EXAMPLES = {bool: "true", int: "3", float: "2.5", str: "'...'", tuple: "['...']"}
 
 
 def describe_kind(decl: Declaration) -> str:
@@ -211,6 +213,9 @@ def check_kind(name: str, decl: Declaration, value: Any) -> Any:
     elif decl.kind is float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value):
             return value if isinstance(value, (int, float)) else float(value)
+    elif decl.kind is tuple:
+        if isinstance(value, (tuple, list)) and all(isinstance(x, str) for x in value):
+            return tuple(value)
     elif isinstance(value, str):
         return value
     elif decl.digits and isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0:
@@ -386,14 +391,18 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
                 groups[title_] = parser.add_argument_group(title_)
             target = groups[title_]
         shown = dflt.get(name)
-        text = decl.help + (f" (default {shown})" if show_defaults and shown not in (None, False, "") else "")
+        text = decl.help + (f" (default {shown})" if show_defaults and shown not in (None, False, "", ()) else "")
         if decl.kind is bool:  # --x and --no-x whatever the default, so that argv() round-trips
             target.add_argument(*decl.flags, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                                help=text)
+                                help=text.replace("%", "%%"))
+        elif decl.kind is tuple:  # a list of strings: the flag is repeated
+            target.add_argument(*decl.flags, dest=dest, action="append", default=None,
+                                metavar=decl.metavar or decl.flags[0][2:].upper().replace("-", "_"),
+                                help=text.replace("%", "%%") + " (repeatable)")
         else:
             metavar = decl.metavar or (None if decl.choices else decl.flags[0][2:].upper().replace("-", "_"))
             target.add_argument(*decl.flags, dest=dest, type=decl.kind, choices=decl.choices, default=None,
-                                metavar=metavar, help=text)
+                                metavar=metavar, help=text.replace("%", "%%"))
 
 
 def _renamed(flag: str) -> type[argparse.Action]:
@@ -432,6 +441,8 @@ def argv(obj: Any, *, only: Iterable[str] | None = None, exclude: Iterable[str] 
         flag = decl.flags[0]
         if decl.kind is bool:
             out.append(flag if value else "--no-" + flag[2:])
+        elif decl.kind is tuple:
+            out += [f"{flag}={item}" for item in value]
         else:
             out.append(f"{flag}={value}")
     return out

@@ -6,7 +6,7 @@ from pathlib import Path
 from medret.doctor.checks import FAIL, OK, WARN, Check
 from medret.errors import MedretError
 from medret.integrations import searchr1_patch as sp
-from medret.launch.slurm import check_script
+from medret.launch.slurm import check_script, read_script
 
 
 def check_searchr1(path: str | None) -> list[Check]:
@@ -33,8 +33,8 @@ def check_sbatch(path: str | None) -> list[Check]:
         return []
     p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_script(str(p))
+    except MedretError as e:
         return [Check("slurm", FAIL, f"job script {p} cannot be read", str(e), "give --sbatch the job script's path")]
     report = check_script(text, str(p))
     out = [Check("slurm", FAIL, f"job script {p}: {msg.split(':', 1)[0][:100]}", msg,

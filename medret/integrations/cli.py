@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
     add_flags(r, EngineOptions)
     add_flags(r, RetrieverConfig, only=("backend", "url"), title="backend (--url: the /retrieve address Search-R1 "
               "posts to, e.g. http://127.0.0.1:8000/retrieve)")
-    add_flags(r, RayOptions, only=("ray_address", "ray_num_gpus", "ray_placement", "ray_shards", "ray_job"))
+    add_flags(r, RayOptions)
     r.add_argument("--turns", type=int, default=2, help="search turns before the answer (default 2)")
     r.add_argument("--topk", type=int, default=DEFAULT_TOPK,
                    help=f"passages per query (retriever.topk; default {DEFAULT_TOPK})")

@@ -99,7 +99,10 @@ def retriever_config(block: Mapping[str, Any] | Any) -> RetrieverConfig:
 def _ray_gpu_request(data: dict[str, Any]) -> dict[str, Any]:
     """With backend=ray a GPU is requested from Ray (num_gpus); Ray, not gpu_id, decides which one."""
     wants_gpu = data.get("gpu_id") is not None or str(data.get("device") or "").startswith("cuda")
-    if wants_gpu and not data.get("ray_num_gpus"):
+    # on the retriever node the actor sees that node's GPUs without asking Ray (its raylet offers 0 Ray GPUs), and
+    # asking would give it another name than the one `medret ray up` created
+    on_retriever_node = str(data.get("ray_placement") or "").strip().lower() == "retriever-node"
+    if wants_gpu and not data.get("ray_num_gpus") and not on_retriever_node:
         data["ray_num_gpus"] = 1
         _log_once(logging.INFO, "retriever.backend=ray with a GPU requested: the retriever actor asks Ray for "
                   "num_gpus=1")

@@ -6,29 +6,15 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from medret import config_file
-from medret.config import DEFAULT_TOPK, EngineOptions, RayOptions, RetrieverConfig
+from medret.config import EngineOptions, RayOptions, RetrieverConfig
 from medret.errors import ConfigError, TransportError
-from medret.launch.slurm import RETRIEVER_OPTION_NAMES, JobSpec, check_script, plan_job, render_job
-from medret.options import add_flags
+from medret.launch.slurm import JobSpec, check_script, plan_job, read_script, render_job
+from medret.options import add_flags, declarations, given
 from medret.storage.atomic import atomic_write_text
 from medret.transports.ray import RayTransport, kill_actors, wait_for_nodes
-
-# flag dest -> JobSpec field (None values are left to the YAML file or the defaults)
-_SPEC_FLAGS = {
-    "layout": "layout", "nodes": "nodes", "gpus_per_node": "gpus_per_node", "retriever_gpus": "retriever_gpus",
-    "tensor_parallel": "tensor_parallel", "corpus": "corpus", "retriever": "retriever", "db_dir": "db_dir",
-    "topk": "topk", "shards": "shards", "job_name": "job_name", "partition": "partition", "account": "account",
-    "qos": "qos", "time": "time", "mem": "mem", "cpus_per_task": "cpus_per_task", "log": "output",
-    "sbatch_extra": "sbatch_extra", "model": "model", "data_dir": "data_dir", "max_turns": "max_turns",
-    "override": "overrides", "train_cmd": "train_cmd", "mode": "mode", "smoke_turns": "smoke_turns",
-    "health_timeout": "health_timeout", "python": "python", "recipe": "recipe", "train_file": "train_file",
-    "val_file": "val_file",
-    **{name: name for name in RETRIEVER_OPTION_NAMES},  # model paths and encoder recipe, as declared
-}
 
 
 def register(sub) -> None:
@@ -40,57 +26,20 @@ def register(sub) -> None:
                                     "Flags override the --config YAML (same names, with _ or -).")
     r.add_argument("--config", help="YAML file with the job options (flags override it)")
     r.add_argument("-o", "--out", help="write the script here (default: print it)")
-    r.add_argument("--layout", choices=["local", "per-node", "retriever-node"],
-                   help="where the retriever runs: local (in the trainer process, one node; default), per-node "
-                   "(a `medret serve` on every node), retriever-node (Ray actors on one node; see `medret plan`)")
-    r.add_argument("--nodes", type=int, help="SLURM nodes (default 1)")
-    r.add_argument("--gpus-per-node", type=int, help="GPUs on each node (default 4)")
-    r.add_argument("--retriever-gpus", help="GPU index/indices that retrieve, e.g. 3 or 2,3; 'none' = CPU "
-                   "(default: the last GPU; retriever-node with >=2 nodes: all GPUs of the last node)")
-    r.add_argument("--tensor-parallel", "--tp", type=int, dest="tensor_parallel",
-                   help="vLLM rollout tensor-parallel size; must divide the training GPUs per node")
-    add_flags(r, EngineOptions, only=("corpus_name", "retriever_name", "db_dir"), title="retriever (default "
-              "MedCorp, MedCPT)", show_defaults=False, dests={"corpus_name": "corpus", "retriever_name": "retriever"})
-    add_flags(r, EngineOptions, only=RETRIEVER_OPTION_NAMES, title="retriever models and encoder recipe (a local "
-              "model folder: as given to `medret index build`)", show_defaults=False)
-    r.add_argument("--topk", type=int, help=f"passages per query (default {DEFAULT_TOPK})")
-    add_flags(r, RayOptions, only=("ray_shards",), title="retriever-node: shard a dense index over the retriever GPUs",
-              show_defaults=False, dests={"ray_shards": "shards"})
-    g = r.add_argument_group("SLURM")
-    g.add_argument("--job-name", help="#SBATCH --job-name (default medret-train)")
-    g.add_argument("--partition", help="#SBATCH --partition (default: the cluster's)")
-    g.add_argument("--account", help="#SBATCH --account (default: the cluster's)")
-    g.add_argument("--qos", help="#SBATCH --qos (default: the cluster's)")
-    g.add_argument("--time", help="#SBATCH --time limit, e.g. 24:00:00 (the default) or 2-00:00:00")
-    g.add_argument("--mem", help="#SBATCH --mem per node, e.g. 500G (default: the cluster's)")
-    g.add_argument("--cpus-per-task", type=int, help="#SBATCH --cpus-per-task (default: the cluster's)")
-    g.add_argument("--log", help="#SBATCH --output pattern (default %%x-%%j.out)")
-    g.add_argument("--sbatch-extra", action="append", help="another #SBATCH option, e.g. --exclusive (repeatable)")
-    t = r.add_argument_group("trainer")
-    t.add_argument("--model", help="the policy model: hub id or folder (default Qwen/Qwen2.5-7B)")
-    t.add_argument("--data-dir", help="folder of the training data files (default data/nq_search)")
-    t.add_argument("--train-file", help="data.train_files, relative to --data-dir unless absolute "
-                   "(default train.parquet)")
-    t.add_argument("--val-file", help="data.val_files, relative to --data-dir unless absolute (default val.parquet, "
-                   "as `medret kare prepare` writes; Search-R1's NQ data: test.parquet)")
-    t.add_argument("--recipe", choices=["none", "ppo", "grpo"],
-                   help="Search-R1's hyper-parameters: ppo (train_ppo.sh) or grpo (train_grpo.sh), every key of "
-                   "the script, --override to change one; none (default): only the keys medret sets")
-    t.add_argument("--max-turns", type=int, help="search turns per rollout (Search-R1's max_turns; default 2)")
-    t.add_argument("--override", action="append", help="hydra override key=value (repeatable); replaces a "
-                   "recipe key in place")
-    t.add_argument("--train-cmd", help="run this shell command instead of Search-R1's trainer")
-    t.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
-                   help="run `medret rollout-smoke` on every trainer node instead of training (CPU tests)")
-    t.add_argument("--smoke-turns", type=int, help="search turns of the --smoke rollout (default 2)")
-    t.add_argument("--health-timeout", type=int, help="seconds to wait for the retriever (default 900)")
-    t.add_argument("--python", help="python of the training environment (default python3)")
+    # every job option and every retriever option (EngineOptions), from their declarations
+    add_flags(r, JobSpec)
+    r.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
+                   help="the same as --mode smoke: `medret rollout-smoke` on every trainer node instead of training")
+    add_flags(r, EngineOptions, title="the retriever: every process of the job gets these (default corpus MedCorp, "
+              "retriever MedCPT; a local model folder: as given to `medret index build`)", show_defaults=False)
     r.add_argument("--quiet", action="store_true", help="do not print the plan")
     r.set_defaults(func=cmd_render)
 
     c = ssub.add_parser("check", help="validate job scripts: GPU split, tensor parallel, retriever GPU, health check")
     c.add_argument("scripts", nargs="+", metavar="JOB.sbatch", help="job scripts written by `medret slurm render`")
     c.add_argument("--json", action="store_true", help="print the reports as JSON")
+    c.add_argument("--paths-on-compute-nodes", action="store_true",
+                   help="leave the paths (data, model, db dir) to the job, which checks them on its first node")
     c.set_defaults(func=cmd_check)
 
     p = sub.add_parser("ray", help="the Ray backend: create, find and stop retriever actors")
@@ -127,7 +76,7 @@ def _load_yaml(path: str) -> dict[str, Any]:
     data = config_file.load_mapping(path, "job options (layout: ..., nodes: ...)")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     config_file.require_scalars(data, path, containers={"retriever_gpus": list, "sbatch_extra": list,
-                                                        "overrides": list, "retriever_options": dict})
+                                                        "overrides": list})
     try:
         JobSpec.from_mapping(data)
     except ConfigError as e:
@@ -135,13 +84,16 @@ def _load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def spec_from_args(args: argparse.Namespace):
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    """The job from --config YAML, the flags given over it (the same names, with _ or -)."""
     data: dict[str, Any] = _load_yaml(args.config) if getattr(args, "config", None) else {}
-    for dest, fname in _SPEC_FLAGS.items():
-        v = getattr(args, dest, None)
-        if v is not None:
-            data[fname] = v
-    return JobSpec.from_mapping(data)
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    flags = {**given(args, JobSpec), **given(args, EngineOptions)}
+    for name in flags:  # a flag replaces the YAML's value under any of its spellings (corpus / corpus_name)
+        decl = declarations(EngineOptions).get(name)
+        for key in (name, *(decl.keys if decl else ())):
+            data.pop(key, None)
+    return JobSpec.from_mapping({**data, **flags})
 
 
 def cmd_render(args) -> int:
@@ -171,13 +123,13 @@ def cmd_render(args) -> int:
 
 def cmd_check(args) -> int:
     reports = []
+    environ = dict(os.environ)
     for path in args.scripts:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            print(f"{path}: cannot read ({e.strerror})", file=sys.stderr)
-            return 2
-        reports.append(check_script(text, path))
+        text = read_script(path)  # a ConfigError (cannot read, not UTF-8) is one `medret: error:` line
+        report = check_script(text, path, files=not args.paths_on_compute_nodes, environ=environ)
+        if args.paths_on_compute_nodes:
+            report.facts["paths"] = "not checked here (--paths-on-compute-nodes): the job checks them on its first node"
+        reports.append(report)
     if args.json:
         print(json.dumps([{"path": r.path, "ok": r.ok, "errors": r.errors, "warnings": r.warnings,
                            "facts": r.facts} for r in reports], indent=2, default=str))

@@ -16,7 +16,10 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
+from medret import options
+from medret.config import EngineOptions, RetrieverConfig
 from medret.errors import ConfigError
+from medret.launch.retriever import RUNTIME_SET_BY
 
 RECIPES = ("none", "ppo", "grpo")
 
@@ -155,17 +158,24 @@ SET_BY_MEDRET: dict[str, str] = {
     "max_turns": "--max-turns",
     "retriever.topk": "--topk",
     "retriever.url": "--layout (per-node: each node's own server; the other layouts search through +retriever.*)",
-    "retriever.backend": "--layout",
-    "retriever.corpus_name": "--corpus",
-    "retriever.retriever_name": "--retriever",
-    "retriever.gpu_id": "--retriever-gpus",
-    "retriever.device": "--retriever-gpus (none: CPU)",
-    "retriever.db_dir": "--db-dir (or MEDRET_DB_DIR at run time)",
-    "retriever.ray_placement": "--layout",
-    "retriever.ray_address": "--layout (the job's Ray cluster)",
-    "retriever.ray_job": "--layout (the SLURM job id)",
-    "retriever.ray_shards": "--shards",
 }
+
+
+def retriever_option(key: str) -> str | None:
+    """The job option for an override ``retriever.NAME`` of a declared retriever option (medret.config): an engine
+    option's flag (else its YAML key); --layout for the transport's, which the layout sets. None for other keys."""
+    if not key.startswith("retriever."):
+        return None
+    name = key.split(".", 1)[1]
+    for field, decl in options.declarations(RetrieverConfig).items():
+        if name == field or name in decl.keys:
+            if field in RUNTIME_SET_BY:
+                return RUNTIME_SET_BY[field]
+            if field not in options.declarations(EngineOptions):
+                return "--layout (the job sets the retriever's transport)"
+            return decl.flags[0] if decl.flags else f"{field}: in the --config YAML"
+    return None
+
 
 # Batch sizes that veRL divides by the number of training GPUs (fsdp_workers.py): each must be >= that number.
 PER_GPU_KEYS = ("actor_rollout_ref.actor.ppo_mini_batch_size", "actor_rollout_ref.actor.ppo_micro_batch_size",
@@ -201,6 +211,19 @@ def split_override(entry: str) -> tuple[str, str, str | None]:
     return m.group(1), m.group(2), m.group(3)
 
 
+def count_problem(key: str, value: str) -> str | None:
+    """Why ``value`` of a batch-size key (:data:`TRAIN_BATCH`, :data:`N_AGENT`, :data:`PER_GPU_KEYS`) is not the
+    positive whole number veRL divides (None when it is)."""
+    text = str(value).strip().strip("'\"")
+    if text.isdigit() and int(text) >= 1:
+        return None
+    return (f"{key}={value!r} is invalid: veRL needs a positive whole number there (e.g. --override {key}=512); "
+            "give one")
+
+
+COUNT_KEYS = (TRAIN_BATCH, N_AGENT, *PER_GPU_KEYS)
+
+
 def apply_overrides(recipe: Sequence[tuple[str, str]],
                     overrides: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """The recipe's (key, value) pairs with ``overrides`` applied, and the overrides that are not recipe keys.
@@ -217,6 +240,13 @@ def apply_overrides(recipe: Sequence[tuple[str, str]],
         if key in SET_BY_MEDRET:
             raise ConfigError(f"overrides entry {entry!r} (--override) sets {key}, which medret sets from the job: "
                               f"use {SET_BY_MEDRET[key]} instead")
+        option = retriever_option(key)
+        if option:
+            raise ConfigError(f"overrides entry {entry!r} (--override) sets {key}, which would reach only the "
+                              f"trainer's retriever, not the job's other retriever processes: use the job option "
+                              f"{option} instead (it reaches every one)")
+        if key in COUNT_KEYS and value is not None and count_problem(key, value):
+            raise ConfigError(f"overrides entry {entry!r} (--override): {count_problem(key, value)}")
         i = position.get(key)
         if i is None:
             extra.append(entry)

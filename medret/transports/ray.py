@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import socket
 import time
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from medret import optional, options
-from medret.config import RayOptions, RetrieverConfig
+from medret.config import EngineOptions, RayOptions, RetrieverConfig
 from medret.engine import Engine
 from medret.errors import (
     ConfigError,
@@ -225,7 +226,8 @@ class RetrieverActor:
 
 
 class RayTransport(BaseTransport):
-    """``search / info / close`` through the job's retriever actor (created on first use unless ``create=False``).
+    """``search / info / close`` through the job's retriever actor (created on first use unless ``create=False`` or
+    ``ray_attach``: then only found by name, and a clear error names the actor and the `medret ray up` that makes it).
 
     ``config``: the engine the actor runs (and its name); ``options``: the Ray transport's own (address, namespace,
     placement, GPUs, shards, job; default: those in ``config``)."""
@@ -260,7 +262,7 @@ class RayTransport(BaseTransport):
             self.node_id = self.ray.get_runtime_context().get_node_id()
             self.name = f"{self.name}@{self.node_id}"
         timeout = config.timeout if ready_timeout is None else ready_timeout
-        self.handle = self._get_or_create(create, timeout)
+        self.handle = self._get_or_create(create and not config.ray_attach, timeout)
 
     # ------------------------------------------------------------------ actor lifecycle
     def _lookup(self):
@@ -283,6 +285,7 @@ class RayTransport(BaseTransport):
                     f"cluster has none: start the retriever node with ray start --resources "
                     f"'{{\"{RESOURCE}\": 1000}}' (the rendered SLURM job does this)")
             opts["resources"] = {RESOURCE: 1}
+            opts["num_cpus"] = 0  # placed by the resource; see _shard_options
         elif cfg.ray_placement == "per-node":
             strategies = optional.load("ray.util.scheduling_strategies", "ray")
             opts["scheduling_strategy"] = strategies.NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=False)
@@ -299,6 +302,9 @@ class RayTransport(BaseTransport):
             if cfg.ray_placement == "retriever-node":
                 # that raylet shows its GPUs to every actor (0 Ray GPUs, CUDA_VISIBLE_DEVICES kept): one each
                 o["resources"] = {RESOURCE: 1}
+                # no Ray CPU: an actor holds one while its constructor runs, and the coordinator's waits for its
+                # shards', so shards + 1 Ray CPUs were needed at once (a 2-CPU retriever node deadlocked with 2)
+                o["num_cpus"] = 0
                 o["_device"] = f"cuda:{i}" if cuda else "cpu"
             elif cuda:
                 o["num_gpus"] = 1
@@ -312,8 +318,7 @@ class RayTransport(BaseTransport):
         handle = self._lookup()
         if handle is None:
             if not create:
-                raise TransportError(f"no retriever actor named {self.name!r} in namespace {self.namespace!r}; "
-                                     "create it with `medret ray up` (same corpus/retriever/job)")
+                raise TransportError(self._absent())
             cfg = self.config.to_dict()
             logger.info("creating Ray actor %s (%s)", self.name, self.config.ray_placement)
             actor = remote_class(RetrieverActor)
@@ -330,6 +335,17 @@ class RayTransport(BaseTransport):
             raise TransportError(f"the retriever actor {self.name!r} failed to start: {_cause(e)}") from None
         logger.info("Ray actor %s ready in %.2fs", self.name, time.perf_counter() - t0)
         return handle
+
+    def _absent(self) -> str:
+        """The attach message: the job, the actor expected, and the command that starts it."""
+        up = ["medret", "ray", "up", *options.argv(EngineOptions.of(self.config)),
+              *options.argv(RayOptions.of(self.config), exclude=("ray_attach", "timeout"))]
+        job = self.config.ray_job or job_id()
+        if not self.config.ray_job:
+            up.append(f"--ray-job={job}")
+        return (f"no retriever actor {self.name!r} of job {job!r} in namespace {self.namespace!r} (this process only "
+                f"attaches to it: ray_attach=true). Start it first with `{shlex.join(up)}`: the same retriever "
+                "options make the same actor name (a rendered retriever-node job runs it before the trainer)")
 
     # ------------------------------------------------------------------ transport protocol
     def search(self, queries: list[str], k: int) -> list[list[dict]]:

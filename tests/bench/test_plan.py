@@ -201,6 +201,15 @@ def test_recipe_batches_fitted_to_the_training_gpus(recipe, world, expected):
     assert f"--recipe {recipe}" in render
 
 
+def job_paths(tmp_path):
+    """The paths a rendered job reads, where `slurm check` and the dry run look for them (issue 21): the corpus
+    folder data/medrag and the default data folder with its two files."""
+    (tmp_path / "data" / "medrag").mkdir(parents=True)
+    (tmp_path / "data" / "nq_search").mkdir()
+    for name in ("train.parquet", "val.parquet"):
+        (tmp_path / "data" / "nq_search" / name).write_bytes(b"PAR1")
+
+
 def _bash(cmd, tmp_path, **env):
     import os
     import subprocess
@@ -220,9 +229,9 @@ def _bash(cmd, tmp_path, **env):
      ["+retriever.ray_shards=2", "trainer.n_gpus_per_node=8", "trainer.nnodes=1", "data.train_batch_size=512",
       "algorithm.adv_estimator=grpo"]),
     (["--corpus", "PubMed", "--gpus", "2", "--gpu-mem", "24G", "--ram", "128G"],
-     ["+retriever.device=cpu", "trainer.n_gpus_per_node=2"]),
+     ["+retriever.device=\\'cpu\\'", "trainer.n_gpus_per_node=2"]),
     (["--corpus", "sample", "--retriever", "BM25", "--gpus", "4", "--recipe", "ppo"],
-     ["+retriever.backend=local", "+retriever.device=cpu", "trainer.n_gpus_per_node=4"]),
+     ["+retriever.backend=local", "+retriever.device=\\'cpu\\'", "trainer.n_gpus_per_node=4"]),
 ])
 def test_printed_commands_run_with_the_real_cli(args, expect, tmp_path, capsys):
     """What `medret plan` prints is run as printed: render, `slurm check`, the script's dry run; the index build is
@@ -239,6 +248,9 @@ def test_printed_commands_run_with_the_real_cli(args, expect, tmp_path, capsys):
         parsed = build_parser().parse_args(words[1:])  # argparse exits on anything it does not know
         assert callable(parsed.func)
     r = _bash(c["render"], tmp_path, DB="/data/medrag")
+    assert r.returncode == 0, r.stderr
+    job_paths(tmp_path)
+    r = _bash(c["render"].replace('"$DB"', "data/medrag"), tmp_path)
     assert r.returncode == 0, r.stderr
     r = _bash(c["check"], tmp_path)
     assert r.returncode == 0 and "job.sbatch: OK" in r.stdout, r.stdout + r.stderr
@@ -274,7 +286,8 @@ def test_idle_gpus_are_counted_and_the_best_layout_without_them_is_shown(ram, al
     assert "6 of the job's 16 GPUs stay idle" in text
     assert f"alternative without idle GPUs: {alt['name']}, layout per-node, 16 training GPUs; cost: recall" in text
     # the alternative's commands are real: its job renders and passes `slurm check`
-    r = _bash(alt["commands"]["render"], tmp_path, DB="/data/medrag")
+    job_paths(tmp_path)
+    r = _bash(alt["commands"]["render"].replace('"$DB"', "data/medrag"), tmp_path)
     assert r.returncode == 0, r.stderr
     r = _bash("medret slurm check job.sbatch", tmp_path)
     assert r.returncode == 0 and "job.sbatch: OK" in r.stdout, r.stdout + r.stderr

@@ -22,7 +22,7 @@ def _env():
 
 def test_slurm_check_piped_to_head_prints_no_traceback(tmp_path):
     job = tmp_path / "job.sbatch"
-    job.write_text(render_job(JobSpec.from_mapping({"corpus": "sample", "retriever": "BM25"})))
+    job.write_text(render_job(JobSpec.from_mapping({"corpus": "sample", "retriever": "BM25", "mode": "smoke"})))
     # 400 reports are several hundred KB: more than a pipe holds, so medret is still writing when head exits
     paths = " ".join([str(job)] * 400)
     script = (f"{sys.executable} -m medret.cli slurm check {paths} 2>{tmp_path}/err | head -3; "

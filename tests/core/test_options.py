@@ -24,7 +24,7 @@ NON_DEFAULT = {
     "max_topk": 50, "max_batch": 99, "max_query_chars": 500, "max_answer_docs": 1000, "max_answer_bytes": 10**6,
     "timeout": 7.5, "url": "http://h:1", "address_file": "/tmp/a", "retries": 2, "total_timeout": 30.0,
     "ray_address": "h:6379", "ray_namespace": "ns", "ray_num_gpus": 1.0, "ray_placement": "retriever-node",
-    "ray_shards": 2, "ray_job": "j7", "ray_max_restarts": 2, "backend": "ray",
+    "ray_shards": 2, "ray_job": "j7", "ray_attach": True, "ray_max_restarts": 2, "backend": "ray",
 }
 
 

@@ -221,8 +221,12 @@ def write_job(path: Path, db: Path, drop_trap: bool = False) -> Path:
 
     from medret.launch.slurm import JobSpec, render_job
 
+    data = path.parent / "data"  # the training data the job reads: `slurm check` looks for it
+    data.mkdir(exist_ok=True)
+    for name in ("train.parquet", "val.parquet"):
+        (data / name).write_bytes(b"PAR1")
     text = render_job(JobSpec.from_mapping({"layout": "local", "gpus_per_node": 4, "corpus": "Textbooks",
-                                            "db_dir": str(db)}))
+                                            "db_dir": str(db), "data_dir": str(data)}))
     if drop_trap:
         text = re.sub(r"(?m)^\s*trap .*$", "", text)
     path.write_text(text)

@@ -39,3 +39,48 @@ def nq_style_data(parent: Path) -> Path:
     for name in ("train.parquet", "test.parquet"):
         (d / name).write_bytes(b"PAR1")
     return d
+
+
+def hydra_text(value: str) -> str:
+    """A simple hydra value as medret writes it ('...', quotes escaped) back to its text, for tests that read the
+    words of a rendered command (the round trip of every hard case through hydra's own parser is
+    test_slurm_hydra_quoting's)."""
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1].replace("\\'", "'").replace("\\${", "${")
+    return value
+
+
+_HYDRA_READ = r'''
+import json, sys
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+out = []
+for o in OverridesParser.create().parse_overrides(json.loads(sys.stdin.read())):
+    # the value as the trainer's composed config holds it (OmegaConf unescapes \${ and resolves ${...})
+    value = OmegaConf.to_container(OmegaConf.create({"v": o.value()}), resolve=True)["v"]
+    out.append([o.key_or_group, value])
+print(json.dumps(out))
+'''
+
+
+def hydra_read(words: list[str]) -> list[tuple[str, object]]:
+    """(key, value) of hydra overrides as the trainer reads them: hydra's own override parser, then the value as its
+    OmegaConf config resolves it. hydra-core is in the trainer environments: in this process when it is installed,
+    else through $MEDRET_HYDRA_PYTHON or a .venv-searchr1 beside the repository (`make test` builds it)."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        import hydra  # noqa: F401
+        python = sys.executable
+    except ImportError:
+        candidates = [os.environ.get("MEDRET_HYDRA_PYTHON", ""), str(REPO / ".venv-searchr1" / "bin" / "python")]
+        python = next((c for c in candidates if c and Path(c).is_file()), "")
+        if not python:
+            pytest.skip("hydra-core is not installed here (it is in the trainer environments: make test runs this "
+                        "there; or set MEDRET_HYDRA_PYTHON)")
+    r = subprocess.run([python, "-c", _HYDRA_READ], input=json.dumps(words), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return [tuple(pair) for pair in json.loads(r.stdout)]

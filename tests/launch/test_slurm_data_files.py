@@ -1,6 +1,7 @@
 """What `medret kare prepare` writes and what a rendered job reads agree by default (train.parquet, val.parquet), and
-`medret slurm check`, the script's dry run and `medret doctor --sbatch` report training data files that do not exist
-when the data folder can be read at check time."""
+`medret slurm check`, the script's dry run and `medret doctor --sbatch` fail on a data folder, data file, model folder
+or corpus folder that does not exist where they run (issue 21), unless the job was rendered with
+--paths-on-compute-nodes: then the job's own first step checks them, before Ray or the retriever starts."""
 from __future__ import annotations
 
 import os
@@ -49,8 +50,9 @@ def test_a_job_rendered_with_defaults_reads_what_kare_prepare_writes(kare_out, t
                                        f"data.val_files={kare_out}/val.parquet")
     r = dry_run(job, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert f"data.train_files={kare_out}/train.parquet" in r.stdout
-    assert f"data.val_files={kare_out}/val.parquet" in r.stdout
+    # hydra-quoted, then %q-quoted by the dry run's printout
+    assert f"data.train_files=\\'{kare_out}/train.parquet\\'" in r.stdout
+    assert f"data.val_files=\\'{kare_out}/val.parquet\\'" in r.stdout
     checks = check_sbatch(str(job))
     assert [c.status for c in checks] == [OK], [c.title for c in checks]
 
@@ -100,13 +102,48 @@ def test_both_files_missing_and_absolute_names(tmp_path):
     assert "data.val_files" not in r.stderr
 
 
-def test_a_folder_that_cannot_be_read_here_is_not_checked(tmp_path):
+@pytest.mark.parametrize("kw,what", [
+    (dict(data_dir="/nonexistent/cluster/data"), "the data folder DATA_DIR"),
+    (dict(model="/nonexistent/models/qwen"), "the model MODEL"),
+    (dict(db_dir="/nonexistent/medrag"), "the corpus folder MEDRET_DB_DIR"),
+])
+def test_a_path_that_does_not_exist_fails_check_dry_run_and_doctor(kare_out, tmp_path, capsys, kw, what):
+    """Issue 21: a wrong --data-dir / --model / --db-dir passed every check, and the job started Ray and the retriever
+    before the trainer failed."""
     job = tmp_path / "job.sbatch"
-    job.write_text(render_job(spec(data_dir="/nonexistent/cluster/data")))
+    job.write_text(render_job(spec(**{"data_dir": str(kare_out), **kw})))
+    path = next(iter(kw.values()))
     rep = check_script(job.read_text(), environ={})
-    assert rep.ok and "cannot be read here" in rep.facts["data_files_not_checked"]
+    assert not rep.ok and any(e.startswith(what) and repr(path) in e and "--paths-on-compute-nodes" in e
+                              for e in rep.errors), rep.format()
+    capsys.readouterr()
+    assert main(["slurm", "check", str(job)]) == 1
+    assert what in capsys.readouterr().out
     r = dry_run(job, tmp_path)
-    assert r.returncode == 0 and "not checked: its folder /nonexistent/cluster/data cannot be read here" in r.stdout
+    assert r.returncode == 1 and f"FAILED: {what}={path} does not exist" in r.stderr, r.stderr
+    fails = [c for c in check_sbatch(str(job)) if c.status == FAIL]
+    assert len(fails) == 1 and path in fails[0].detail
+    # the same script checked with the paths left to the compute nodes: OK here, and the dry run says so
+    assert main(["slurm", "check", "--paths-on-compute-nodes", str(job)]) == 0
+    # rendered so: check and dry run pass; the job itself (no --dry-run) fails in its first step, before Ray
+    job.write_text(render_job(spec(**{"data_dir": str(kare_out), **kw, "paths_on_compute_nodes": True})))
+    rep = check_script(job.read_text(), environ={})
+    assert rep.ok and "checked by the job on its first node" in rep.facts["paths"], rep.format()
+    r = dry_run(job, tmp_path)
+    assert r.returncode == 0 and "paths not checked in a dry run" in r.stdout, r.stderr
+    assert [c.status for c in check_sbatch(str(job))] == [OK]
+    r = subprocess.run(["bash", str(job)], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                       env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8"})
+    assert r.returncode == 1 and f"FAILED: {what}={path} does not exist" in r.stderr, r.stdout + r.stderr
+    assert "ray head" not in r.stdout + r.stderr and not list(tmp_path.glob("medret-run-*/ray-*"))
+
+
+def test_a_hub_id_is_not_a_path():
+    from medret.launch.paths import is_model_path
+
+    assert not is_model_path("Qwen/Qwen2.5-7B") and not is_model_path("gpt2")
+    assert is_model_path("/m/qwen") and is_model_path("./qwen") and is_model_path("~/qwen")
+    assert is_model_path("models/qwen/7b")
 
 
 def test_data_dir_from_the_environment_and_relative_to_the_submit_folder(nq_style, kare_out, tmp_path):
@@ -118,8 +155,9 @@ def test_data_dir_from_the_environment_and_relative_to_the_submit_folder(nq_styl
     assert dry_run(job, tmp_path).returncode == 1
     assert check_script(job.read_text(), environ={"DATA_DIR": str(kare_out)}, cwd=str(tmp_path)).ok
     assert dry_run(job, tmp_path, DATA_DIR=str(kare_out)).returncode == 0
-    # elsewhere, relative to a folder without nq_search/: not checked
-    assert check_script(job.read_text(), environ={}, cwd=str(kare_out)).ok
+    # elsewhere, relative to a folder without nq_search/: that folder does not exist there
+    rep = check_script(job.read_text(), environ={}, cwd=str(kare_out))
+    assert not rep.ok and any(e.startswith("the data folder DATA_DIR='nq_search'") for e in rep.errors)
 
 
 @pytest.mark.parametrize("kw", [dict(mode="smoke"), dict(train_cmd="python3 my_trainer.py")])

@@ -8,16 +8,18 @@ pass it. The same table put *unquoted* into scripts by hand (as an unchecked ren
 `slurm check` fail, and whenever such a script does run the canary, the check has flagged it."""
 from __future__ import annotations
 
-import dataclasses
 import os
+import shlex
 import subprocess
 
 import pytest
 import yaml
 
+from medret import options
 from medret.cli import main
-from medret.launch.cli import _SPEC_FLAGS
-from medret.launch.slurm import RETRIEVER_OPTION_NAMES, JobSpec, check_script, render_job
+from medret.config import EngineOptions
+from medret.launch.slurm import JobSpec, check_script, render_job
+from tests.launch.conftest import hydra_text
 
 # {c} is the canary's absolute path
 HOSTILE = [
@@ -36,9 +38,10 @@ HOSTILE = [
 # values that run the canary in every position when placed unquoted
 ALWAYS_FLAGGED = {0, 1, 2, 3, 4, 5, 8, 9, 10}
 
-FLAG_OF = {field: "--" + dest.replace("_", "-") for dest, field in _SPEC_FLAGS.items()}
-FLAG_OF["mode"] = None  # only --smoke (a switch) sets it on the command line
-FLAG_OF["normalize"] = None  # a switch (--normalize / --no-normalize): no value to put a hostile string in
+# every job option and every retriever option, with its flag, from their declarations; a switch (a bool: --normalize /
+# --no-normalize) has no value to put a hostile string in
+DECLARED = {**options.declarations(JobSpec), **options.declarations(EngineOptions)}
+FLAG_OF = {name: d.flags[0] if d.flags and d.kind is not bool else None for name, d in DECLARED.items()}
 
 
 def _bare_env(tmp_path):
@@ -66,8 +69,7 @@ def _render(args: list[str], capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-# the retriever options (model paths, encoder recipe) are given one by one, as declared
-FIELDS = [f.name for f in dataclasses.fields(JobSpec) if f.name != "retriever_options"] + list(RETRIEVER_OPTION_NAMES)
+FIELDS = list(DECLARED)
 
 
 @pytest.mark.parametrize("field,source", [(f, s) for f in FIELDS for s in ("flags", "yaml")
@@ -75,8 +77,8 @@ FIELDS = [f.name for f in dataclasses.fields(JobSpec) if f.name != "retriever_op
 def test_hostile_values_are_refused_or_quoted(field, source, tmp_path, capsys):
     canary = tmp_path / "canary"
     out = tmp_path / "job.sbatch"
-    base = {"layout": "local", "corpus": "sample", "retriever": "BM25"} if source == "flags" else \
-        {"layout": "per-node", "nodes": 2, "corpus": "sample", "retriever": "BM25", "mode": "smoke"}
+    base = {"layout": "local", "corpus_name": "sample", "retriever_name": "BM25"} if source == "flags" else \
+        {"layout": "per-node", "nodes": 2, "corpus_name": "sample", "retriever_name": "BM25", "mode": "smoke"}
     for template in HOSTILE:
         raw = template.format(c=canary)
         value = _value_for(field, raw)
@@ -84,11 +86,12 @@ def test_hostile_values_are_refused_or_quoted(field, source, tmp_path, capsys):
             args = ["slurm", "render", "--quiet", "-o", str(out)]
             for k, v in base.items():
                 args += [FLAG_OF[k], str(v)]
+            args.append("--paths-on-compute-nodes")  # the folders a hostile value names exist nowhere
             for v in (value if isinstance(value, list) else [value]):
                 args += [FLAG_OF[field], v]
         else:
             cfg = tmp_path / "job.yaml"
-            cfg.write_text(yaml.safe_dump({**base, field: value}), encoding="utf-8")
+            cfg.write_text(yaml.safe_dump({**base, "paths_on_compute_nodes": True, field: value}), encoding="utf-8")
             args = ["slurm", "render", "--quiet", "-o", str(out), "--config", str(cfg)]
         rc, err = _render(args, capsys)
         if rc != 0:  # refused: the message names the option, nothing is written
@@ -106,9 +109,7 @@ def test_hostile_values_are_refused_or_quoted(field, source, tmp_path, capsys):
 
 def test_every_text_field_refuses_newlines_and_control_characters(capsys, tmp_path):
     """Each text option, through the YAML file, with a newline: refused, naming it."""
-    text_fields = [name for name in FIELDS if name not in (
-        "nodes", "gpus_per_node", "tensor_parallel", "topk", "shards", "max_turns", "smoke_turns",
-        "health_timeout", "cpus_per_task", "retriever_gpus")]
+    text_fields = [name for name in FIELDS if DECLARED[name].kind in (str, tuple) and name != "retriever_gpus"]
     for field in text_fields:
         for bad in ("a\nb", "a\x00b", "a\x7fb"):
             with pytest.raises(Exception) as e:
@@ -141,7 +142,8 @@ def test_valid_values_still_render(tmp_path):
                                  "time": "3-00:00:00", "mem": "0", "qos": "high.prio", "output": "logs/%x-%j.out",
                                  "sbatch_extra": ["--exclusive", "--constraint=a100"],
                                  "python": "'/opt/my env/bin/python' -X faulthandler",  # argv words, shlex rules
-                                 "model": "/models/Qwen 7B (it's mine)", "db_dir": "/data/med rag"})
+                                 "model": "/models/Qwen 7B (it's mine)", "db_dir": "/data/med rag",
+                                 "paths_on_compute_nodes": True})
     out = tmp_path / "job.sbatch"
     out.write_text(render_job(spec))
     assert check_script(out.read_text()).ok
@@ -149,7 +151,9 @@ def test_valid_values_still_render(tmp_path):
     assert r.returncode == 0, r.stderr
     # each python word and the model reach the trainer's argv as given (printed by the dry run, %q-quoted)
     assert "/opt/my\\ env/bin/python -X faulthandler -m verl.trainer.main_ppo" in r.stdout
-    assert "actor_rollout_ref.model.path=/models/Qwen\\ 7B\\ \\(it\\'s\\ mine\\)" in r.stdout
+    words = shlex.split(r.stdout[r.stdout.index("/opt/my"):].replace("\\\n", " "))
+    [model] = [w.split("=", 1)[1] for w in words if w.startswith("actor_rollout_ref.model.path=")]
+    assert hydra_text(model) == "/models/Qwen 7B (it's mine)"
 
 
 # ------------------------------------------------------------------------------------------- hand-made scripts
@@ -168,7 +172,7 @@ SENTINELS = {  # field -> (value in the clean render, extra job options)
 
 def _clean_script(field: str) -> str:
     value, extra = SENTINELS[field]
-    opts = {"corpus": "sample", "retriever": "BM25", **extra}
+    opts = {"corpus": "sample", "retriever": "BM25", "paths_on_compute_nodes": True, **extra}
     if "SENT" not in str(extra):
         opts[field] = value
     else:

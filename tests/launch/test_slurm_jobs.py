@@ -31,12 +31,18 @@ def job_env(cluster, tmp_path):
     return env
 
 
-def submit(cluster, tmp_path, name, **kw):
+def submit(cluster, tmp_path, name, edit=None, **kw):
+    """Render a smoke job (``edit``: a change to the script text, asserted to apply) and sbatch it."""
     spec = JobSpec.from_mapping({**dict(corpus="sample", retriever="BM25", mode="smoke", job_name=name,
                                         output=str(tmp_path / "%x-%j.out"), health_timeout=120, time="00:10:00"),
                                  **kw})
     script = tmp_path / f"{name}.sbatch"
-    script.write_text(render_job(spec))
+    text = render_job(spec)
+    if edit is not None:
+        old, new = edit
+        assert old in text, old
+        text = text.replace(old, new)
+    script.write_text(text)
     r = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, cwd=tmp_path,
                        env=job_env(cluster, tmp_path), timeout=60)
     assert r.returncode == 0, r.stderr
@@ -58,7 +64,7 @@ def job_state(cluster, job_id) -> str | None:
     return None
 
 
-def wait_all(cluster, job_ids, timeout=420) -> dict[str, tuple[str, float]]:
+def wait_all(cluster, job_ids, timeout=900) -> dict[str, tuple[str, float]]:
     t0 = time.monotonic()
     done: dict[str, tuple[str, float]] = {}
     while len(done) < len(job_ids):
@@ -97,6 +103,16 @@ TRAIN_PROBE = ("python -c \"import json, os, ray; ray.init(); "
                "if n['Alive']), 'url': os.environ['RETRIEVER_URL']}))\"")
 
 
+# Issue 21: the retriever-node job's processes, edited into the script. Without its `ray up` line the smoke run must
+# fail at once (it only attaches); with it, after the smoke run, the job lists the named actors of its Ray cluster.
+RAY_UP_LINE = ('    "${RETRIEVER_CMD[@]}" || medret_fail "the retriever actor did not start on $RETRIEVER_HOST"'
+               "\n")
+SMOKE_LINE = ('        medret_smoke_on_nodes "${trainers[@]}" || medret_fail "the rollout smoke run failed on a '
+              'trainer node"\n')
+LIST_ACTORS = ("        python -c 'import json, ray; from ray.util import list_named_actors as named; ray.init(); "
+               "print(\"NAMED-ACTORS\", json.dumps(sorted(a[\"name\"] for a in named(all_namespaces=True))))'\n")
+
+
 # a local model folder with its encoder recipe (issue 14: render had no flags for it): the rendered job must hand the
 # same options to `medret serve`, `medret ray up` and the smoke run
 FOLDER_OPTIONS = dict(pooling="mean", query_prefix="query: ", doc_prefix="passage: ", max_length=64)
@@ -104,7 +120,8 @@ FOLDER_OPTIONS = dict(pooling="mean", query_prefix="query: ", doc_prefix="passag
 
 @pytest.fixture(scope="module")
 def jobs(slurm_cluster, tmp_path_factory, tiny_bert_dir):
-    """All layouts (and a broken retriever) submitted at once, so they run side by side."""
+    """All layouts (and a broken retriever) submitted at once, so they run side by side (the 2-node jobs one after
+    another: the cluster has two nodes; on a loaded 2-core machine the eleven take several minutes)."""
     tmp = tmp_path_factory.mktemp("slurm-jobs")
     ids = {
         "local": submit(slurm_cluster, tmp, "mr-local", layout="local"),
@@ -120,9 +137,17 @@ def jobs(slurm_cluster, tmp_path_factory, tiny_bert_dir):
                                   retriever=str(tiny_bert_dir), **FOLDER_OPTIONS),
         "retriever-node-folder": submit(slurm_cluster, tmp, "mr-rfolder", layout="retriever-node", nodes=1,
                                         retriever=str(tiny_bert_dir), **FOLDER_OPTIONS),
+        # issue 21: the trainer's side attaches to the actor `ray up` made, and fails at once when there is none
+        "no-ray-up": submit(slurm_cluster, tmp, "mr-noup", layout="retriever-node", nodes=2, health_timeout=600,
+                            edit=(RAY_UP_LINE, "    medret_log 'ray up removed from this script'\n")),
+        # (a dense index built, then two shard actors started, on a CPU that six test runs share: up to 600 s)
+        "one-actor": submit(slurm_cluster, tmp, "mr-oneactor", layout="retriever-node", nodes=2, device="cpu",
+                            shards=2, retriever=str(tiny_bert_dir), **FOLDER_OPTIONS, health_timeout=600,
+                            edit=(SMOKE_LINE, SMOKE_LINE + LIST_ACTORS)),
         # Search-R1's recipe over a folder that has train.parquet and test.parquet but not val.parquet
         "no-val-file": submit(slurm_cluster, tmp, "mr-noval", layout="local", gpus_per_node=4, retriever_gpus="none",
-                              mode="train", recipe="ppo", data_dir=str(nq_style_data(tmp))),
+                              mode="train", recipe="ppo", data_dir=str(nq_style_data(tmp)),
+                              paths_on_compute_nodes=True),
     }
     states = wait_all(slurm_cluster, list(ids.values()))
     out = {}
@@ -241,3 +266,42 @@ def test_a_training_job_without_its_validation_file_fails_before_starting_anythi
     assert "FAILED: missing training data: data.val_files=" in out and "/nq_search/val.parquet" in out
     assert "test.parquet train.parquet" in out and "--val-file test.parquet" in out
     assert "ray head" not in out  # it failed in the job's set-up, before Ray or the trainer
+
+
+def test_without_its_ray_up_the_retriever_node_job_fails_at_once_with_the_attach_message(jobs):
+    """Issue 21: the trainer's side created a second actor when the one it expected was not there (the job still
+    completed); now it only attaches, and says which actor of which job it expected and how it is started."""
+    j = jobs["no-ray-up"]
+    assert j["state"] == "FAILED", j["out"][-3000:]
+    out = j["out"]
+    assert "ray up removed from this script" in out
+    m = re.search(r"rollout-smoke: FAILED \(ray, [^)]*\): no retriever actor 'medret:sample:BM25:(\d+):\w+' of job "
+                  r"'(\d+)'.*Start it first with `medret ray up ", out)
+    assert m and m.group(1) == m.group(2) == j["id"], out[-3000:]
+    assert "FAILED: the rollout smoke run failed on a trainer node" in out
+    assert "rollout-smoke: OK" not in out
+    stamps = [int(h) * 3600 + int(m) * 60 + int(sec) for h, m, sec in
+              re.findall(r"^\[medret-job (\d\d):(\d\d):(\d\d)", out, re.M)]
+    assert (stamps[-1] - stamps[0]) % 86400 < 120, "it failed at once, not after the health timeout (600 s)"
+
+
+def test_the_retriever_node_job_runs_exactly_one_named_retriever_actor(jobs, tiny_bert_dir):
+    """Issue 21, done when: --device, shards and encoder options set; the job's Ray cluster, listed after the smoke
+    run, holds one retriever actor (the one `ray up` created, on the retriever node) and its two shard actors."""
+    import json
+
+    j = jobs["one-actor"]
+    assert j["state"] == "COMPLETED", j["out"][-3000:]
+    out = j["out"]
+    up = re.search(r"medret ray up: actor (medret:\S+) ready on node .*slurm node (\w+)\).*device (\w+)", out)
+    assert up and up.group(2) == "nodeB" and up.group(3) == "cpu", out[-3000:]
+    actors = json.loads(re.search(r"^NAMED-ACTORS (.*)$", out, re.M).group(1))
+    retrievers = [a for a in actors if a.startswith("medret:") and "#" not in a]
+    assert retrievers == [up.group(1)], actors
+    assert sorted(a for a in actors if "#" in a) == [f"{up.group(1)}#shard0.0", f"{up.group(1)}#shard0.1"], actors
+    assert "rollout-smoke: backend=ray" in out and "rollout-smoke: OK" in out
+    local = get_retriever("sample", str(tiny_bert_dir), device="cpu", **FOLDER_OPTIONS)
+    pairs = searches_and_titles(out)
+    assert len(pairs) == 4, out[-3000:]
+    for q, titles in pairs:
+        assert titles == [h.title for h in local.search([q], 3)[0]], q

@@ -12,6 +12,7 @@ import pytest
 
 from medret.errors import ConfigError
 from medret.launch.slurm import JobSpec, check_script, render_job
+from tests.launch.conftest import hydra_text
 
 # Written from reading Search-R1's train_ppo.sh (the reference checkout's scripts), in their order: key -> the value
 # the trainer receives. `trainer.logger=['wandb']` stands unquoted in the script, so bash hands hydra `[wandb]`;
@@ -146,7 +147,7 @@ def script_pairs(text):
 
 def spec(**kw):
     base = dict(corpus="MedCorp", retriever="MedCPT", db_dir="/data/medrag", model="Qwen/Qwen2.5-7B",
-                data_dir="/data/kare")
+                data_dir="/data/kare", paths_on_compute_nodes=True)  # paths of the compute nodes, checked there
     base.update(kw)
     return JobSpec.from_mapping(base)
 
@@ -166,7 +167,7 @@ def dry_run_argv(text, tmp_path, **env):
 def hydra_pairs(argv):
     """(key, value) of every hydra word after `-m verl.trainer.main_ppo`."""
     i = argv.index("verl.trainer.main_ppo")
-    return [tuple(w.split("=", 1)) if "=" in w else (w, None) for w in argv[i + 1:]]
+    return [(w.split("=", 1)[0], hydra_text(w.split("=", 1)[1])) if "=" in w else (w, None) for w in argv[i + 1:]]
 
 
 # The keys medret sets from the job, and what it sets them to in the jobs below (local layout, 8 GPUs, retriever
@@ -202,7 +203,7 @@ def test_rendered_job_carries_every_key_of_search_r1s_script(recipe, tmp_path):
     assert [k for k in keys if k in set(script_keys)] == script_keys
     extra = [k for k in keys if k not in set(script_keys)]
     assert extra == ["+retriever.backend", "+retriever.corpus_name", "+retriever.retriever_name",
-                     "+retriever.device", "+retriever.db_dir"], extra
+                     "+retriever.device", "+retriever.db_dir"], extra  # the options, then the run-time ones
     assert got["+retriever.backend"] == "local" and got["+retriever.corpus_name"] == "MedCorp"
     assert got["+retriever.device"] == "cpu" and got["+retriever.db_dir"] == "/data/medrag"
     assert ("critic.model.path" in got) == (recipe == "ppo")  # GRPO has no critic
@@ -275,7 +276,7 @@ def test_a_batch_the_training_gpus_cannot_split_is_refused_with_the_fix(tmp_path
 
 
 def test_unknown_recipe_is_refused_naming_the_option():
-    with pytest.raises(ConfigError, match=r"recipe \(--recipe\)='dpo' is invalid: choose one of none, ppo, grpo"):
+    with pytest.raises(ConfigError, match=r"recipe='dpo' is invalid: choose one of none, ppo, grpo"):
         render_job(spec(recipe="dpo"))
 
 

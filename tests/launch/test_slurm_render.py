@@ -20,7 +20,8 @@ from medret.launch.slurm import (
 
 
 def spec(**kw):
-    base = dict(corpus="sample", retriever="BM25")
+    # the data folder and model of these jobs exist only on imaginary compute nodes: the job checks them there
+    base = dict(corpus="sample", retriever="BM25", paths_on_compute_nodes=True)
     base.update(kw)
     return JobSpec.from_mapping(base)
 
@@ -161,18 +162,19 @@ def test_dry_run_outside_slurm_prints_the_command(tmp_path, kw):
     assert out.returncode == 0, out.stderr
     p = plan_job(spec(**kw))
     if kw.get("mode") == "smoke":
-        assert "rollout-smoke" in out.stdout and "--backend local" in out.stdout
+        assert "rollout-smoke" in out.stdout and "--backend=local" in out.stdout
     else:
         assert "verl.trainer.main_ppo" in out.stdout
         assert f"trainer.n_gpus_per_node={len(p.train_gpus)}" in out.stdout
         assert "retriever.topk=3" in out.stdout
     if kw["layout"] == "local" and kw.get("mode") != "smoke":
-        assert "+retriever.gpu_id=3" in out.stdout and "+retriever.db_dir=/data/medrag" in out.stdout
+        assert "+retriever.gpu_id=\\'3\\'" in out.stdout and "+retriever.db_dir=\\'/data/medrag\\'" in out.stdout
         assert "CUDA_VISIBLE_DEVICES=0,1,2" in out.stdout  # the Ray workers' GPUs
     if kw["layout"] == "per-node":
-        assert "retriever.url=http://127.0.0.1:" in out.stdout
+        assert "retriever.url=\\'http://127.0.0.1:" in out.stdout
     if kw["layout"] == "retriever-node":
-        assert "+retriever.backend=ray" in out.stdout and "+retriever.ray_placement=retriever-node" in out.stdout
+        assert "+retriever.backend=ray" in out.stdout and "+retriever.ray_placement=\\'retriever-node\\'" in out.stdout
+        assert "+retriever.ray_attach=true" in out.stdout, "the trainer attaches to the actor `ray up` made"
     assert not list(tmp_path.glob("medret-run-*")), "a dry run must not create anything"
 
 
@@ -182,7 +184,7 @@ def test_dry_run_maps_gpu_indices_through_slurms_allocation(tmp_path):
     env = dict(_bare_env(tmp_path), CUDA_VISIBLE_DEVICES="4,5,6,7")  # a cluster that hands out physical ids
     out = subprocess.run(["bash", str(job), "--dry-run"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "CUDA_VISIBLE_DEVICES=4,5,6" in out.stdout and "+retriever.gpu_id=7" in out.stdout
+    assert "CUDA_VISIBLE_DEVICES=4,5,6" in out.stdout and "+retriever.gpu_id=\\'7\\'" in out.stdout
 
 
 def test_real_run_outside_slurm_refuses_a_multi_node_job(tmp_path):
@@ -196,7 +198,7 @@ def test_real_run_outside_slurm_refuses_a_multi_node_job(tmp_path):
 def test_cli_render_from_yaml_with_flag_override_then_check(tmp_path):
     cfg = tmp_path / "job.yaml"
     cfg.write_text("layout: per-node\nnodes: 2\ncorpus: MedCorp\nretriever: MedCPT\ntensor-parallel: 3\n"
-                   "overrides: [trainer.total_epochs=15]\npartition: gpu\n")
+                   "overrides: [trainer.total_epochs=15]\npartition: gpu\npaths-on-compute-nodes: true\n")
     out = tmp_path / "job.sbatch"
     cmd = [sys.executable, "-m", "medret.cli", "slurm", "render", "--config", str(cfg), "--nodes", "3", "-o", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -278,3 +280,23 @@ def test_job_fails_fast_when_its_ray_node_cannot_start(tmp_path):
     assert "a Ray node of this job exited while the cluster was starting" in r.stderr
     assert "SHOULD-NOT-RUN" not in r.stdout
     assert "did not come up" not in r.stderr  # it did not wait out the 300 s timeout
+
+
+def test_a_job_spec_round_trips_through_its_mapping():
+    """to_dict gives every job and retriever option under the names from_mapping (and the YAML) reads."""
+    job = JobSpec.from_mapping({"layout": "per-node", "nodes": 2, "nprobe": 4, "overrides": ["a=1"],
+                                "retriever_gpus": [3], "corpus": "sample", "pooling": "mean"})
+    assert JobSpec.from_mapping(job.to_dict()) == job
+    assert job.to_dict()["corpus_name"] == "sample" and job.to_dict()["retriever_gpus"] == "3"
+
+
+def test_render_help_shows_each_job_options_default_from_its_declaration():
+    r = subprocess.run([sys.executable, "-m", "medret.cli", "slurm", "render", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    text = " ".join(r.stdout.split())
+    for expected in ("#SBATCH --output pattern (default %x-%j.out)", "(default 24:00:00)",
+                     "(default Qwen/Qwen2.5-7B)", "--rrf-k", "--nprobe", "--fusion-depth", "--cache-dir",
+                     "--batch-size", "--paths-on-compute-nodes"):
+        assert expected in text, expected
+    assert "(default ())" not in text

@@ -2,7 +2,6 @@
 `medret serve` on each node, the trainer's in-process retriever and the smoke run; read back by medret's own parser."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from medret.cli import build_parser, main
 from medret.config import EngineOptions
 from medret.launch.slurm import check_script
+from tests.launch.test_slurm_retriever_options import command_words
 
 FLAGS = ["--reranker", "MedCPT-Cross-Encoder", "--rerank-depth", "20", "--reranker-max-length", "256"]
 EXPECTED = dict(reranker="MedCPT-Cross-Encoder", rerank_depth=20, reranker_max_length=256)
@@ -26,14 +26,6 @@ def render(tmp_path: Path, layout: list[str]) -> Path:
     return job
 
 
-def bash_words(job: Path, line_start: str, name: str) -> list[str]:
-    [line] = [ln for ln in job.read_text().splitlines() if ln.startswith(line_start)]
-    out = subprocess.run(["bash", "-c", f'{line}\nfor w in "${{{name}[@]}}"; do printf "%s\\0" "$w"; done'],
-                         capture_output=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return [w.decode() for w in out.stdout.split(b"\0")[:-1]]
-
-
 def parsed(command: str, words: list[str]) -> dict:
     got = EngineOptions.from_args(build_parser().parse_args([*command.split(), *words]))
     return {k: getattr(got, k) for k in EXPECTED}
@@ -44,9 +36,12 @@ def test_the_job_gives_every_retriever_the_rerank_stage(tmp_path, layout):
     job = render(tmp_path, layout)
     report = check_script(job.read_text(), str(job))
     assert report.ok, report.errors
-    assert parsed("serve", bash_words(job, "RETRIEVER_FLAGS=", "RETRIEVER_FLAGS")) == EXPECTED
-    smoke = bash_words(job, "    SMOKE_CMD=(", "SMOKE_CMD")
-    assert parsed("rollout-smoke", smoke[smoke.index("rollout-smoke") + 1:]) == EXPECTED
+    if "per-node" in layout:  # each node's `medret serve`, as the job builds it (medret.launch.retriever)
+        serve = command_words(job, "medret_build_retriever_cmd", "RETRIEVER_CMD")
+        assert parsed("serve", serve[2:]) == EXPECTED
+    else:  # the smoke run's in-process retriever
+        smoke = command_words(job, "medret_build_smoke_cmd", "SMOKE_CMD")
+        assert parsed("rollout-smoke", smoke[smoke.index("rollout-smoke") + 1:]) == EXPECTED
     if "local" in layout:  # the trainer's in-process retriever: +retriever.KEY=VALUE overrides
         body = job.read_text()
         for key, value in EXPECTED.items():

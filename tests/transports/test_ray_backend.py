@@ -79,6 +79,40 @@ def test_missing_actor_without_create_is_a_clear_error(ray_cluster, job):
         RayTransport(ray_config(ray_cluster, job), create=False)
 
 
+def test_attach_only_never_creates_and_names_the_command_that_does(ray_cluster, job):
+    """ray_attach (the trainer's side of a dedicated retriever node, issue 21): an absent actor is an error at once
+    that names the job, the actor and the `medret ray up` that starts it; nothing is created. That command, run as
+    printed, creates exactly the actor the attaching side then finds."""
+    import shlex
+
+    from medret.transports.ray import RayTransport, actor_base_name, connect
+
+    connect(ray_cluster["address"])
+    list_named_actors = __import__("ray.util", fromlist=["list_named_actors"]).list_named_actors
+    cfg = ray_config(ray_cluster, job, ray_attach=True, pooling=None, rrf_k=60, ray_shards=1)
+
+    def ours():
+        return sorted(a["name"] for a in list_named_actors(all_namespaces=True) if f":{job}:" in a["name"])
+
+    with pytest.raises(TransportError) as e:
+        get_retriever(**{k: getattr(cfg, k) for k in ("corpus_name", "retriever_name")}, backend="ray",
+                      ray_address=ray_cluster["address"], rrf_k=60, ray_attach=True).search(["x"], 1)
+    msg = str(e.value)
+    assert f"no retriever actor {actor_base_name(cfg)!r} of job {job!r}" in msg and "ray_attach" in msg, msg
+    assert ours() == [], "attaching created nothing"
+    command = msg[msg.index("`") + 1:msg.index("`", msg.index("`") + 1)]
+    words = shlex.split(command)
+    assert words[:3] == ["medret", "ray", "up"] and "--rrf-k=60" in words and f"--ray-job={job}" in words
+    env = dict(ray_cluster["env"], MEDRET_RAY_JOB="another-job")  # the command carries the job itself
+    up = subprocess.run([sys.executable, "-m", "medret.cli", *words[1:], "--ray-address", ray_cluster["address"]],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert ours() == [actor_base_name(cfg)]
+    t = RayTransport(cfg)
+    assert t.info()["ray"]["actor"] == actor_base_name(cfg)
+    assert ours() == [actor_base_name(cfg)], "found, not created"
+
+
 def test_actor_that_cannot_load_fails_fast_with_the_cause(ray_cluster, job, tmp_path):
     from medret.transports.ray import RayTransport
 

@@ -105,6 +105,7 @@ medret_setup() {
     MEDRET_RAY_JOB="$JOB_ID"
     export MEDRET_RAY_JOB MEDRET_DB_DIR MODEL DATA_DIR RUN_DIR PORT_BASE RAY_PORT HEAD_IP RAY_TMP HEALTH_TIMEOUT
     export LAYOUT GPUS_PER_NODE TRAIN_GPU_INDICES RETRIEVER_GPU_INDICES RETRIEVER_DEVICE CORPUS RETRIEVER SHARDS
+    export PATHS_ON_COMPUTE_NODES
     export RAY_RESOURCE
     TRAIN_PATH="$(medret_data_path "$TRAIN_FILE")"
     VAL_PATH="$(medret_data_path "$VAL_FILE")"
@@ -118,7 +119,7 @@ medret_setup() {
     export MEDRET_CMD="${MEDRET_CMD:-medret}" MEDRET_RAY="${MEDRET_RAY:-ray}"
     [ "$DRY_RUN" = 1 ] || mkdir -p "$RUN_DIR"
     medret_log "job $JOB_ID layout=$LAYOUT mode=$MEDRET_MODE nodes=${NODE_NAMES[*]} run dir $RUN_DIR"
-    [ "$MEDRET_MODE" != train ] || medret_check_data
+    medret_check_paths
 }
 
 medret_data_path() { # a data file: relative to DATA_DIR unless absolute
@@ -128,21 +129,63 @@ medret_data_path() { # a data file: relative to DATA_DIR unless absolute
     esac
 }
 
-# Training (also in a dry run): the parquet files the trainer reads must exist where their folder can be read
-# here; a folder this node cannot read is reported as not checked (the trainer reads them on this node).
-medret_check_data() {
-    local f key dir missing=""
+# The paths the job reads, checked before Ray or the retriever starts (and by the dry run, unless the script says
+# they exist only on the compute nodes: PATHS_ON_COMPUTE_NODES=1): training (train mode) reads DATA_DIR's two files
+# and MODEL when it is a folder (not a hub id such as Qwen/Qwen2.5-7B); the retriever reads MEDRET_DB_DIR.
+# `medret slurm check` applies the same rule (medret.launch.paths).
+medret_is_path() { # a model given as a folder: /x, ./x, ../x, ~/x, a/b/c, or anything that exists here
+    case "$1" in /* | ./* | ../* | "~"* | */*/*) return 0 ;; esac
+    [ -e "$1" ]
+}
+
+medret_check_paths() {
+    local f key dir missing="" model="${MODEL/#\~/$HOME}" where
+    where="$(hostname -s 2>/dev/null || hostname)"
+    if [ "$DRY_RUN" = 1 ] && [ "${PATHS_ON_COMPUTE_NODES:-0}" = 1 ]; then
+        medret_log "paths not checked in a dry run (rendered with --paths-on-compute-nodes): the job checks them on its first node"
+        return 0
+    fi
+    if [ -n "${MEDRET_DB_DIR:-}" ] && [ ! -d "$MEDRET_DB_DIR" ]; then
+        medret_fail "the corpus folder MEDRET_DB_DIR=$MEDRET_DB_DIR does not exist on $where: give --db-dir (or MEDRET_DB_DIR at submit time) a folder that exists on the job's nodes"
+    fi
+    [ "$MEDRET_MODE" = train ] || return 0
+    if [ ! -d "$DATA_DIR" ]; then
+        medret_fail "the data folder DATA_DIR=$DATA_DIR does not exist on $where (relative to $PWD): render with --data-dir DIR (or set DATA_DIR at submit time) naming the folder that holds $TRAIN_FILE and $VAL_FILE"
+    fi
     for key in train val; do
         if [ "$key" = train ]; then f="$TRAIN_PATH"; else f="$VAL_PATH"; fi
-        dir="$(dirname -- "$f")"
-        if [ -d "$dir" ] && [ -r "$dir" ] && [ -x "$dir" ]; then
-            [ -f "$f" ] && [ -r "$f" ] || missing="$missing data.${key}_files=$f"
-        else
-            medret_log "data.${key}_files=$f not checked: its folder $dir cannot be read here"
-        fi
+        [ -f "$f" ] && [ -r "$f" ] || missing="$missing data.${key}_files=$f"
     done
-    [ -z "$missing" ] && return 0
-    medret_fail "missing training data:$missing (DATA_DIR=$DATA_DIR holds: $(cd "$DATA_DIR" 2>/dev/null && ls -1 -- *.parquet 2>/dev/null | tr '\n' ' ' || true)). Write them with \`medret kare prepare --out DIR\` (train.parquet, val.parquet), or render with --data-dir DIR --train-file NAME --val-file NAME (Search-R1's data scripts write train.parquet and test.parquet: --val-file test.parquet)"
+    if [ -n "$missing" ]; then
+        medret_fail "missing training data:$missing (DATA_DIR=$DATA_DIR holds: $(cd "$DATA_DIR" 2>/dev/null && ls -1 -- *.parquet 2>/dev/null | tr '\n' ' ' || true)). Write them with \`medret kare prepare --out DIR\` (train.parquet, val.parquet), or render with --data-dir DIR --train-file NAME --val-file NAME (Search-R1's data scripts write train.parquet and test.parquet: --val-file test.parquet)"
+    fi
+    if medret_is_path "$MODEL" && [ ! -e "$model" ]; then
+        medret_fail "the model MODEL=$MODEL does not exist on $where: render with --model naming a folder that exists on the job's nodes (or set MODEL at submit time), or give a hub id such as Qwen/Qwen2.5-7B"
+    fi
+}
+
+# NAME... : HQ_NAME is $NAME quoted so that hydra's override parser reads back exactly its text ('...', a quote as
+# \', ${ as \${, backslashes doubled before a quote or at the end), as medret.launch.retriever.hydra_literal quotes
+# the values known when rendering. RETRIEVER_ENDPOINT is the /retrieve address of RETRIEVER_URL.
+medret_hydra_quote() {
+    local name v out c i run
+    RETRIEVER_ENDPOINT="${RETRIEVER_URL:+$RETRIEVER_URL/retrieve}"
+    for name in "$@"; do
+        v="${!name-}" out="" run=""
+        for ((i = 0; i < ${#v}; i++)); do
+            c="${v:i:1}"
+            if [ "$c" = '\' ]; then run="$run\\"; continue; fi
+            if [ "$c" = "'" ]; then
+                out="$out$run$run\\'"
+            elif [ "$c" = '$' ] && [ "${v:i+1:1}" = '{' ]; then
+                out="$out$run\\\$"
+            else
+                out="$out$run$c"
+            fi
+            run=""
+        done
+        printf -v "HQ_$name" "'%s'" "$out$run$run"
+    done
 }
 
 # The functions every node task needs, as text for `bash -c` (srun steps start a fresh shell).
@@ -165,7 +208,6 @@ medret_on_node() {
 medret_task_preamble() {
     echo "set -o pipefail; MEDRET_NODE=$1; IN_SLURM=$IN_SLURM; DRY_RUN=0; MEDRET_CHILDREN=(); medret_traps"
     echo 'read -r -a MEDRET <<<"${MEDRET_CMD:-medret}"'
-    declare -p RETRIEVER_FLAGS  # an array does not travel in the environment: its declaration, quoted by bash
 }
 
 # A raylet on this node: medret_ray_node ROLE(head|worker) INDEX CUDA_VISIBLE_DEVICES NUM_GPUS RESOURCES_JSON

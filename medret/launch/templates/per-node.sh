@@ -7,10 +7,8 @@ medret_node_serve() {
     addr="$RUN_DIR/retriever-$node.addr"
     log="$RUN_DIR/retriever-$node.log"
     rm -f "$addr" "$RUN_DIR/ready-$node" "$RUN_DIR/failed-$node"
-    local -a cmd=("${MEDRET[@]}" serve --corpus "$CORPUS" --retriever "$RETRIEVER" --device "$RETRIEVER_DEVICE"
-        --host 127.0.0.1 --port 0 --address-file "$addr")
-    [ -n "$MEDRET_DB_DIR" ] && cmd+=(--db-dir "$MEDRET_DB_DIR")
-    cmd+=("${RETRIEVER_FLAGS[@]}")
+    medret_build_retriever_cmd
+    local -a cmd=("${RETRIEVER_CMD[@]}" --host 127.0.0.1 --port 0 --address-file "$addr")
     medret_log "starting the retriever server on ${gpus:+GPU }${gpus:-CPU} (CUDA_VISIBLE_DEVICES=${gpus:-<none>}): ${cmd[*]}"
     CUDA_VISIBLE_DEVICES="$gpus" "${cmd[@]}" >"$log" 2>&1 &
     pid=$!
@@ -55,7 +53,10 @@ medret_main() {
     medret_log "per-node retrievers on ${nodes[*]} (GPU index ${RETRIEVER_GPU_INDICES:-none: CPU}); training GPU indices $TRAIN_GPU_INDICES on each node"
     if [ "$DRY_RUN" = 1 ]; then
         RETRIEVER_URL="http://127.0.0.1:<port from $RUN_DIR/ready-${nodes[0]}>"
-        medret_log "dry run: would start \`${MEDRET[*]} serve --port 0 --address-file ...\` on each node, wait on /health (${HEALTH_TIMEOUT}s), then run:"
+        medret_build_retriever_cmd
+        medret_log "dry run: would start on each node, then wait on /health (${HEALTH_TIMEOUT}s):"
+        medret_print_cmd "${RETRIEVER_CMD[@]}" --host 127.0.0.1 --port 0 --address-file "$RUN_DIR/retriever-<node>.addr"
+        medret_log "then run:"
         medret_print_run_cmd
         return 0
     fi

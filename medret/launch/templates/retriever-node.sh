@@ -23,7 +23,10 @@ medret_main() {
     medret_log "retriever node: $RETRIEVER_HOST (GPU index ${RETRIEVER_GPU_INDICES:-none: CPU}, $SHARDS shard(s)); trainer nodes: ${trainers[*]} (GPU indices $TRAIN_GPU_INDICES)"
     if [ "$DRY_RUN" = 1 ]; then
         RAY_ADDRESS="$HEAD_IP:$RAY_PORT"
-        medret_log "dry run: would start Ray (head $RAY_ADDRESS, $raylets raylets), \`${MEDRET[*]} ray up\` the retriever actor, then run:"
+        medret_build_retriever_cmd
+        medret_log "dry run: would start Ray (head $RAY_ADDRESS, $raylets raylets), create the retriever actor with:"
+        medret_print_cmd "${RETRIEVER_CMD[@]}"
+        medret_log "then run (attached to that actor):"
         medret_print_run_cmd
         return 0
     fi
@@ -35,10 +38,8 @@ medret_main() {
     fi
     medret_wait_ray "$raylets"
     medret_log "creating the retriever actor (waits up to ${HEALTH_TIMEOUT}s)"
-    "${MEDRET[@]}" ray up --address "$RAY_ADDRESS" --job "$MEDRET_RAY_JOB" --corpus "$CORPUS" --retriever "$RETRIEVER" \
-        ${MEDRET_DB_DIR:+--db-dir "$MEDRET_DB_DIR"} --placement retriever-node --device "$RETRIEVER_DEVICE" \
-        --shards "$SHARDS" --timeout "$HEALTH_TIMEOUT" "${RETRIEVER_FLAGS[@]}" \
-        || medret_fail "the retriever actor did not start on $RETRIEVER_HOST"
+    medret_build_retriever_cmd
+    "${RETRIEVER_CMD[@]}" || medret_fail "the retriever actor did not start on $RETRIEVER_HOST"
     if [ "$MEDRET_MODE" = smoke ]; then
         medret_smoke_on_nodes "${trainers[@]}" || medret_fail "the rollout smoke run failed on a trainer node"
         medret_log "done"
