@@ -381,7 +381,7 @@ def _machine() -> str:
         mem = ""
     gpu = ""
     try:
-        torch = optional.torch()
+        torch = optional.torch
         if torch.cuda.is_available():
             gpu = ", " + torch.cuda.get_device_name(0)
     except ImportError:

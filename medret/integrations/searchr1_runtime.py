@@ -130,7 +130,7 @@ def _driver_device_count() -> int:
     """Devices the CUDA runtime sees. Unlike torch.cuda.device_count() (NVML, re-reads the environment), this is
     fixed at the first CUDA call of the process, so it shows whether a new CUDA_VISIBLE_DEVICES took effect."""
     try:
-        torch = optional.torch()
+        torch = optional.torch
     except ImportError:
         return 0
     getter = getattr(torch._C, "_cuda_getDeviceCount", None)

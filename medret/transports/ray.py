@@ -68,7 +68,7 @@ def actor_base_name(config: RetrieverConfig, job: str | None = None) -> str:
 
 def _ray() -> Any:
     try:
-        return optional.ray()
+        return optional.ray
     except MissingDependencyError:
         raise TransportError("backend='ray' needs Ray: pip install 'medret[ray]'") from None
 
