@@ -244,10 +244,47 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
     out = {"corpus": DISPLAY.get(corpus.strip().lower(), corpus), "retriever": retriever, "rows": rows,
            "n": n, "dim": dim if dense else None, "gpu_mem": gpu_b, "ram": ram_b, "gpus": gpus, "nodes": nodes,
            "recipe": recipe, "options": [asdict(o) for o in opts], "assumptions": a, "reranker": rerank}
-    best = next((o for prefix in PREFERENCE for o in opts if o.name.startswith(prefix) and o.fits), None)
+    ranked = [o for prefix in PREFERENCE for o in opts if o.name.startswith(prefix) and o.fits]
+    best = ranked[0] if ranked else None
     out["best"] = best.name if best else None
     out["commands"] = _commands(out, best, db_dir, pq_m, pq_nbits, nlist) if best else None
+    out["idle_gpus"] = idle_gpus(best, gpus, nodes) if best else 0
+    out["alternative"] = None
+    if best is not None and out["idle_gpus"]:
+        # the first option in preference order that trains on more GPUs (none idle): what the idle GPUs would buy
+        alt = next((o for o in ranked[1:] if o.layout and idle_gpus(o, gpus, nodes) == 0
+                    and _world(o) > _world(best)), None)
+        if alt is not None:
+            out["alternative"] = {"name": alt.name, "layout": alt.layout, "train_gpus": _world(alt),
+                                  "cost": _cost(alt, best),
+                                  "commands": _commands(out, alt, db_dir, pq_m, pq_nbits, nlist)}
     return out
+
+
+def _world(o: Option) -> int:
+    return o.train_gpus_per_node * o.train_nodes
+
+
+def idle_gpus(o: Option, gpus: int, nodes: int) -> int:
+    """GPUs of the job that neither train nor hold the index (the retriever node's rest, on several nodes)."""
+    if o.layout is None:
+        return 0
+    used = _world(o) + len(o.retriever_gpus) * (1 if o.layout == "retriever-node" else nodes)
+    return max(0, gpus * nodes - used)
+
+
+def _cost(alt: Option, best: Option) -> list[str]:
+    """What ``alt`` gives up against ``best``, in the plan's own numbers."""
+    cost = []
+    if alt.recall != best.recall:
+        cost.append(f"recall {alt.recall} instead of {best.recall}")
+    if alt.where == "cpu" and best.where == "gpu":
+        cost.append("the index is searched (and queries encoded) on CPU, beside the trainer on every node")
+    if alt.ram_bytes > best.ram_bytes:
+        cost.append(f"{_fmt(alt.ram_bytes)} RAM per node instead of {_fmt(best.ram_bytes)}")
+    if alt.build_s > best.build_s:
+        cost.append(f"build {_hours(alt.build_s)} instead of {_hours(best.build_s)}")
+    return cost
 
 
 def _rerank_need(reranker: str | None, depth: int, queries: int, a: dict[str, Any]) -> dict[str, Any] | None:
@@ -390,6 +427,17 @@ def format_plan(p: dict[str, Any]) -> str:
         if c["render"]:
             lines += ["  " + c["render"], "  " + c["check"], "  " + c["dry_run"]]
         lines += [f"  # {note}" for note in c["notes"]]
+        idle, alt = p.get("idle_gpus"), p.get("alternative")
+        if idle:
+            total = p["gpus"] * p["nodes"]
+            lines.append(f"  # {idle} of the job's {total} GPUs stay idle with this layout (veRL needs the same GPU "
+                         "count on every trainer node, so the retriever node trains on none)")
+        if alt:
+            ac = alt["commands"]
+            lines += ["", f"alternative without idle GPUs: {alt['name']}, layout {alt['layout']}, "
+                      f"{alt['train_gpus']} training GPUs; cost: " + "; ".join(alt["cost"] or ["none"]),
+                      "  " + ac["index_build"], "  " + ac["render"]]
+            lines += [f"  # {note}" for note in ac["notes"] if note not in c["notes"]]
     elif p.get("options"):
         lines += ["", "no option fits: see the reasons above (more GPUs, GPU memory or RAM)"]
     r = p.get("reranker")

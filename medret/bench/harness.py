@@ -29,7 +29,7 @@ from medret.api import Retriever
 from medret.config import EngineOptions, RetrieverConfig
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import open_corpus_store
-from medret.errors import ConfigError
+from medret.errors import ConfigError, MissingDependencyError
 from medret.storage.atomic import atomic_path, atomic_write_text
 from medret.transports import TRANSPORTS, transport_class
 from medret.transports.local import LocalTransport
@@ -114,6 +114,23 @@ def queries_from_corpus(corpus: str, db_dir: str | None, n: int, seed: int = 0) 
 
 
 # ---------------------------------------------------------------------------------------------- processes
+
+BENCH_EXTRA = ("psutil", "matplotlib")  # medret[bench]: memory readings and the plot
+
+
+def require_bench_extra() -> None:
+    """Before anything runs: the packages of ``medret[bench]`` are importable, or one error naming the extra."""
+    missing = []
+    for m in BENCH_EXTRA:
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            missing.append(m)
+    if missing:
+        raise MissingDependencyError(
+            f"medret bench needs {' and '.join(missing)} (memory readings, bench.png), not installed here: "
+            f"pip install 'medret[bench]'")
+
 
 
 def rss_bytes() -> int:
@@ -417,9 +434,11 @@ def format_table(results: dict[str, Any]) -> str:
             su = f"{b['startup_s']:.2f}" if i == 0 and "startup_s" in b else ""
             eng = f"{100 * r['engine_frac']:.1f} %" if "engine_frac" in r else ""
             ov = f"{100 * r['overhead_vs_local']:+.1f} %" if "overhead_vs_local" in r else ""
-            rss = f"{_mb(b['client_peak_rss_bytes'])} / {_mb(other)}" if i == 0 else ""
+            rss = f"{_mb(b.get('client_peak_rss_bytes'))} / {_mb(other)}" if i == 0 else ""
             lines.append(f"| {b['backend']} | {su} | {r['batch']} | {r['unique']} | {r['runs']} | {r['p50_ms']:.1f} "
                          f"| {r['p95_ms']:.1f} | {r['qps']:.1f} | {eng} | {ov} | {rss} |")
+        if "error" in b:  # failed after its timings: they stand, and the failure is listed with them
+            lines.append(f"| {b['backend']} | error after timing: {b['error']} | | | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -452,10 +471,14 @@ def plot(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike[str], stem: str = "bench") -> dict[str, Path]:
+    """Write ``stem``.json, .md and .png; the paths written (no "png" when matplotlib is missing: logged)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
     atomic_write_text(paths["json"], json.dumps(results, indent=2, default=str))
     atomic_write_text(paths["md"], format_table(results) + "\n")
-    plot(results, paths["png"])
+    try:
+        plot(results, paths["png"])
+    except MissingDependencyError as e:
+        log.warning("%s not written: %s", paths.pop("png"), e)
     return paths

@@ -14,6 +14,7 @@ from medret.doctor.checks import FAIL, OK, WARN, Check
 from medret.doctor.data import device_or_none
 from medret.encoders.hf import Encoder
 from medret.encoders.locate import hub_problem, model_location, offline_fix
+from medret.encoders.recipe_check import folder_summary, require_recipe_model, width_problem
 from medret.encoders.specs import like_choices, spec_for
 from medret.errors import MedretError
 from medret.fetch.env import hf_cache_dir, hf_offline
@@ -49,6 +50,10 @@ def check_encoder(config: Any, ready: bool = True) -> list[Check]:
         roles = [("query", spec.query_model, qloc)] + ([("doc", spec.doc_model, dloc)] if dloc != qloc else [])
         for role, model, loc in roles:
             out.append(_model_check(spec, role, model, loc, config, device, ready, hub, shared=len(roles) == 1))
+        problem = width_problem(spec.name, qloc, dloc)
+        if problem:
+            out.append(Check("encoder", FAIL, f"encoder {spec.name}: the query and document models disagree in width",
+                             problem, "give a query and a document model of the same width"))
     return out
 
 
@@ -73,6 +78,14 @@ def _model_check(spec: Any, role: str, model: str, loc: str, config: Any, device
         return Check(key, WARN, f"{what}: {loc} is not downloaded yet" + use,
                      "it will be downloaded on first use; compute nodes without internet need it beforehand",
                      offline_fix(spec.name))
+    explicit = config.query_model if role == "query" else config.doc_model
+    try:  # a folder found for the recipe's model id must be that model (the loader refuses it otherwise)
+        require_recipe_model(spec.name, role, model, explicit, loc)
+    except MedretError as e:
+        return Check(key, miss, f"{what}: {loc} is not the model the recipe names", str(e),
+                     f"medret models download {spec.name} --dir DIR (then --models-dir DIR)")
+    if explicit is None and state == "local folder":
+        state = "; ".join(x for x in (state, folder_summary(model, loc)) if x)
     try:
         t0 = time.perf_counter()
         paths = {"query_model_path": loc} if role == "query" else {"doc_model_path": loc}

@@ -46,6 +46,9 @@ METRICS: tuple[str, ...] = ("ip", "l2")
 DOC_FORMATS: tuple[str, ...] = ("pair", "contriever", "specter", "concat", "searchr1")
 
 
+_PUBLISHED_SHAPE = ("model_type", "vocab_size")
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """How one dense retriever turns queries and documents into vectors."""
@@ -62,6 +65,10 @@ class EncoderSpec:
     metric: Metric
     dim: int | None
     doc_format: DocFormat = "concat"
+    # the published models' config.json besides their width (``dim`` = hidden_size): what a hand-copied folder is held
+    # to (medret.encoders.recipe_check). Not part of the recipe recorded with an index (to_dict leaves them out).
+    model_type: str | None = dataclasses.field(default=None, compare=False)
+    vocab_size: int | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -89,11 +96,11 @@ class EncoderSpec:
         return self.query_model == self.doc_model
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _PUBLISHED_SHAPE}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "EncoderSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - set(_PUBLISHED_SHAPE)
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def same_encoding(self, other: "EncoderSpec") -> bool:
@@ -118,6 +125,8 @@ MEDCPT = EncoderSpec(
     metric="ip",
     dim=768,
     doc_format="pair",
+    model_type="bert",
+    vocab_size=30522,
 )
 CONTRIEVER = EncoderSpec(
     name="Contriever",
@@ -132,6 +141,8 @@ CONTRIEVER = EncoderSpec(
     metric="ip",
     dim=768,
     doc_format="contriever",
+    model_type="bert",
+    vocab_size=30522,
 )
 SPECTER = EncoderSpec(
     name="SPECTER",
@@ -146,6 +157,8 @@ SPECTER = EncoderSpec(
     metric="l2",
     dim=768,
     doc_format="specter",
+    model_type="bert",
+    vocab_size=31116,  # SciBERT's vocabulary
 )
 E5 = EncoderSpec(
     name="e5",
@@ -160,6 +173,8 @@ E5 = EncoderSpec(
     metric="ip",
     dim=768,
     doc_format="searchr1",
+    model_type="bert",
+    vocab_size=30522,
 )
 MEDEMBED = EncoderSpec(  # a fine-tune of BAAI/bge-small-en-v1.5: BGE's [CLS] pooling, normalised (cosine)
     name="MedEmbed",
@@ -173,6 +188,8 @@ MEDEMBED = EncoderSpec(  # a fine-tune of BAAI/bge-small-en-v1.5: BGE's [CLS] po
     doc_max_len=512,
     metric="ip",
     dim=384,
+    model_type="bert",
+    vocab_size=30522,
 )
 
 REGISTRY: dict[str, EncoderSpec] = {s.name.lower(): s for s in (MEDCPT, CONTRIEVER, SPECTER, E5, MEDEMBED)}

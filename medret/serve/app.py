@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
 import re
 import threading
 import time
@@ -38,7 +37,7 @@ from starlette.routing import Route
 from medret.config import RetrieverConfig
 from medret.errors import QueryError
 from medret.serve.batcher import Batcher, SearchBackend
-from medret.serve.settings import TOKEN_ENV, ServeSettings
+from medret.serve.settings import ServeSettings, env_token
 from medret.transports.base import without_scores
 from medret.transports.local import LocalTransport
 from medret.validate import (
@@ -383,7 +382,7 @@ def create_app(config: RetrieverConfig, settings: ServeSettings | None = None,
     ``settings.token`` defaults to the ``MEDRET_TOKEN`` environment variable when not given.
     """
     if settings is None:
-        settings = ServeSettings(token=os.environ.get(TOKEN_ENV) or None)
+        settings = ServeSettings(token=env_token())
     service = Service(config, settings, loader)
 
     @contextlib.asynccontextmanager

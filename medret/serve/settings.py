@@ -5,15 +5,29 @@ The request limits are the retriever's (:class:`medret.config.Limits`). This mod
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from medret.config import DEFAULT_TOPK
+from medret.errors import ConfigError
 from medret.options import option
 from medret.serve.batcher import SERVER, BatchOptions
 from medret.validate import check_number, check_token, check_whole
 
 TOKEN_ENV = "MEDRET_TOKEN"
+
+
+def env_token() -> str | None:
+    """The token in ``$MEDRET_TOKEN``; None when the variable is unset. Set but empty is refused, as an empty
+    --token-file is: it would turn authentication off without a word (a job script's unset secret, say)."""
+    value = os.environ.get(TOKEN_ENV)
+    if value is None:
+        return None
+    if not value.strip():
+        raise ConfigError(f"${TOKEN_ENV} is set but empty: put the token in it, or unset {TOKEN_ENV} to serve "
+                          "without authentication")
+    return check_token(value, f"${TOKEN_ENV}")
 
 
 def _check_token(name: str, value: Any) -> None:

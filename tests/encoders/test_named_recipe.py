@@ -4,7 +4,6 @@ planner's dimensions and the messages follow from it. MedEmbed (a BGE-small fine
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 
@@ -13,6 +12,7 @@ from medret.cli import main
 from medret.encoders.specs import REGISTRY
 from medret.index.locate import medrag_applies
 from medret.retrievers import DENSE, retriever_parts, valid_retrievers
+from tests.conftest import install_downloaded
 from tests.index.test_encoder_identity import DOCS, QUERIES, assert_same_ranking, write_corpus
 
 MODEL_ID = "abhinand/MedEmbed-small-v0.1"
@@ -41,7 +41,8 @@ def test_medembed_is_one_registry_entry_and_everything_follows():
 def test_medembed_searches_by_name_from_a_local_models_folder(tmp_path, make_tiny_bert):
     corpus = write_corpus(tmp_path / "corpus")
     models = tmp_path / "models"
-    shutil.copytree(make_tiny_bert(tmp_path / "tiny", seed=3), models / MODEL_ID)
+    # as `medret models download` leaves it: a hand copy of a tiny model is refused by the published shape
+    install_downloaded(make_tiny_bert(tmp_path / "tiny", seed=3), models, MODEL_ID)
     docs = [f"{t} {c}" if t.endswith((".", "?", "!")) else f"{t}. {c}" for t, c in DOCS]  # MedRAG's concat
     ids = [f"part_a_{i}" for i in range(len(DOCS) // 2)] + [f"part_b_{i}" for i in range(len(DOCS) - len(DOCS) // 2)]
     scores = cls_normalised(models / MODEL_ID, QUERIES) @ cls_normalised(models / MODEL_ID, docs).T
