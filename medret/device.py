@@ -35,7 +35,7 @@ RAY_GPU = "in Ray, request a GPU for the task/actor (@ray.remote(num_gpus=1) or 
 
 def _torch_device_count() -> int:
     try:
-        torch = optional.torch()
+        torch = optional.torch
     except ImportError:
         return 0
     try:
@@ -48,7 +48,7 @@ def _torch_device_count() -> int:
 def _torch_build() -> tuple[str, str]:
     """(kind, note): kind ``missing`` (no PyTorch), ``cpu`` (a build without CUDA) or ``cuda``."""
     try:
-        torch = optional.torch()
+        torch = optional.torch
     except ImportError:
         return "missing", "PyTorch is not installed"
     if getattr(torch.version, "cuda", None) is None:

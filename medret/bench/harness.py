@@ -370,13 +370,16 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def _overheads(results: dict[str, Any]) -> None:
-    """Relative p50 overhead of each remote backend over local, per batch size."""
-    local = next((b for b in results["backends"] if b["backend"] == "local" and "rows" in b), None)
+    """Relative p50 overhead of each remote backend over the in-process one (local), per batch size."""
+    def in_process(b: dict[str, Any]) -> bool:
+        return transport_class(b["backend"]).in_process
+
+    local = next((b for b in results["backends"] if in_process(b) and "rows" in b), None)
     if not local:
         return
     base = {r["batch"]: r["p50_ms"] for r in local["rows"]}
     for b in results["backends"]:
-        if b["backend"] == "local" or "rows" not in b:
+        if in_process(b) or "rows" not in b:
             continue
         for r in b["rows"]:
             if base.get(r["batch"]):
@@ -398,7 +401,7 @@ def _machine() -> str:
         mem = ""
     gpu = ""
     try:
-        torch = optional.torch()
+        torch = optional.torch
         if torch.cuda.is_available():
             gpu = ", " + torch.cuda.get_device_name(0)
     except ImportError:

@@ -302,4 +302,4 @@ def check_memory(needs_: list[Need], gpu_free: Callable[[int], int] | None = Non
 
 
 def _cuda_free(idx: int) -> int:
-    return int(optional.torch().cuda.mem_get_info(idx)[0])
+    return int(optional.torch.cuda.mem_get_info(idx)[0])

@@ -70,7 +70,7 @@ def check_packages(config: Any) -> list[Check]:
 
 def check_torch(config: Any) -> list[Check]:
     try:
-        torch = optional.torch()
+        torch = optional.torch
     except MissingDependencyError:
         dense = "torch" in needs(config)
         return [Check("torch", FAIL if dense else OK, "PyTorch not installed",
@@ -92,7 +92,7 @@ def check_torch(config: Any) -> list[Check]:
 
 def _visible_gpus() -> list[dict[str, Any]]:
     try:
-        torch = optional.torch()
+        torch = optional.torch
         if not torch.cuda.is_available():
             return []
         out = []

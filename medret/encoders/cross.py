@@ -62,7 +62,7 @@ class CrossEncoder:
 
     def __init__(self, spec: RerankerSpec, device: str = "cpu", fp16: bool | None = None,
                  models_dir: str | os.PathLike[str] | None = None, batch_size: int = 64):
-        torch = optional.torch()
+        torch = optional.torch
         self.spec = spec
         self.device = str(device)
         self.fp16 = self.device.startswith("cuda") if fp16 is None else bool(fp16)
@@ -86,7 +86,7 @@ class CrossEncoder:
 
     def score(self, queries: Sequence[str], articles: Sequence[str]) -> np.ndarray:
         """The logit of each pair ``(queries[i], articles[i])``, float32, in the pairs' order."""
-        torch = optional.torch()
+        torch = optional.torch
         n = len(queries)
         if n != len(articles):
             raise ValueError(f"{n} queries for {len(articles)} articles")

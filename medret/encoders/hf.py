@@ -40,7 +40,7 @@ class _Part:
 
     def __init__(self, model: str, location: str, role: str, spec_name: str, device: str, fp16: bool,
                  models_dir: str | os.PathLike[str] | None = None):
-        torch = optional.torch()
+        torch = optional.torch
         self.model_id = model
         self.location = location
         dtype = torch.float16 if fp16 else torch.float32
@@ -75,7 +75,7 @@ def _from_pretrained(location: str, dtype: Any, local_only: bool = False, head: 
     """``from_pretrained`` of a folder, or of a hub id with the Hugging Face cache as the environment names it now
     (the hub library reads HF_HOME / HF_HUB_CACHE once, at import) and, with ``local_only``, no network at all.
     ``head``: the transformers auto class of the model (a cross-encoder's: AutoModelForSequenceClassification)."""
-    transformers = optional.transformers()
+    transformers = optional.transformers
     AutoModel, AutoTokenizer = getattr(transformers, head), transformers.AutoTokenizer
     kw: dict[str, Any] = {}
     if not is_local(location):
@@ -229,7 +229,7 @@ class Encoder:
     def _encode(
         self, part: _Part, first: list[str], second: list[str] | None, max_len: int, batch_size: int
     ) -> np.ndarray:
-        torch = optional.torch()
+        torch = optional.torch
         check_whole("batch_size", batch_size)
         n = len(first)
         if n == 0:

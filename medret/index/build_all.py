@@ -40,8 +40,7 @@ def build_all(config: EngineOptions, index_type: str | None = None, rebuild: boo
                           "model folder, ...). Nothing was built")
     index_type = "flat" if index_type is None else index_type
     if dense:  # the dense extra, before the store is built: MissingDependencyError naming pip install 'medret[dense]'
-        optional.torch()
-        optional.transformers()
+        optional.require("torch", "transformers")
     for part in dense:  # before the document store or any index is built: a bad value changes nothing
         spec = spec_for(part, config)
         check_index_type(index_type, spec.metric,

@@ -262,7 +262,7 @@ class DenseIndex:
         if self.embeddings is None or str(device) == "cpu":
             self.device = "cpu" if self.embeddings is None else str(device)
             return self
-        torch = optional.torch()
+        torch = optional.torch
         first = self.embeddings[0]
         dt = first.dtype if is_tensor(first) else torch.from_numpy(np.zeros(0, dtype=first.dtype)).dtype
         if half:

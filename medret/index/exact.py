@@ -59,7 +59,7 @@ def exact_search(
     fp16 tensor cores on CUDA with an fp32 rescore, float32 on CPU); ``max_temp_bytes`` bounds its temporary
     memory (default :data:`medret.index.gpu_topk.DEFAULT_TEMP_BYTES`).
     """
-    torch = optional.torch()
+    torch = optional.torch
     from medret.index.gpu_topk import exact_topk  # noqa: PLC0415 - a torch module (the dense extra): loaded on use
 
     segs = segments(emb)

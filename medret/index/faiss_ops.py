@@ -23,7 +23,7 @@ NAMED_TYPES = ("flat", "hnsw", "ivfpq")
 
 def _faiss() -> Any:
     try:
-        return optional.faiss()
+        return optional.faiss
     except ImportError as e:  # pragma: no cover
         raise ConfigError(
             "index_type needs faiss, which is not installed: pip install 'medret[dense]' (faiss-cpu)"

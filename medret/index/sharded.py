@@ -97,7 +97,7 @@ def score_block(q: Any, x: Any, metric: str = "ip") -> Any:
 
 def _lex_topk_torch(scores: Any, rows: Any, k: int) -> tuple[Any, Any]:
     """(score desc, row asc) top-k with torch: two stable sorts make a lexicographic sort."""
-    torch = optional.torch()
+    torch = optional.torch
 
     r_sorted, idx = torch.sort(rows, dim=1, stable=True)
     s_by_row = torch.gather(scores, 1, idx)
@@ -111,7 +111,7 @@ def exact_topk_slice(emb: Any, qemb: np.ndarray, k: int, start: int = 0, metric:
     """Exact top-k of ``qemb`` over ``emb`` (the rows ``[start, start + len(emb))`` of a larger index), rows
     returned as global row numbers. ``start`` must be a multiple of ``block`` so the score blocks line up
     with the unsharded ones. ``emb``: numpy array (memory-mapped is fine) or torch tensor on ``device``."""
-    torch = optional.torch()
+    torch = optional.torch
 
     if start % block:
         raise ConfigError(f"start={start} is invalid: shard starts must be multiples of block={block}")
@@ -175,7 +175,7 @@ class DenseShard:
             raise IndexBuildError(f"shard [{start}, {end}) got {embeddings.shape[0]} rows")
         self.emb = embeddings
         if self.device != "cpu":
-            self.emb = optional.torch().from_numpy(np.ascontiguousarray(embeddings)).to(self.device)
+            self.emb = optional.torch.from_numpy(np.ascontiguousarray(embeddings)).to(self.device)
         logger.info("dense shard [%d, %d) ready on %s", self.start, self.end, self.device)
 
     def search(self, qemb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

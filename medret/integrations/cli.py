@@ -10,8 +10,9 @@ from medret.config import DEFAULT_TOPK, EngineOptions, RayOptions, RetrieverConf
 from medret.errors import ConfigError, MedretError
 from medret.integrations import rollout
 from medret.integrations import searchr1_patch as sp
-from medret.integrations.searchr1_runtime import get_searchr1_retriever
+from medret.integrations.searchr1_runtime import backend_of, get_searchr1_retriever
 from medret.options import add_flags, given
+from medret.transports import transport_class
 
 ROLLOUT_EXIT_FAILED = 1
 
@@ -104,10 +105,12 @@ def cmd_revert(args: argparse.Namespace) -> int:
 def rollout_block(args: argparse.Namespace) -> dict[str, Any]:
     """The trainer's ``retriever`` block equivalent to the flags (those given)."""
     backend = args.backend or "local"
-    if backend == "http" and not args.url:
-        raise ConfigError("--backend http needs --url http://HOST:PORT/retrieve (the address Search-R1 posts to)")
+    at_url = transport_class(backend).at_url
+    if at_url and not args.url:
+        raise ConfigError(f"--backend {backend} needs --url http://HOST:PORT/retrieve (the address Search-R1 posts "
+                          "to)")
     block: dict[str, Any] = {"backend": backend, "topk": args.topk}
-    if backend == "http":
+    if at_url:
         block["url"] = args.url
         return block
     return {**block, **given(args, RetrieverConfig, exclude=("backend", "url"))}
@@ -117,7 +120,7 @@ def cmd_rollout_smoke(args: argparse.Namespace) -> int:
     block = rollout_block(args)
     backend = block["backend"]
     questions = args.question or list(rollout.DEFAULT_QUESTIONS)
-    where = args.url if backend == "http" else \
+    where = args.url if transport_class(backend).at_url else \
         f"corpus={args.corpus_name or 'sample'} retriever={args.retriever_name or 'BM25'}"
     try:
         result = rollout.smoke(questions, block, turns=args.turns, which=args.protocol)
@@ -153,7 +156,7 @@ def cmd_rollout_smoke(args: argparse.Namespace) -> int:
 
 def _retriever_info(block: dict[str, Any]) -> dict[str, Any] | None:
     """What served the searches (corpus, size, index, device); None for http or when it cannot be asked."""
-    if block.get("backend") == "http":
+    if transport_class(backend_of(block)).at_url:
         return None
     try:
         return dict(get_searchr1_retriever(block).info())

@@ -21,7 +21,8 @@ from typing import Any, Callable, Literal, Sequence
 
 from medret.errors import MedretError, TransportError
 from medret.integrations import protocol
-from medret.integrations.searchr1_runtime import batch_search
+from medret.integrations.searchr1_runtime import backend_of, batch_search
+from medret.transports import transport_class
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def smoke(questions: Sequence[str], block: dict[str, Any], turns: int = 2,
     """Run the scripted rollout against the backend ``block`` describes (keys as in the trainer's retriever block)."""
     if which == "verl":
         config = dict(block)
-        if config.get("backend") == "http":
+        if transport_class(backend_of(config)).at_url:  # the tool's key for the url
             config["retrieval_service_url"] = config.pop("url", None)
         return run_rollout(questions, verl_search_fn(config), turns=turns, wrap=verl_observation)
     return run_rollout(questions, searchr1_search_fn(block), turns=turns)

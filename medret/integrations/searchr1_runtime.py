@@ -26,23 +26,20 @@ driver reads the variable only once) it raises :class:`~medret.errors.DeviceErro
 """
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, MutableMapping, Sequence
 
-import orjson
-
 from medret import optional
 from medret.api import Retriever, retriever_for
-from medret.config import HttpOptions, RequestOptions, RetrieverConfig, TransportOptions, validate_retriever_block
+from medret.config import RequestOptions, RetrieverConfig, TransportOptions, validate_retriever_block
 from medret.config import backend_of as config_backend_of
 from medret.device import parse_visible_devices
-from medret.errors import ConfigError, DeviceError, TransportError
+from medret.errors import ConfigError, DeviceError
 from medret.options import parse_value, plain_dict
-from medret.transports.http import HttpTransport, answer_shape_problem, is_timeout
+from medret.transports import transport_class
 from medret.validate import check_gpu_id
 
 logger = logging.getLogger(__name__)
@@ -74,7 +71,7 @@ def validate_block(block: Mapping[str, Any] | Any) -> None:
         return
     data = plain_dict(block)
     validate_retriever_block(data)
-    if backend_of(data) != "http":
+    if not transport_class(backend_of(data)).at_url:
         retriever_config(data)  # the settings that need each other (as the first search would build them)
 
 
@@ -82,37 +79,19 @@ def retriever_config(block: Mapping[str, Any] | Any) -> RetrieverConfig:
     """The :class:`RetrieverConfig` a non-HTTP ``retriever`` block describes (Search-R1 keys accepted)."""
     data = plain_dict(block)
     backend = backend_of(data)
-    if backend == "http":
-        raise ConfigError("retriever.backend='http' is served by Search-R1's own HTTP call (or http_batch_search); "
-                          "set retriever.backend=local or ray to search through medret in-process")
+    transport = transport_class(backend)
+    if transport.at_url:
+        raise ConfigError(f"retriever.backend={backend!r} is served by Search-R1's own HTTP call (or medret's, "
+                          "batch_search: HttpTransport.from_url); set retriever.backend=local or ray to search "
+                          "through medret in-process")
     data.pop("local", None)
     data["backend"] = backend
-    data.pop("url", None)  # Search-R1's default block always carries a url; only http uses it
-    if backend == "ray":
-        data = _ray_gpu_request(data)
+    data.pop("url", None)  # Search-R1's default block always carries a url; only a transport at_url uses it
+    data = transport.trainer_block(data, _log_once)
     try:
         return RetrieverConfig.from_mapping(data)
     except ConfigError as e:
         raise ConfigError(f"retriever block: {e}") from None
-
-
-def _ray_gpu_request(data: dict[str, Any]) -> dict[str, Any]:
-    """With backend=ray a GPU is requested from Ray (num_gpus); Ray, not gpu_id, decides which one."""
-    wants_gpu = data.get("gpu_id") is not None or str(data.get("device") or "").startswith("cuda")
-    # on the retriever node the actor sees that node's GPUs without asking Ray (its raylet offers 0 Ray GPUs), and
-    # asking would give it another name than the one `medret ray up` created
-    on_retriever_node = str(data.get("ray_placement") or "").strip().lower() == "retriever-node"
-    if wants_gpu and not data.get("ray_num_gpus") and not on_retriever_node:
-        data["ray_num_gpus"] = 1
-        _log_once(logging.INFO, "retriever.backend=ray with a GPU requested: the retriever actor asks Ray for "
-                  "num_gpus=1")
-    if data.get("gpu_id") is not None:
-        _log_once(logging.WARNING, f"retriever.gpu_id={data['gpu_id']} is not used with backend=ray: Ray assigns "
-                  "the actor's GPU (it is cuda:0 inside the actor); pin GPUs with Ray resources instead")
-        data["gpu_id"] = None
-        if not data.get("device"):
-            data["device"] = "cuda"
-    return data
 
 
 _LOGGED: set[str] = set()
@@ -151,7 +130,7 @@ def _driver_device_count() -> int:
     """Devices the CUDA runtime sees. Unlike torch.cuda.device_count() (NVML, re-reads the environment), this is
     fixed at the first CUDA call of the process, so it shows whether a new CUDA_VISIBLE_DEVICES took effect."""
     try:
-        torch = optional.torch()
+        torch = optional.torch
     except ImportError:
         return 0
     getter = getattr(torch._C, "_cuda_getDeviceCount", None)
@@ -237,40 +216,10 @@ def get_searchr1_retriever(block: Mapping[str, Any] | Any, env: MutableMapping[s
                            probe: CudaProbe | None = None) -> Retriever:
     """The process-wide retriever a non-HTTP ``retriever`` block describes (placed on its GPU first)."""
     config = retriever_config(block)
-    if config.backend == "local" and config.gpu_id is not None and str(config.device or "").lower() != "cpu":
+    if (transport_class(config.backend).in_process and config.gpu_id is not None
+            and str(config.device or "").lower() != "cpu"):
         place_local_gpu(config.gpu_id, env=env, probe=probe)
     return retriever_for(config)
-
-
-def http_batch_search(url: str, queries: Sequence[str], topk: int, timeout: float = DEFAULT_HTTP_TIMEOUT) -> dict:
-    """POST exactly what Search-R1 posts ({"queries", "topk", "return_scores": true}) to ``url`` as it is, once (as
-    Search-R1's own ``requests.post``), through medret's HTTP transport, and return the JSON.
-
-    ``timeout`` is a deadline for the whole exchange (connect, send, the entire answer), not per socket read."""
-    if not url:
-        raise ConfigError("retriever.url is empty: give the /retrieve address of the server, e.g. "
-                          "http://127.0.0.1:8000/retrieve")
-    transport = HttpTransport(HttpOptions(url=url, timeout=timeout, retries=0))
-    payload = orjson.dumps({"queries": list(queries), "topk": topk, "return_scores": True})
-    try:
-        response = transport.send_once("POST", None, payload)
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        if is_timeout(e):
-            raise TransportError(f"retriever.url={url!r} sent no complete answer within timeout={timeout:g}s "
-                                 f"({type(e).__name__}: {e}); is the server overloaded or stuck?") from None
-        raise TransportError(f"retriever.url={url!r} could not be reached ({type(e).__name__}: {e}); is the "
-                             "server running (medret serve / retrieval_launch.sh) and is the address right?") from None
-    if response.status_code != 200:
-        raise TransportError(f"retriever.url={url!r} answered HTTP {response.status_code}: {response.text[:300]}")
-    try:
-        data = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise TransportError(f"retriever.url={url!r} did not answer JSON: {response.text[:200]!r}") from None
-    problem = answer_shape_problem(data, len(queries), topk, True)
-    if problem:
-        raise TransportError(f"retriever.url={url!r} answered in an unexpected shape ({problem}): expected "
-                             '{"result": [[{"document": {"contents": ...}, "score": s}, ...], ...]}')
-    return data
 
 
 def batch_search(block: Mapping[str, Any] | Any, queries: Sequence[str], topk: int | None = None) -> dict:
@@ -281,10 +230,15 @@ def batch_search(block: Mapping[str, Any] | Any, queries: Sequence[str], topk: i
     data = plain_dict(block)
     k = topk_of(data, topk)
     queries = list(queries)
-    if backend_of(data) == "http":
+    transport = transport_class(backend_of(data))
+    if transport.at_url:  # Search-R1's own HTTP call: one POST to retriever.url as it is
         timeout = float(parse_value(TransportOptions, "timeout", data.get("timeout", DEFAULT_HTTP_TIMEOUT),
                                     label="retriever.timeout"))
-        return http_batch_search(str(data.get("url") or ""), queries, k, timeout=timeout)
+        at = transport.from_url(str(data.get("url") or ""), timeout)
+        try:
+            return at.retrieve(queries, k, True)
+        finally:
+            at.close()
     if not queries:
         return {"result": []}
     return get_searchr1_retriever(data).retrieve(queries, topk=k, return_scores=True)

@@ -29,7 +29,6 @@ from typing import Any, Optional
 from uuid import uuid4
 
 from medret.api import Retriever
-from medret.config import BACKENDS
 from medret.errors import ConfigError
 from medret.integrations import protocol, searchr1_runtime
 from medret.options import declarations, option, plain_dict
@@ -177,10 +176,9 @@ class ToolSettings:
         if "backend" not in block and "local" not in block:
             block["backend"] = "http" if url else "local"
         backend = searchr1_runtime.backend_of(block)
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend={backend!r} is invalid: choose local, ray or http")
+        transport = transport_class(backend)  # refuses a backend no transport answers to, naming the choices
         topk = searchr1_runtime.topk_of(block)
-        if backend == "http" and not url:
+        if transport.at_url and not url:
             raise ConfigError("backend='http' needs retrieval_service_url: http://host:port/retrieve")
         searchr1_runtime.validate_block(block)  # every retriever key and value now, not mid-rollout
         return cls(backend=backend, topk=topk, url=url, tool=tool, block=block)
@@ -267,11 +265,15 @@ class MedretSearchTool(_BaseTool):
 
     def search_json(self, query_list: list[str]) -> dict:
         """Blocking search: Search-R1's /retrieve JSON for ``query_list``."""
-        if self.settings.backend == "http":
-            assert self.settings.url is not None
-            # the event loop side enforces `timeout`; the socket timeout only stops a thread left waiting
-            return searchr1_runtime.http_batch_search(self.settings.url, query_list, self.settings.topk,
-                                                      timeout=self.settings.tool.timeout + 5.0)
+        transport = transport_class(self.settings.backend)
+        if transport.at_url:  # one POST to the url as it is, as Search-R1's HTTP path
+            # the event loop side enforces `timeout`; the transport's deadline only stops a thread left waiting
+            at = transport.from_url(self.settings.url or "", self.settings.tool.timeout + 5.0,
+                                    label="retrieval_service_url")
+            try:
+                return at.retrieve(list(query_list), self.settings.topk, True)
+            finally:
+                at.close()
         return self._retriever().retrieve(query_list, topk=self.settings.topk, return_scores=True)
 
     async def create(self, instance_id: Optional[str] = None, **kwargs: Any) -> tuple[str, Any]:
@@ -310,7 +312,7 @@ class MedretSearchTool(_BaseTool):
     async def _search(self, query_list: list) -> list[list[dict]]:
         """Search-R1 result rows for ``query_list``; raises on any failure."""
         loop = asyncio.get_running_loop()
-        if self.settings.backend == "http":
+        if transport_class(self.settings.backend).at_url:
             future = loop.run_in_executor(_executor(self.settings.tool.num_workers), self.search_json, query_list)
             return (await self._bounded(future))["result"]
         # loading the index is not bounded by the search timeout (it happens once per process; preload: true

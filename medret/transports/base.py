@@ -14,7 +14,7 @@ the one ``config.backend`` names (:func:`medret.transports.make_transport`).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, Callable, ClassVar, Optional, Protocol, Tuple, runtime_checkable
 
 AnswerStats = Tuple[Optional[int], Optional[int]]
 
@@ -40,15 +40,32 @@ class BaseTransport:
     (``medret doctor``, the benchmark, the veRL tool): ``backend`` (the ``RetrieverConfig.backend`` value that
     names it), ``remote`` (True when the index is searched by a server elsewhere, so this machine needs no
     corpus, index or model: nothing to check or preload here), :meth:`needs` (the optional packages it uses,
-    with the extra that installs them) and :meth:`where` (where it searches, in words)."""
+    with the extra that installs them) and :meth:`where` (where it searches, in words); ``in_process`` (True when
+    the engine runs in the caller's process, so this process's GPU visibility decides its device) and ``at_url``
+    (True when a trainer's ``retriever`` block reaches it at the block's ``url`` as it is, Search-R1's own HTTP
+    call: :meth:`from_url`; nothing else in the block is read), and :meth:`trainer_block` (what it changes in a
+    trainer's block before the block becomes a ``RetrieverConfig``)."""
 
     backend: ClassVar[str] = ""
     remote: ClassVar[bool] = False
+    in_process: ClassVar[bool] = False
+    at_url: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, config: Any) -> "BaseTransport":
         """The transport with its options taken from a :class:`medret.config.RetrieverConfig`."""
         raise NotImplementedError
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float, label: str = "retriever.url") -> "BaseTransport":
+        """The transport a trainer's block reaches at ``url`` exactly (only where ``at_url``)."""
+        raise TypeError(f"backend={cls.backend!r} is not reached at a url; build it with from_config")
+
+    @classmethod
+    def trainer_block(cls, data: dict[str, Any], note: Callable[[int, str], None]) -> dict[str, Any]:
+        """A trainer's ``retriever`` block (a plain dict) as this transport reads it; ``note(level, message)``
+        logs a configuration note once."""
+        return data
 
     @classmethod
     def needs(cls, dense: bool) -> dict[str, str]:

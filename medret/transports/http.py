@@ -8,9 +8,9 @@ timeouts and 5xx answers are retried with exponential backoff (``config.retries`
 last try a :class:`medret.errors.TransportError` names the URL, the number of attempts and the last cause.
 Its options are an :class:`medret.config.HttpOptions` (url, address file, token, deadlines, retries).
 
-It is medret's one HTTP client: Search-R1's HTTP path (:func:`medret.integrations.searchr1_runtime.
-http_batch_search`, one POST to the exact URL, no retries) and ``medret doctor``'s health check use
-:meth:`HttpTransport.send_once`.
+It is medret's one HTTP client. Search-R1's HTTP path and the veRL tool's (a trainer block's ``url``) use
+:meth:`HttpTransport.from_url`: the same ``retrieve``, but one POST to the URL exactly as given, no retries, as
+Search-R1's own ``requests.post``; ``medret doctor``'s health check uses :meth:`HttpTransport.send_once`.
 
 Deadlines: ``config.timeout`` bounds each attempt as a whole — connecting, sending and reading the entire
 answer — not each socket read (a server trickling one byte a second never holds a client past it); and
@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from medret.config import HttpOptions
-from medret.errors import QueryError, TransportError
+from medret.errors import ConfigError, QueryError, TransportError
 from medret.transports.base import BaseTransport
 from medret.validate import check_token
 
@@ -183,12 +183,16 @@ class HttpTransport(BaseTransport):
 
     backend = "http"
     remote = True        # the server holds the corpus, the index and the models
+    at_url = True        # a trainer's block reaches it at its url (from_url)
     backoff_base = 0.1   # seconds before the first retry; doubles each time
     backoff_max = 5.0
     address_poll = 0.05
 
-    def __init__(self, options: HttpOptions):
+    def __init__(self, options: HttpOptions, exact: str | None = None):
+        """``exact``: the name of the setting that gave ``options.url`` (as ``retriever.url``) when each search
+        is one POST to that URL exactly as given (:meth:`from_url`); None: ``POST {base}/retrieve``, retried."""
         config = self.config = options
+        self._exact = exact
         self._conn: http.client.HTTPConnection | None = None
         self._conn_base: str | None = None
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -201,6 +205,16 @@ class HttpTransport(BaseTransport):
     @classmethod
     def from_config(cls, config: Any) -> "HttpTransport":
         return cls(HttpOptions.of(config))
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float, label: str = "retriever.url") -> "HttpTransport":
+        """What a trainer's block reaches at ``url`` (its setting ``label``): each search is one POST of exactly
+        what Search-R1 posts to ``url`` as it is, once, answered whole within ``timeout`` seconds (connect,
+        send, the entire answer), as Search-R1's own ``requests.post``."""
+        if not url:
+            raise ConfigError(f"{label} is empty: give the /retrieve address of the server, e.g. "
+                              "http://127.0.0.1:8000/retrieve")
+        return cls(HttpOptions(url=url, timeout=timeout, retries=0), exact=label)
 
     @classmethod
     def where(cls, config: Any) -> str:
@@ -307,11 +321,35 @@ class HttpTransport(BaseTransport):
         """The server's /retrieve JSON as it sent it, checked for shape (one list per query, at most k items,
         each a scored item ``{"document": {...}, "score": s}`` or, without scores, a document)."""
         body = orjson.dumps({"queries": queries, "topk": k, "return_scores": return_scores})
+        if self._exact is not None:
+            return self._retrieve_exact(body, len(queries), k, return_scores)
         with self._lock:
             data = self._request("POST", "/retrieve", body)
         problem = answer_shape_problem(data, len(queries), k, return_scores)
         if problem:
             raise self._shape_error(problem)
+        return data
+
+    def _retrieve_exact(self, body: bytes, n_queries: int, k: int, return_scores: bool) -> dict:
+        where = f"{self._exact}={self.config.url!r}"
+        try:
+            response = self.send_once("POST", None, body)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            if is_timeout(e):
+                raise TransportError(f"{where} sent no complete answer within timeout={self.config.timeout:g}s "
+                                     f"({type(e).__name__}: {e}); is the server overloaded or stuck?") from None
+            raise TransportError(f"{where} could not be reached ({type(e).__name__}: {e}); is the server running "
+                                 "(medret serve / retrieval_launch.sh) and is the address right?") from None
+        if response.status_code != 200:
+            raise TransportError(f"{where} answered HTTP {response.status_code}: {response.text[:300]}")
+        try:
+            data = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise TransportError(f"{where} did not answer JSON: {response.text[:200]!r}") from None
+        problem = answer_shape_problem(data, n_queries, k, return_scores)
+        if problem:
+            raise TransportError(f"{where} answered in an unexpected shape ({problem}): expected "
+                                 '{"result": [[{"document": {"contents": ...}, "score": s}, ...], ...]}')
         return data
 
     def search(self, queries: list[str], k: int) -> list[list[dict]]:

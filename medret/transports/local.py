@@ -13,6 +13,7 @@ class LocalTransport(BaseTransport):
     """The engine in this process. ``search`` answers Search-R1's scored items per query."""
 
     backend = "local"
+    in_process = True  # this process's CUDA_VISIBLE_DEVICES decides which GPU the engine can use
 
     @classmethod
     def from_config(cls, config: Any) -> "LocalTransport":

@@ -69,7 +69,7 @@ def actor_base_name(config: RetrieverConfig, job: str | None = None) -> str:
 
 def _ray() -> Any:
     try:
-        return optional.ray()
+        return optional.ray
     except MissingDependencyError:
         raise TransportError("backend='ray' needs Ray: pip install 'medret[ray]'") from None
 
@@ -245,6 +245,27 @@ class RayTransport(BaseTransport):
     @classmethod
     def where(cls, config: Any) -> str:
         return f"{super().where(config)} in Ray actor {actor_base_name(config)}"
+
+    @classmethod
+    def trainer_block(cls, data: dict[str, Any], note: Any) -> dict[str, Any]:
+        """A GPU asked for in a trainer's block (gpu_id, or a cuda device) is requested from Ray (num_gpus=1):
+        Ray, not gpu_id, decides which one (it is cuda:0 inside the actor)."""
+        data = dict(data)
+        wants_gpu = data.get("gpu_id") is not None or str(data.get("device") or "").startswith("cuda")
+        # on the retriever node the actor sees that node's GPUs without asking Ray (its raylet offers 0 Ray GPUs), and
+        # asking would give it another name than the one `medret ray up` created
+        on_retriever_node = str(data.get("ray_placement") or "").strip().lower() == "retriever-node"
+        if wants_gpu and not data.get("ray_num_gpus") and not on_retriever_node:
+            data["ray_num_gpus"] = 1
+            note(logging.INFO, "retriever.backend=ray with a GPU requested: the retriever actor asks Ray for "
+                 "num_gpus=1")
+        if data.get("gpu_id") is not None:
+            note(logging.WARNING, f"retriever.gpu_id={data['gpu_id']} is not used with backend=ray: Ray assigns "
+                 "the actor's GPU (it is cuda:0 inside the actor); pin GPUs with Ray resources instead")
+            data["gpu_id"] = None
+            if not data.get("device"):
+                data["device"] = "cuda"
+        return data
 
     def __init__(self, config: RetrieverConfig, options: RayOptions | None = None, create: bool = True,
                  ready_timeout: float | None = None):

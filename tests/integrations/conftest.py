@@ -30,6 +30,7 @@ class RetrieveServer:
 
     def __init__(self, delay: float = 0.0, status: int = 200, raw_body: bytes | None = None) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.paths: list[str] = []  # the path (and query) of every POST, as sent
         self.delay = delay
         self.status = status
         self.raw_body = raw_body
@@ -40,6 +41,7 @@ class RetrieveServer:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 server.requests.append(body)
+                server.paths.append(self.path)
                 if server.delay:
                     time.sleep(server.delay)
                 if server.raw_body is not None:

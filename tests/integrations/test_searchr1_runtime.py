@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+from medret.config import HttpOptions
 from medret.device import resolve_device
 from medret.errors import ConfigError, DeviceError, TransportError
 from medret.integrations import searchr1_runtime as rt
@@ -301,3 +302,26 @@ def test_placement_inside_real_ray_tasks(tmp_path):
     seen, gpu_id, after, now, count = out["narrowed"]
     assert len(seen.split(",")) == 1 and seen != str(gpu_id)  # Ray gave the task one GPU, not the wanted one
     assert after == now == f"{seen},{gpu_id}" and count == 2
+
+
+def test_http_path_is_the_http_transport_posting_once_to_the_exact_url(helpers):
+    """Search-R1's HTTP path is medret's HTTP transport (HttpTransport.from_url), not a second client: one POST of
+    Search-R1's payload to retriever.url exactly as given (path and query kept), never retried."""
+    from medret.transports import HttpTransport
+
+    with helpers.RetrieveServer() as server:
+        odd = server.url.replace("/retrieve", "/search-r1/retrieve?x=1")
+        got = rt.batch_search({"url": odd, "topk": 2}, ["sepsis lactate"])
+        assert server.paths == ["/search-r1/retrieve?x=1"]
+        assert server.requests == [{"queries": ["sepsis lactate"], "topk": 2, "return_scores": True}]
+        assert got == HttpTransport.from_url(odd, 5.0).retrieve(["sepsis lactate"], 2, True)
+    with helpers.RetrieveServer(status=500, raw_body=b"boom") as server:
+        with pytest.raises(TransportError, match=r"retriever.url='http://127.0.0.1:\d+/retrieve' answered HTTP 500"):
+            rt.batch_search({"url": server.url}, ["q"])
+        assert len(server.requests) == 1  # once, as Search-R1's requests.post
+        # the same server through the retrying transport: 1 + retries attempts (so the count above means something)
+        retrying = HttpTransport(HttpOptions(url=server.url, retries=2))
+        retrying.backoff_base = 0.001
+        with pytest.raises(TransportError, match="after 3 attempt"):
+            retrying.retrieve(["q"], 3, True)
+        assert len(server.requests) == 4

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medret import get_retriever
+from medret.errors import TransportError
 from medret.integrations import verl_tool
 from medret.integrations.verl_tool import MISSING_QUERY_LIST, MedretSearchTool
 
@@ -134,6 +135,17 @@ def test_http_backend_is_a_drop_in_for_verls_tool(helpers):
         response, _, _ = run(tool.execute("i", {"query_list": ["sepsis lactate"]}))
         assert server.requests == [{"queries": ["sepsis lactate"], "topk": 2, "return_scores": True}]
     assert response.text == expected_text(helpers, ["sepsis lactate"], topk=2)
+
+
+def test_http_failure_names_the_tools_own_setting(helpers):
+    """The tool's HTTP path is the HTTP transport at retrieval_service_url (HttpTransport.from_url): its errors
+    name that setting, the one a veRL user writes, with its value."""
+    url = helpers.closed_port_url()
+    tool = MedretSearchTool({"type": "native", "retrieval_service_url": url})
+    with pytest.raises(TransportError, match=rf"retrieval_service_url='{url}' could not be reached"):
+        tool.search_json(["sepsis"])
+    response, _, metrics = run(tool.execute("i", {"query_list": ["sepsis"]}))
+    assert f"retrieval_service_url='{url}' could not be reached" in json.loads(response.text)["result"]
 
 
 def test_retriever_is_shared_per_process_and_concurrent_calls_agree(helpers):

@@ -52,3 +52,25 @@ def test_bench_backends_are_the_transports():
     assert available("local") is None and available("http") is None  # starlette and uvicorn are installed here
     with pytest.raises(ConfigError, match=r"backends=\['grpc'\] is invalid: choose from local, http, ray"):
         BenchConfig(backends=("grpc",))
+
+
+def test_what_a_trainer_block_asks_of_each_transport():
+    """Issue 22 item 3: the Search-R1 runtime, the veRL tool and rollout-smoke ask the transport (at_url,
+    in_process, trainer_block, from_url) instead of comparing backend names."""
+    assert [transport_class(b).at_url for b in BACKENDS] == [False, True, False]
+    assert [transport_class(b).in_process for b in BACKENDS] == [True, False, False]
+    at = transport_class("http").from_url("http://127.0.0.1:9/any/path", 2.0)
+    assert type(at) is HttpTransport and (at.config.url, at.config.retries, at.config.timeout) == \
+        ("http://127.0.0.1:9/any/path", 0, 2.0)
+    with pytest.raises(ConfigError, match=r"retrieval_service_url is empty"):
+        HttpTransport.from_url("", 2.0, label="retrieval_service_url")
+    with pytest.raises(TypeError, match="backend='local' is not reached at a url"):
+        LocalTransport.from_url("http://127.0.0.1:9/retrieve", 2.0)
+    notes: list[tuple[int, str]] = []
+    block = {"gpu_id": 3, "corpus_name": "sample"}
+    assert LocalTransport.trainer_block(block, lambda *a: notes.append(a)) == block and not notes
+    assert RayTransport.trainer_block(block, lambda *a: notes.append(a)) == \
+        {"gpu_id": None, "corpus_name": "sample", "ray_num_gpus": 1, "device": "cuda"}
+    assert block == {"gpu_id": 3, "corpus_name": "sample"}  # the caller's block is not changed
+    assert [level for level, _ in notes] == [20, 30] and "Ray assigns the actor's GPU" in notes[1][1]
+    assert RayTransport.trainer_block({"device": "cpu"}, lambda *a: notes.append(a)) == {"device": "cpu"}

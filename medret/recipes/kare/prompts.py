@@ -106,7 +106,7 @@ class TokenCounter:
         if not os.path.isdir(path):
             raise ConfigError(f"tokenizer={path!r} is invalid: pass a local directory holding a Hugging Face tokenizer")
         try:
-            AutoTokenizer = optional.transformers().AutoTokenizer
+            AutoTokenizer = optional.transformers.AutoTokenizer
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ConfigError("--tokenizer needs the 'transformers' package: pip install 'medret[dense]'") from e
         try:
