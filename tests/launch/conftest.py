@@ -65,21 +65,13 @@ print(json.dumps(out))
 
 def hydra_read(words: list[str]) -> list[tuple[str, object]]:
     """(key, value) of hydra overrides as the trainer reads them: hydra's own override parser, then the value as its
-    OmegaConf config resolves it. hydra-core is in the trainer environments: in this process when it is installed,
-    else through $MEDRET_HYDRA_PYTHON or a .venv-searchr1 beside the repository (`make test` builds it)."""
+    OmegaConf config resolves it (hydra-core is in medret's test extra, as it is in both trainer environments), in a
+    fresh interpreter as the trainer's."""
     import json
     import subprocess
     import sys
 
-    try:
-        import hydra  # noqa: F401
-        python = sys.executable
-    except ImportError:
-        candidates = [os.environ.get("MEDRET_HYDRA_PYTHON", ""), str(REPO / ".venv-searchr1" / "bin" / "python")]
-        python = next((c for c in candidates if c and Path(c).is_file()), "")
-        if not python:
-            pytest.skip("hydra-core is not installed here (it is in the trainer environments: make test runs this "
-                        "there; or set MEDRET_HYDRA_PYTHON)")
+    python = sys.executable
     r = subprocess.run([python, "-c", _HYDRA_READ], input=json.dumps(words), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
