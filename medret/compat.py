@@ -11,7 +11,8 @@ Other modules call the functions below instead of an API whose name or behaviour
 - huggingface_hub: ``huggingface_hub.utils.get_session()`` is an ``httpx.Client`` from 1.x on and a
   ``requests.Session`` in 0.x, whose ``stream`` is a bool (hence ``TypeError: 'bool' object is not callable``
   when called like httpx's): :func:`hub_session`, :func:`http_stream`, :func:`http_head`,
-  :func:`http_transport_errors` speak to either.
+  :func:`http_transport_errors`, :func:`is_timeout` speak to either (a ``timeout`` is a float for httpx, a
+  (connect, read) pair for requests).
 - Python: the syntax is kept to 3.9's (``from __future__ import annotations`` for ``X | Y`` annotations; no
   ``match``, ``zip(strict=)``, dataclass ``slots``/``kw_only``, parenthesised multi-item ``with``);
   tests/core/test_compat.py parses every file of the package, tests and benchmarks with 3.9's grammar.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import re
+import socket
 from importlib import metadata
 from typing import Any, Iterator
 
@@ -91,14 +93,25 @@ class StreamedResponse:
         return iter(self._blocks())
 
 
+def _timeout_kw(session: Any, timeout: float | None) -> dict[str, Any]:
+    """``timeout=``: connect and each read (httpx: also each write and the pool wait) within ``timeout`` seconds;
+    None keeps the session's own (huggingface_hub's: none)."""
+    if timeout is None:
+        return {}
+    return {"timeout": timeout if is_httpx_session(session) else (timeout, timeout)}
+
+
 @contextlib.contextmanager
-def http_stream(session: Any, url: str, headers: dict[str, str] | None = None) -> Iterator[StreamedResponse]:
-    """GET ``url`` following redirects, the body not read until ``iter_bytes()``; closed on exit."""
+def http_stream(session: Any, url: str, headers: dict[str, str] | None = None,
+                timeout: float | None = None) -> Iterator[StreamedResponse]:
+    """GET ``url`` following redirects, the body not read until ``iter_bytes()``; closed on exit. ``timeout``:
+    seconds to connect and the longest wait for the next bytes."""
     if is_httpx_session(session):
-        with session.stream("GET", url, headers=headers, follow_redirects=True) as resp:
+        with session.stream("GET", url, headers=headers, follow_redirects=True,
+                            **_timeout_kw(session, timeout)) as resp:
             yield StreamedResponse(resp.status_code, resp.headers, resp.iter_bytes)
         return
-    resp = session.get(url, headers=headers, stream=True, allow_redirects=True)
+    resp = session.get(url, headers=headers, stream=True, allow_redirects=True, **_timeout_kw(session, timeout))
     try:
         yield StreamedResponse(resp.status_code, resp.headers, lambda: _requests_blocks(resp))
     finally:
@@ -118,19 +131,36 @@ def _requests_blocks(resp: Any) -> Iterator[bytes]:
         try:
             block = read1(_CHUNK, decode_content=True)
         except urllib3.exceptions.HTTPError as e:  # what iter_content raises as ChunkedEncodingError
-            raise requests.exceptions.ChunkedEncodingError(e) from e
+            # with the request (after redirects), so an error can name the host that failed
+            raise requests.exceptions.ChunkedEncodingError(e, request=resp.request) from e
         if not block:
             return
         yield block
 
 
-def http_head(session: Any, url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def http_head(session: Any, url: str, headers: dict[str, str] | None = None,
+              timeout: float | None = None) -> tuple[int, Any]:
     """HEAD ``url`` following redirects: (status code, headers)."""
     if is_httpx_session(session):
-        r = session.head(url, headers=headers, follow_redirects=True)
+        r = session.head(url, headers=headers, follow_redirects=True, **_timeout_kw(session, timeout))
     else:
-        r = session.head(url, headers=headers, allow_redirects=True)
+        r = session.head(url, headers=headers, allow_redirects=True, **_timeout_kw(session, timeout))
     return int(r.status_code), r.headers
+
+
+def is_timeout(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is a connect or read timeout, in either client: httpx's
+    ``ConnectTimeout``/``ReadTimeout``, requests' and urllib3's ``*Timeout*`` (requests wraps a read timeout of a
+    streamed body in a ``ConnectionError``), or the socket's own ``TimeoutError``."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, (TimeoutError, socket.timeout)) or any("Timeout" in c.__name__ for c in type(cur).__mro__):
+            return True
+        cur = cur.__cause__ or cur.__context__ or (cur.args[0] if cur.args and isinstance(cur.args[0],
+                                                                                          BaseException) else None)
+    return False
 
 
 def http_transport_errors(session: Any) -> tuple[type[BaseException], ...]:

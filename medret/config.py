@@ -3,7 +3,8 @@
 * :class:`EngineOptions`: what is searched and how (corpus, retriever, models, encoder recipe, devices, indexes,
   fusion); the in-process engine reads these, and so does every Ray actor and ``medret serve``;
 * :class:`Limits`: the limits of one request (in-process calls and ``medret serve``);
-* :class:`HttpOptions`: the HTTP transport's (url, address file, token, deadlines, retries);
+* :class:`HttpOptions`: the HTTP transport's (url, address file, token, deadlines, retries, and the answer cap
+  it shares with the limits: :class:`AnswerLimit`);
 * :class:`RayOptions`: the Ray transport's (cluster, namespace, placement, GPUs, shards, job).
 
 :class:`RetrieverConfig` is all of them plus ``backend``: one frozen, hashable value (the key of
@@ -18,7 +19,17 @@ from typing import Any, ClassVar, Mapping
 
 from medret.encoders.specs import DOC_FORMATS, POOLINGS, known_names
 from medret.errors import ConfigError
-from medret.options import Options, option, plain_dict, truthy
+from medret.options import (
+    Options,
+    accepted_keys,
+    check_kind,
+    check_mapping,
+    declarations,
+    option,
+    parse_bool,
+    plain_dict,
+    unknown_keys_error,
+)
 from medret.options import names as option_names
 from medret.validate import (
     check_gpu_id,
@@ -115,23 +126,36 @@ class EngineOptions(Options):
                                     check=_recipe(check_string), group=ENCODER)
     # approximate dense indexes (faiss): None = the index's own defaults (nprobe ~ nlist/16, efSearch 128, rerank 10)
     nprobe: int | None = option(None, "IVF lists probed per query (faiss IVF indexes)", kind=int, identity=True,
-                                check=check_whole.optional("the index's default"), group=INDEX)
+                                check=check_whole.optional("the index's default"), search_only=True, group=INDEX)
     ef_search: int | None = option(None, "HNSW search depth (faiss HNSW indexes)", kind=int, identity=True,
-                                   check=check_whole.optional("the index's default"), group=INDEX)
+                                   check=check_whole.optional("the index's default"), search_only=True, group=INDEX)
     rerank: int | None = option(None, "lossy indexes (IVF-PQ): re-score k x RERANK candidates exactly (default 10; "
                                 "0 = off)", kind=int, identity=True,
-                                check=check_whole.at_least(0).optional("the index's default"), group=INDEX)
-    rrf_k: int = option(100, "RRF constant k (MedRAG uses 100)", identity=True, check=check_whole, group=INDEX)
+                                check=check_whole.at_least(0).optional("the index's default"), search_only=True,
+                                group=INDEX)
+    rrf_k: int = option(100, "RRF constant k (MedRAG uses 100)", identity=True, check=check_whole, search_only=True,
+                        group=INDEX)
     fusion_depth: int | None = option(None, "candidates taken from each retriever before fusion (default: topk, "
                                       "as MedRAG)", kind=int, identity=True, check=check_whole.optional(),
-                                      group=INDEX)
+                                      search_only=True, group=INDEX)
     # build what is missing (document store, BM25; dense indexes of small corpora) on first use
     auto_build: bool = option(True, "build a missing store, BM25 index or small dense index on first use",
                               flag=False, check=check_yes_no, group=INDEX)
 
 
 @dataclass(frozen=True)
-class Limits(Options):
+class AnswerLimit(Options):
+    """The largest answer: a server refuses requests whose answer would pass it (by an estimate, before any
+    work), and the HTTP client stops reading one that does (so a wrong or hostile server cannot exhaust memory)."""
+
+    max_answer_bytes: int = option(256 * 1024 ** 2, "largest answer in bytes: a server refuses (413) requests whose "
+                                   "estimated answer (queries x topk x the corpus's mean document size) is larger; "
+                                   "the HTTP client stops reading an answer that grows past it",
+                                   check=check_whole, metavar="N", group=LIMITS_GROUP)
+
+
+@dataclass(frozen=True)
+class Limits(AnswerLimit):
     """The limits of one request: in-process calls and `medret serve` (whose flags are made from these)."""
 
     max_topk: int = option(1000, "largest topk a request may ask for", check=check_whole, metavar="N",
@@ -141,9 +165,6 @@ class Limits(Options):
                                   group=LIMITS_GROUP)
     max_answer_docs: int = option(524_288, "most documents one answer may hold (queries x topk); larger requests "
                                   "are refused (413)", check=check_whole, metavar="N", group=LIMITS_GROUP)
-    max_answer_bytes: int = option(256 * 1024 ** 2, "largest estimated answer in bytes (queries x topk x the "
-                                   "corpus's mean document size); larger requests are refused (413)",
-                                   check=check_whole, metavar="N", group=LIMITS_GROUP)
 
 
 @dataclass(frozen=True)
@@ -156,8 +177,9 @@ class TransportOptions(Options):
 
 
 @dataclass(frozen=True)
-class HttpOptions(TransportOptions):
-    """The HTTP transport's options (:class:`medret.transports.http.HttpTransport`)."""
+class HttpOptions(TransportOptions, AnswerLimit):
+    """The HTTP transport's options (:class:`medret.transports.http.HttpTransport`); ``max_answer_bytes`` is the
+    same setting as the server's (:class:`AnswerLimit`)."""
 
     url: str | None = option(None, "search through a running `medret serve` (http://host:port)", kind=str,
                              check=check_string, group=HTTP)
@@ -190,16 +212,25 @@ class RayOptions(TransportOptions):
                              aliases=("--shards",), identity=True, check=check_whole, group=RAY)
     # workers that do not inherit the driver's environment (veRL tool workers) can pass it explicitly
     ray_job: str | None = option(None, "job id in the actor's name (default: $MEDRET_RAY_JOB, else $SLURM_JOB_ID)",
-                                 kind=str, aliases=("--job",), check=check_string, group=RAY)
+                                 kind=str, aliases=("--job",), check=check_string, digits=True, group=RAY)
     ray_max_restarts: int = option(0, "times Ray restarts the retriever actor after its process dies (an out-of-memory "
                                    "kill, a lost node); -1: always", check=check_whole.at_least(-1), group=RAY)
+
+
+@dataclass(frozen=True)
+class RequestOptions(Options):
+    """What one request carries besides its queries. A retriever block may hold it (Search-R1's ``retriever.topk``):
+    it is checked there by its declaration, and is not part of the retriever."""
+
+    topk: int = option(DEFAULT_TOPK, "passages per query", keys=("retrieval_topk",), flag=False, check=check_whole,
+                       request=True)
 
 
 @dataclass(frozen=True)
 class RetrieverConfig(RayOptions, HttpOptions, Limits, EngineOptions):
     """Every setting of a retriever: the engine's options, the request limits, and the transport's options."""
 
-    REQUEST_KEYS: ClassVar[tuple[str, ...]] = ("topk", "retrieval_topk")  # per request, not the retriever's
+    REQUEST: ClassVar[type | None] = RequestOptions  # per request (topk), accepted in a block, not the retriever's
 
     backend: str = option("local", "how searches travel: local (in this process), http (a `medret serve`), ray (a "
                           "Ray actor)", choices=BACKENDS, group="backend")
@@ -225,14 +256,42 @@ def backend_of(block: Mapping[str, Any], default: str = "local", prefix: str = "
     ``local: true`` is ``backend: local`` and ``local: false`` is ``backend: http``; a ``local`` that
     contradicts ``backend`` is an error; neither: ``default``. ``prefix`` names the block in messages."""
     backend = block.get("backend")
+    if "backend" in block:  # given: of the declared kind (not None, not 5)
+        backend = check_kind(f"{prefix}backend", declarations(RetrieverConfig)["backend"], backend)
     local = block.get("local")
+    if local is not None:
+        local = parse_bool(f"{prefix}local", local)
     if backend is None:
-        return default if local is None else ("local" if truthy(local) else "http")
-    backend = str(backend).strip().lower()
-    if local is not None and truthy(local) and backend != "local":
+        return default if local is None else ("local" if local else "http")
+    backend = backend.strip().lower()
+    if local and backend != "local":
         raise ConfigError(f"{prefix}local={local!r} contradicts {prefix}backend={backend!r}: drop {prefix}local (it "
                           f"is an alias for backend=local) or set {prefix}backend=local")
     return backend
 
 
 ENCODER_OPTION_NAMES = option_names(EngineOptions, ENCODER)  # like, pooling, prefixes, lengths, doc_format
+#: the model folders and the encoder recipe (query_model, doc_model, models_dir, like, pooling, ...): what a job has
+#: passed on to each retriever process (launch's RETRIEVER_OPTION_NAMES, derived here from the groups)
+MODEL_OPTION_NAMES = option_names(EngineOptions, MODELS) + ENCODER_OPTION_NAMES
+
+
+def validate_retriever_block(block: Mapping[str, Any] | Any, *, label: str = "retriever",
+                             keys_only: bool = False) -> None:
+    """Raise :class:`ConfigError` for a retriever block (Search-R1's ``retriever:`` with its ``+retriever.*``
+    keys, a veRL tool's, a job's, a --config file's) holding a key no declaration accepts (naming the closest valid
+    key) or, unless ``keys_only`` (a job script whose values are shell variables), a value that is not of its
+    declared kind or fails its own check (each value on its own: settings that need each other, such as
+    backend=http and a url, are checked when the retriever is built). ``label`` names the block in messages."""
+    data = plain_dict(block)
+    unknown = set(data) - accepted_keys(RetrieverConfig) - {"local"}
+    if unknown:
+        e = unknown_keys_error(RetrieverConfig, unknown, label=f"{label} key", extra=("local",))
+        raise ConfigError(f"{label} block: {e} (hydra: +{label}.KEY=VALUE)")
+    if keys_only:
+        return
+    try:
+        backend_of(data, prefix=f"{label}.")
+        check_mapping(RetrieverConfig, {k: v for k, v in data.items() if k != "local"})
+    except ConfigError as e:
+        raise ConfigError(f"{label} block: {e}") from None

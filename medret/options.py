@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import math
+import numbers
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, TypeVar
 
@@ -43,18 +47,32 @@ class Declaration:
     choices: tuple[str, ...] | None
     metavar: str | None
     group: str
+    search_only: bool = False        # changes how an index is searched, not what `medret index build` builds
+    request: bool = False            # a value of one request (topk), not of the retriever: ignored in its blocks
+    digits: bool = False             # a str that may be all digits (a job id): a whole number is taken as its text
+    default: Any = None              # filled in by declarations()
+
+    @property
+    def optional(self) -> bool:
+        """None is a valid value only where it is the declared default ("not set: the recipe's / the index's")."""
+        return self.default is None
 
 
 def option(default: Any, help: str, *, kind: type | None = None, flag: str | None | bool = True,
            aliases: Iterable[str] = (), keys: Iterable[str] = (), check: Check | None = None,
            identity: bool = False, choices: Iterable[str] | None = None, metavar: str | None = None,
-           group: str = "") -> Any:
+           group: str = "", search_only: bool = False, request: bool = False, digits: bool = False) -> Any:
     """A dataclass field declaring one option.
 
     ``kind`` is int, float, str or bool (taken from the default when it is not None). ``flag``: True for
     ``--name-with-dashes``, a string for another flag, False/None for none; ``aliases`` are further flags.
     ``keys`` are further names accepted by :meth:`Options.from_mapping`. ``check(name, value)`` raises
     :class:`ConfigError`; ``choices`` adds a check of its own. ``identity``: part of a Ray actor's name.
+    ``search_only``: changes how an index is searched, not what is built (left out of build commands).
+    ``request``: a value of one request (``topk``), accepted in a retriever block but not the retriever's.
+    ``digits``: a string that may be all digits (a SLURM job id): a whole number (hydra and YAML read ``12345`` as
+    one) is taken as its text.
+    The declared kind is enforced at every entry (:func:`check_kind`); None only where the default is None.
     """
     if kind is None:
         if default is None:
@@ -63,7 +81,8 @@ def option(default: Any, help: str, *, kind: type | None = None, flag: str | Non
     if kind not in (int, float, str, bool):
         raise TypeError(f"option kind {kind!r} is not one of int, float, str, bool")
     decl = Declaration(kind=kind, help=help, flags=(), keys=tuple(keys), check=check, identity=identity,
-                       choices=tuple(choices) if choices is not None else None, metavar=metavar, group=group)
+                       choices=tuple(choices) if choices is not None else None, metavar=metavar, group=group,
+                       search_only=search_only, request=request, digits=digits)
     # the flag needs the field's name: filled in by _declarations()
     meta = {_KEY: decl, "flag": flag, "aliases": tuple(aliases)}
     return dataclasses.field(default=default, metadata=meta)
@@ -77,15 +96,16 @@ class Options:
 
     Subclasses are frozen dataclasses whose fields are made by :func:`option`."""
 
-    REQUEST_KEYS: ClassVar[tuple[str, ...]] = ()  # per-request keys a block may carry; ignored by from_mapping
+    #: the options class of one request's values (``topk``) that a block of this class may carry; ignored by
+    #: from_mapping (their values are still checked by kind)
+    REQUEST: ClassVar[type | None] = None
 
     def __post_init__(self) -> None:
         for name, decl in declarations(type(self)).items():
             value = getattr(self, name)
-            if decl.choices is not None and value is not None and value not in decl.choices:
-                raise ConfigError(f"{name}={value!r} is invalid: choose one of {', '.join(decl.choices)}")
-            if decl.check is not None:
-                decl.check(name, value)
+            kept = check_value(name, decl, value)
+            if kept is not value:
+                object.__setattr__(self, name, kept)  # a path object as its string
 
     @classmethod
     def from_mapping(cls: type[OptionsT], block: Mapping[str, Any] | Any, **overrides: Any) -> OptionsT:
@@ -136,7 +156,7 @@ def declarations(cls: type) -> dict[str, Declaration]:
             flag = f.metadata["flag"]
             first = ("--" + f.name.replace("_", "-")) if flag is True else (flag or None)
             flags = ((first,) if first else ()) + f.metadata["aliases"]
-            cached[f.name] = dataclasses.replace(decl, flags=flags)
+            cached[f.name] = dataclasses.replace(decl, flags=flags, default=f.default)
         _CACHE[cls] = cached
     return cached
 
@@ -148,28 +168,134 @@ def defaults(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
+# ------------------------------------------------------------------------------------------------ kinds
+
+
+_KIND_WORDS = {
+    bool: "true or false (also yes/no, on/off, 1/0)",
+    int: "a whole number (an int: not a bool, not a fraction)",
+    float: "a number (an int or a float: not a bool, not NaN)",
+    str: "a string (a path may be a str or os.PathLike, not bytes)",
+}
+_EXAMPLES = {bool: "true", int: "3", float: "2.5", str: "'...'"}
+
+
+def describe_kind(decl: Declaration) -> str:
+    """The declared kind in words, as messages give it."""
+    return _KIND_WORDS[decl.kind] + (", or None (not set)" if decl.optional else "")
+
+
+def kind_error(name: str, decl: Declaration, value: Any) -> ConfigError:
+    """``name=value is invalid``: the expected kind, what was given, and the fix (an example, or the default)."""
+    default = decl.default
+    shown = str(default).lower() if isinstance(default, bool) else repr(default)
+    fix = (f"give e.g. {name}={_EXAMPLES[decl.kind]}" if default is None
+           else f"give e.g. {name}={shown} (the default, which leaving the key out also gives)")
+    return ConfigError(f"{name}={_short(value)} is invalid: expected {describe_kind(decl)}, got "
+                       f"{type(value).__name__}; {fix}")
+
+
+def check_kind(name: str, decl: Declaration, value: Any) -> Any:
+    """``value`` if it is of the declared kind (a path object as its string, an integer type as int), else
+    :class:`ConfigError` naming the option, the value and the expected kind. None only where it is the default."""
+    if value is None:
+        if decl.optional:
+            return None
+    elif decl.kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif decl.kind is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return value if isinstance(value, int) else int(value)  # a numpy integer as an int
+    elif decl.kind is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value):
+            return value if isinstance(value, (int, float)) else float(value)
+    elif isinstance(value, str):
+        return value
+    elif decl.digits and isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0:
+        return str(int(value))
+    elif isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    raise kind_error(name, decl, value)
+
+
+def check_value(name: str, decl: Declaration, value: Any) -> Any:
+    """The value as stored: of the declared kind, then its choices and its check."""
+    value = check_kind(name, decl, value)
+    if decl.choices is not None and value is not None and value not in decl.choices:
+        raise ConfigError(f"{name}={value!r} is invalid: choose one of {', '.join(decl.choices)}")
+    if decl.check is not None:
+        decl.check(name, value)
+    return value
+
+
+def parse_value(cls: type, name: str, value: Any, label: str | None = None) -> Any:
+    """One option of ``cls`` read from a mapping (a hydra string becomes the declared kind) and checked as its
+    declaration says; ``label`` names it in messages (e.g. ``retriever.timeout``)."""
+    decl = declarations(cls)[name]
+    return check_value(label or name, decl, coerce(decl.kind, value))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "…"
+
+
 # ------------------------------------------------------------------------------------------------ mappings
 
 
+def request_keys(cls: type) -> dict[str, str]:
+    """``{key: option name}`` of the per-request options (``topk``) a block of ``cls`` may carry (cls.REQUEST)."""
+    request = getattr(cls, "REQUEST", None)
+    if request is None:
+        return {}
+    return {key: name for name, d in declarations(request).items() if d.request for key in (name, *d.keys)}
+
+
+def accepted_keys(cls: type) -> set[str]:
+    """Every key a mapping of ``cls`` may hold: field names, their other spellings, the request keys."""
+    decls = declarations(cls)
+    return ({f.name for f in dataclasses.fields(cls)} | {k for d in decls.values() for k in d.keys}
+            | set(request_keys(cls)))
+
+
+def unknown_keys_error(cls: type, unknown: Iterable[str], label: str = "retriever option",
+                       extra: Iterable[str] = ()) -> ConfigError:
+    """Unknown keys, each with the closest valid one (difflib), then the valid ones."""
+    valid = sorted(accepted_keys(cls) | set(extra))
+    keys = sorted(unknown, key=str)
+    hints = []
+    for key in keys:
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{key!r} -> {close[0]!r}")
+    hint = f"did you mean {', '.join(hints)}? " if hints else ""
+    return ConfigError(f"unknown {label}(s) {keys}: {hint}fix the spelling; valid options are {valid}")
+
+
 def normalize(cls: type, data: dict[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The keyword arguments of ``cls`` a mapping describes: other spellings renamed, request keys dropped,
-    strings turned into the declared kind (hydra and the environment give strings); unknown keys refused."""
+    """The keyword arguments of ``cls`` a mapping describes: other spellings renamed, request keys checked and
+    dropped, strings turned into the declared kind (hydra and the environment give strings); unknown keys refused
+    naming the closest valid key. Values are then checked by kind when ``cls`` is built."""
     decls = declarations(cls)
     out: dict[str, Any] = {}
     renames = {key: name for name, d in decls.items() for key in d.keys}
-    ignored = set(getattr(cls, "REQUEST_KEYS", ()))
+    ignored = request_keys(cls)
     merged = {**data, **(overrides or {})}
     for key, value in merged.items():
         if key in ignored:
+            parse_value(cls.REQUEST, ignored[key], value, label=key)  # type: ignore[attr-defined]
             continue
         name = renames.get(key, key) if key not in decls else key
         if name != key and name in merged:
             name = key  # both spellings given: the other one is reported as unknown
         out[name] = value
     valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(out) - valid)
+    unknown = set(out) - valid
     if unknown:
-        raise ConfigError(f"unknown retriever option(s) {unknown}: valid options are {sorted(valid)}")
+        raise unknown_keys_error(cls, unknown)
     for name, value in out.items():
         decl = decls.get(name)
         if decl is not None:
@@ -177,11 +303,25 @@ def normalize(cls: type, data: dict[str, Any], overrides: Mapping[str, Any] | No
     return out
 
 
+def check_mapping(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Each value of a mapping of ``cls``'s options checked on its own (kind, choices, check), without building
+    ``cls`` (other values may still come from flags): unknown keys refused as :func:`normalize` does."""
+    decls = declarations(cls)
+    out = normalize(cls, dict(data))
+    for name, value in out.items():
+        if name in decls:
+            out[name] = check_value(name, decls[name], value)
+    return out
+
+
 def coerce(kind: type, value: Any) -> Any:
     """A string from hydra or the environment as the declared kind (``"256"`` → 256, ``"true"`` → True); a path
-    object as its string. Anything else is left for the check to judge."""
-    if hasattr(value, "__fspath__") and kind is str:
-        return str(value.__fspath__())
+    object as its string. Anything else is left for :func:`check_kind` to judge."""
+    if isinstance(value, os.PathLike) and kind is str:
+        path = os.fspath(value)
+        return path if isinstance(path, str) else value
+    if kind is bool and type(value) is int and value in (0, 1):
+        return bool(value)  # hydra reads `=1` / `=0` as numbers: the words 1 and 0
     if not isinstance(value, str):
         return value
     text = value.strip()
@@ -197,11 +337,12 @@ def coerce(kind: type, value: Any) -> Any:
     return value
 
 
-def truthy(value: Any) -> bool:
-    """Search-R1 / hydra truth: ``true``/``1``/``yes``/``on`` (any case) or a true value."""
-    if isinstance(value, str):
-        return _BOOL_WORDS.get(value.strip().lower(), False)
-    return bool(value)
+def parse_bool(name: str, value: Any) -> bool:
+    """A bool, or one of the accepted words (``true``/``1``/``yes``/``on``, ``false``/``0``/``no``/``off``, any
+    case); anything else (``"flase"``, ``"no way"``, 2) is a ConfigError naming ``name``."""
+    decl = Declaration(kind=bool, help="", flags=(), keys=(), check=None, identity=False, choices=None,
+                       metavar=None, group="", default=False)
+    return bool(check_kind(name, decl, coerce(bool, value)))
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -233,12 +374,9 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
             target = groups[title_]
         shown = dflt.get(name)
         text = decl.help + (f" (default {shown})" if show_defaults and shown not in (None, False, "") else "")
-        if decl.kind is bool and dflt.get(name) is None:
+        if decl.kind is bool:  # --x and --no-x whatever the default, so that argv() round-trips
             target.add_argument(*decl.flags, dest=dest, action=argparse.BooleanOptionalAction, default=None,
                                 help=text)
-        elif decl.kind is bool:
-            target.add_argument(*decl.flags, dest=dest, action="store_const", const=not dflt.get(name),
-                                default=None, help=text)
         else:
             metavar = decl.metavar or (None if decl.choices else decl.flags[0][2:].upper().replace("-", "_"))
             target.add_argument(*decl.flags, dest=dest, type=decl.kind, choices=decl.choices, default=None,

@@ -8,11 +8,15 @@ through a redirect to ``/blob/`` (as SharePoint's ``?download=1`` links redirect
 Faults per served path: drop the connection once after N bytes, flip the first or any byte. Every request is logged.
 
 :class:`DownServer` answers every request with 503 and counts them: a hub behind a proxy that refuses.
+:class:`SilentServer` accepts connections and never answers (a firewall or proxy that swallows them).
+:class:`EndlessServer` answers 200 with no size and sends zeros until the client goes (no Content-Length, or chunked).
+FakeHub's ``stall`` fault sends a served path up to an offset and then nothing more, holding the connection.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,6 +65,8 @@ class FakeHub(_Server):
         self.drop_once: dict[str, int] = {}  # served path -> byte offset after which the connection drops, once
         self.corrupt: set[str] = set()  # served paths sent with their first byte flipped
         self.flip: dict[str, int] = {}  # served path -> offset of a byte sent flipped
+        self.stall: dict[str, int] = {}  # served path -> offset after which nothing more is sent (every time)
+        self.released = threading.Event()  # set by close(): stalled handlers end
         self.log: list[dict] = []
         hub = self
 
@@ -164,6 +170,14 @@ class FakeHub(_Server):
                 self.end_headers()
                 if head:
                     return
+                if served in hub.stall:
+                    stop = hub.stall[served]
+                    if stop > start:
+                        self.wfile.write(body[: stop - start])
+                        self.wfile.flush()
+                    hub.released.wait(60)  # hold the connection, silent, until the test is over
+                    self.close_connection = True
+                    return
                 cut = hub.drop_once.pop(served, None)
                 if cut is not None and cut >= start:
                     self.wfile.write(body[: cut - start])
@@ -174,6 +188,10 @@ class FakeHub(_Server):
                 self.wfile.write(body)
 
         self._start(Handler)
+
+    def close(self) -> None:
+        self.released.set()
+        super().close()
 
     def _split(self, kind: str, rest: str) -> tuple[str, str] | None:
         """(repo id, the rest of the path) for a path that starts with a known repo id of ``kind``."""
@@ -245,3 +263,92 @@ def hub_env(monkeypatch, endpoint: str, hf_home) -> None:
         monkeypatch.delenv(var, raising=False)
     for var in ("NO_PROXY", "no_proxy"):  # the fake servers are on loopback, never behind a proxy
         monkeypatch.setenv(var, "127.0.0.1,localhost")
+
+
+class SilentServer:
+    """Accepts every connection and never sends a byte: the host of a firewall or proxy that swallows requests."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)  # kept open, never read, never answered
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class EndlessServer(_Server):
+    """Answers every GET with 200 and zeros until the client hangs up: with no Content-Length (``chunked=False``,
+    the body ends when the connection closes) or in HTTP/1.1 chunks. HEAD gets the same headers. ``sent`` counts
+    the body bytes written."""
+
+    def __init__(self, chunked: bool = False, content_type: str = "application/octet-stream"):
+        self.sent = 0
+        self.requests = 0
+        srv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _head(self):
+                srv.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+
+            def do_HEAD(self):
+                self._head()
+                self.close_connection = True
+
+            def _endless(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self._head()
+                block = b"0" * (1 << 16)
+                try:
+                    while True:
+                        if chunked:
+                            self.wfile.write(b"%x\r\n" % len(block) + block + b"\r\n")
+                        else:
+                            self.wfile.write(block)
+                        srv.sent += len(block)
+                except OSError:
+                    pass
+                self.close_connection = True
+
+            do_GET = do_POST = _endless
+
+        self._start(Handler)

@@ -11,8 +11,13 @@ from medret.corpus.embeddings import (
     embedding_specs,
     plan_embeddings,
 )
+from medret.corpus.registry import DISPLAY
 from medret.encoders.specs import get_spec
 from medret.errors import ConfigError
+from medret.fetch import files as ff
+from medret.fetch.files import human_bytes
+from medret.fetch.settings import FetchOptions
+from medret.options import add_flags
 
 
 def register_corpus(corpus_sub: argparse._SubParsersAction) -> None:
@@ -47,24 +52,26 @@ def register_corpus(corpus_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=int, default=5, help="resume attempts without progress before giving up")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the plan / result as JSON")
+    add_flags(p, FetchOptions)
     p.set_defaults(func=cmd_download)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
     if args.retries < 0:
         raise ConfigError(f"--retries={args.retries} is invalid: give 0 or more")
+    fetch = FetchOptions.from_args(args)
     if args.embeddings:
         embedding_specs(args.embeddings)  # refuse a bad name before downloading anything
     if args.list:
-        return _list(args, dl)
+        return _list(args, fetch)
     results = dl.download(args.names, args.db_dir, revision=args.revision, token=args.token,
                           from_file=args.from_file, statpearls_url=args.statpearls_url,
-                          progress=not args.no_progress, max_retries=args.retries, force=args.force)
+                          progress=not args.no_progress, max_retries=args.retries, force=args.force, options=fetch)
     embedded = []
     if args.embeddings:
         embedded = download_embeddings(dl.resolve_sources(args.names), args.embeddings, args.db_dir,
                                        mirror=args.embeddings_mirror, progress=not args.no_progress,
-                                       max_retries=args.retries, keep_archive=args.keep_archives)
+                                       max_retries=args.retries, keep_archive=args.keep_archives, options=fetch)
     if args.json:
         if args.embeddings:
             print(json.dumps({"corpora": [r.to_dict() for r in results],
@@ -73,7 +80,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             print(json.dumps([r.to_dict() for r in results], indent=1))
         return 0
     for r in results:
-        parts = [f"{len(r.fetched)} fetched ({dl.human_bytes(r.bytes_fetched)})", f"{len(r.already_ok)} already ok"]
+        parts = [f"{len(r.fetched)} fetched ({human_bytes(r.bytes_fetched)})", f"{len(r.already_ok)} already ok"]
         if r.replaced_pointers:
             parts.append(f"{len(r.replaced_pointers)} git-lfs pointer files replaced")
         if r.snippets is not None:
@@ -84,23 +91,23 @@ def cmd_download(args: argparse.Namespace) -> int:
             spec = get_spec(e.doc_model)
             name = spec.name if spec is not None else e.doc_model
             print(f"{e.source}: MedRAG publishes no {name} embeddings; build them with `medret index build "
-                  f"--corpus {dl.DISPLAY[e.source]} --retriever {name} --db-dir {args.db_dir} --device cuda:0`")
+                  f"--corpus {DISPLAY[e.source]} --retriever {name} --db-dir {args.db_dir} --device cuda:0`")
             continue
-        what = {"fetched": f"fetched ({dl.human_bytes(e.bytes_fetched)}) and unpacked", "already": "already here",
+        what = {"fetched": f"fetched ({human_bytes(e.bytes_fetched)}) and unpacked", "already": "already here",
                 "adopted": "already here (checked)"}[e.status]
         print(f"{e.source}: {e.doc_model} embeddings {what}: {e.files} files, {e.rows} rows -> {e.dest}")
     return 0
 
 
-def _list(args: argparse.Namespace, dl) -> int:
+def _list(args: argparse.Namespace, fetch: FetchOptions) -> int:
     sources = dl.resolve_sources(args.names)
     hub = [s for s in sources if s in dl.HUB_REPOS]
-    plans = [dl.plan_source(s, args.db_dir, revision=args.revision, token=args.token) for s in hub]
+    plans = [dl.plan_source(s, args.db_dir, revision=args.revision, token=args.token, options=fetch) for s in hub]
     emb = []
     if args.embeddings:
-        emb = plan_embeddings(sources, args.embeddings, args.db_dir, args.embeddings_mirror)
+        emb = plan_embeddings(sources, args.embeddings, args.db_dir, args.embeddings_mirror, options=fetch)
     needed = sum(p.bytes_to_fetch for p in plans) + sum(e["estimated_bytes"] for e in emb)
-    free = dl.disk_free(plans[0].dest) if plans else dl.disk_free(args.db_dir)
+    free = ff.disk_free(plans[0].dest) if plans else ff.disk_free(args.db_dir)
     enough = free >= needed
     if args.json:
         out = {"sources": [{"source": p.source, "repo_id": p.repo_id, "revision": p.revision, "dest": str(p.dest),
@@ -113,11 +120,11 @@ def _list(args: argparse.Namespace, dl) -> int:
         print(json.dumps(out, indent=1))
     else:
         for p in plans:
-            print(f"{dl.DISPLAY[p.source]} ({p.repo_id} @ {p.revision[:12]}) -> {p.dest}/chunk")
+            print(f"{DISPLAY[p.source]} ({p.repo_id} @ {p.revision[:12]}) -> {p.dest}/chunk")
             for f in p.files:
-                print(f"  {f.remote.name:40s} {dl.human_bytes(f.remote.size):>10s}  {f.status}")
-            print(f"  total {dl.human_bytes(p.total_bytes)} in {len(p.files)} files; to fetch "
-                  f"{dl.human_bytes(p.bytes_to_fetch)} ({len(p.to_fetch)} files)")
+                print(f"  {f.remote.name:40s} {human_bytes(f.remote.size):>10s}  {f.status}")
+            print(f"  total {human_bytes(p.total_bytes)} in {len(p.files)} files; to fetch "
+                  f"{human_bytes(p.bytes_to_fetch)} ({len(p.to_fetch)} files)")
             for name in p.extra_local:
                 print(f"  warning: local {name} is not on the hub")
         if "statpearls" in sources:
@@ -125,17 +132,17 @@ def _list(args: argparse.Namespace, dl) -> int:
                   "locally")
         for e in emb:
             if e["status"] == "unavailable":
-                print(f"{dl.DISPLAY[e['source']]}: MedRAG publishes no {e['doc_model']} embeddings")
+                print(f"{DISPLAY[e['source']]}: MedRAG publishes no {e['doc_model']} embeddings")
             else:
-                print(f"{dl.DISPLAY[e['source']]}: {e['doc_model']} embeddings -> {e['dest']}: {e['status']}"
-                      + (f", about {dl.human_bytes(e['estimated_bytes'])} with the archive ("
+                print(f"{DISPLAY[e['source']]}: {e['doc_model']} embeddings -> {e['dest']}: {e['status']}"
+                      + (f", about {human_bytes(e['estimated_bytes'])} with the archive ("
                          + ("the host's size" if e["size_from"] == "host" else "estimated from MedRAG's snippet "
                             "counts: the host gave no size") + ")" if e["estimated_bytes"] else "")
                       + f"\n  {e['url']}")
-        print(f"needed {dl.human_bytes(needed)}, free {dl.human_bytes(free)}: "
+        print(f"needed {human_bytes(needed)}, free {human_bytes(free)}: "
               + ("enough space" if enough else "NOT ENOUGH SPACE"))
     if not enough:
-        print(f"medret: error: not enough disk space for the download: needs {dl.human_bytes(needed)}, "
-              f"{dl.human_bytes(free)} free; free space or choose another --db-dir", file=sys.stderr)
+        print(f"medret: error: not enough disk space for the download: needs {human_bytes(needed)}, "
+              f"{human_bytes(free)} free; free space or choose another --db-dir", file=sys.stderr)
         return 1
     return 0

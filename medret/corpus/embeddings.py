@@ -9,11 +9,14 @@ MedCPT in fp16).
 
 Here, per source and model:
 
-* the archive is streamed into ``index/<model>/.embedding.zip.part`` by the corpus downloader
-  (:func:`medret.corpus.download.fetch_url`): resumed with HTTP ``Range`` within a run and across runs, its size
-  checked against the host's ``Content-Length`` / ``Content-Range``, renamed to ``embedding.zip`` when complete;
-* the host publishes no checksums, so integrity comes from the archive itself: the CRC-32 the zip stores for every
-  member is checked while it is unpacked (a damaged archive is deleted and the error says to run again); then every
+* the archive is streamed into ``index/<model>/.embedding.zip.part`` by medret's downloader
+  (:func:`medret.fetch.transfer.fetch_url`): resumed with HTTP ``Range`` within a run and across runs, its size
+  checked against the host's ``Content-Length`` / ``Content-Range`` (or capped by ``--max-download-bytes`` when it
+  gives none), every request bounded by ``--timeout``, renamed to ``embedding.zip`` when complete;
+* the host publishes no checksums, so integrity comes from the archive itself: before anything is unpacked every
+  member must be stored or deflated, unencrypted and under ``--max-member-bytes``; the CRC-32 the zip stores for
+  every member is checked while it is unpacked (a damaged archive is deleted and the error says to run again; one
+  in a method Python cannot read, such as deflate64, is kept and the error says how to unpack it); then every
   ``.npy`` must parse as a 2-D float array of one width, and, where the chunk files are present, have exactly one row
   per snippet of its chunk file, with no non-empty chunk file left without embeddings;
 * it is unpacked under a temporary name and renamed onto ``embedding/`` only when all of that holds; a record
@@ -30,7 +33,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,11 +40,17 @@ from typing import Callable
 
 import numpy as np
 
-from medret.corpus import download as dl
+from medret import compat
+from medret.corpus.download import CHUNK_DIR
 from medret.corpus.reader import count_lines
 from medret.corpus.registry import DISPLAY, KNOWN_ROWS, medrag_index_dir
 from medret.encoders.specs import get_spec
 from medret.errors import ConfigError, CorpusError, MedretError
+from medret.fetch.archive import ArchiveError, copy_zip_member, zip_member_problem
+from medret.fetch.env import require_hub
+from medret.fetch.files import disk_free, file_bar, human_bytes, partial_path
+from medret.fetch.settings import FetchOptions
+from medret.fetch.transfer import fetch_url, host_of, remote_size
 from medret.retrievers import retriever_parts
 from medret.storage.atomic import atomic_path, atomic_write_text
 
@@ -196,8 +204,13 @@ def _write_record(index_dir: Path, url: str, files: dict[str, list[int]]) -> Non
 
 
 def unpack(archive: Path, target: Path, rows: dict[str, int] | None, chunk_dir: Path,
-           free_fn: Callable[[Path], int] | None = None) -> dict[str, list[int]]:
-    """Unpack the ``.npy`` members of ``archive`` into ``target`` (temporary name, renamed when checked)."""
+           free_fn: Callable[[Path], int] | None = None,
+           options: FetchOptions | None = None) -> dict[str, list[int]]:
+    """Unpack the ``.npy`` members of ``archive`` into ``target`` (temporary name, renamed when checked).
+
+    A damaged archive (bad zip, damaged or encrypted member, one over ``max_member_bytes``) is deleted; one whose
+    compression Python cannot read is kept, and the error says how to unpack it by hand."""
+    opts = options or FetchOptions()
     try:
         with zipfile.ZipFile(archive) as z:
             members = [m for m in z.infolist() if not m.is_dir() and m.filename.endswith(".npy")
@@ -208,23 +221,34 @@ def unpack(archive: Path, target: Path, rows: dict[str, int] | None, chunk_dir: 
                 raise CorpusError(f"{archive} is not one of MedRAG's embedding archives (expected "
                                   f"{EMBEDDING_DIR}/<chunk file>.npy members; "
                                   + (f"found {bad[0]!r})" if bad else "found none or duplicates)"))
+            for m in members:
+                problem = zip_member_problem(m, opts.max_member_bytes)
+                if problem is not None:
+                    raise problem
             need = sum(m.file_size for m in members)
-            free = (free_fn or dl.disk_free)(target.parent)
+            free = (free_fn or disk_free)(target.parent)
             if free < need:
                 raise CorpusError(f"not enough disk space in {target.parent} to unpack {archive.name}: it needs "
-                                  f"{dl.human_bytes(need)}, {dl.human_bytes(free)} is free; free space or choose "
+                                  f"{human_bytes(need)}, {human_bytes(free)} is free; free space or choose "
                                   "another --db-dir")
             with atomic_path(target) as tmp:
                 tmp.mkdir()
                 for m, name in zip(members, names):
-                    with z.open(m) as src, open(tmp / name, "wb") as out:  # the CRC-32 is checked at the end
-                        shutil.copyfileobj(src, out, 1 << 22)
+                    copy_zip_member(z, m, tmp / name)
                 problems, files = check_folder(tmp, rows)
                 if problems:
                     raise CorpusError(f"the embeddings in {archive} do not fit the chunk files in "
                                       f"{chunk_dir}: " + "; ".join(problems[:3])
                                       + ". They belong to other chunk files: download the corpus again (`medret "
                                       "corpus download`), or build the index yourself (`medret index build`)")
+    except ArchiveError as e:
+        if not e.damaged:
+            raise CorpusError(f"{archive}: {e}; it was kept: unpack it with Info-ZIP's unzip (`unzip -j {archive} "
+                              f"'*.npy' -d {target}`), then run the same command again: the folder is checked and "
+                              "used") from None
+        archive.unlink(missing_ok=True)
+        raise CorpusError(f"{archive}: {e}; it was deleted and nothing was unpacked: run the same command again to "
+                          "download it again") from None
     except zipfile.BadZipFile as e:
         archive.unlink(missing_ok=True)
         raise CorpusError(f"{archive} is damaged ({e}); it was deleted: run the same command again to download it "
@@ -234,7 +258,8 @@ def unpack(archive: Path, target: Path, rows: dict[str, int] | None, chunk_dir: 
 
 def download_one(source: str, spec, db_dir: str | os.PathLike[str], *, mirror: str | None = None,
                  progress: bool = True, max_retries: int = 5, keep_archive: bool = False,
-                 free_fn: Callable[[Path], int] | None = None) -> EmbeddingResult:
+                 free_fn: Callable[[Path], int] | None = None,
+                 options: FetchOptions | None = None) -> EmbeddingResult:
     src_dir = Path(db_dir).expanduser() / source
     index_dir = medrag_index_dir(src_dir, spec.doc_model)
     target = index_dir / EMBEDDING_DIR
@@ -247,9 +272,9 @@ def download_one(source: str, spec, db_dir: str | os.PathLike[str], *, mirror: s
     if _record_matches(target, record):
         res.files, res.rows = len(record["files"]), int(record.get("rows", 0))
         return res
-    rows = chunk_rows(src_dir / dl.CHUNK_DIR)
+    rows = chunk_rows(src_dir / CHUNK_DIR)
     if rows is None:
-        logger.warning("%s has no chunk files: the embeddings cannot be checked against them", src_dir / dl.CHUNK_DIR)
+        logger.warning("%s has no chunk files: the embeddings cannot be checked against them", src_dir / CHUNK_DIR)
     if target.is_dir():  # e.g. MedRAG's own download: keep it if it is right
         problems, files = check_folder(target, rows)
         if not problems:
@@ -261,23 +286,23 @@ def download_one(source: str, spec, db_dir: str | os.PathLike[str], *, mirror: s
     archive = index_dir / ARCHIVE
     index_dir.mkdir(parents=True, exist_ok=True)
     if not archive.is_file():
-        session = dl.require_hub().utils.get_session()
-        fix = (f"download {url} where it is reachable and put it at {archive}, or set {MIRROR_ENV} to a mirror; "
-               "then run the same command again")
-        size = dl.remote_size(session, url, fix=fix)
-        part = dl.partial_path(archive)
+        require_hub()
+        session = compat.hub_session()
+        size = remote_size(session, url, _fetch_fix(url, archive), options)
+        part = partial_path(archive)
         have = part.stat().st_size if part.exists() else 0
         if size is not None:
             need = max(size - have, 0) + size  # what is left to fetch, and about as much again to unpack it
-            free = (free_fn or dl.disk_free)(index_dir)
+            free = (free_fn or disk_free)(index_dir)
             if free < need:
                 raise CorpusError(f"not enough disk space in {index_dir}: MedRAG's {spec.name} embeddings of "
-                                  f"{source} need about {dl.human_bytes(need)} (archive and unpacked files), "
-                                  f"{dl.human_bytes(free)} is free; free space or choose another --db-dir")
-        with dl.file_bar(progress, size, f"{source} {spec.name} {ARCHIVE}") as bar:
-            dl.fetch_url(url, archive, expected_size=size, max_retries=max_retries, file_bar=bar, session=session)
+                                  f"{source} need about {human_bytes(need)} (archive and unpacked files), "
+                                  f"{human_bytes(free)} is free; free space or choose another --db-dir")
+        with file_bar(progress, size, f"{source} {spec.name} {ARCHIVE}") as bar:
+            fetch_url(url, archive, expected_size=size, max_retries=max_retries, file_bar=bar, session=session,
+                      options=options, fix=_fetch_fix(url, archive))
         res.bytes_fetched = archive.stat().st_size - have
-    files = unpack(archive, target, rows, src_dir / dl.CHUNK_DIR, free_fn=free_fn)
+    files = unpack(archive, target, rows, src_dir / CHUNK_DIR, free_fn=free_fn, options=options)
     _write_record(index_dir, url, files)
     if not keep_archive:
         archive.unlink()
@@ -286,14 +311,20 @@ def download_one(source: str, spec, db_dir: str | os.PathLike[str], *, mirror: s
     return res
 
 
+def _fetch_fix(url: str, archive: Path) -> str:
+    return (f"download {url} where it is reachable and put it at {archive}, or set {MIRROR_ENV} (or "
+            "--embeddings-mirror) to a mirror; then run the same command again")
+
+
 def plan_embeddings(sources: list[str], names: list[str], db_dir: str | os.PathLike[str],
-                    mirror: str | None = None) -> list[dict]:
+                    mirror: str | None = None, options: FetchOptions | None = None) -> list[dict]:
     """What a download would do (for ``--list``): per source and model, the URL, whether it is here, and the disk
     it will take: the archive and about as much again unpacked, from the size the host gives for the archive (what
     the download itself checks), or, when the host does not answer or gives no size, estimated from MedRAG's
     snippet counts (``size_from``: "host" or "estimate")."""
     out = []
     session = None
+    silent: set[str] = set()  # hosts that did not answer: not asked again for the next archive
     for source in sources:
         for spec in embedding_specs(names):
             index_dir = medrag_index_dir(Path(db_dir).expanduser() / source, spec.doc_model)
@@ -306,9 +337,13 @@ def plan_embeddings(sources: list[str], names: list[str], db_dir: str | os.PathL
                 if not here:
                     size = None
                     try:
-                        session = session or dl.require_hub().utils.get_session()
-                        size = dl.remote_size(session, url)
+                        if host_of(url) in silent:
+                            raise CorpusError(f"{host_of(url)} did not answer before")
+                        require_hub()
+                        session = session or compat.hub_session()
+                        size = remote_size(session, url, _fetch_fix(url, index_dir / ARCHIVE), options)
                     except MedretError as e:
+                        silent.add(host_of(url))
                         logger.info("%s: no size from the host (%s); estimating from MedRAG's snippet counts", url, e)
                     if size is not None:
                         item.update(estimated_bytes=2 * size, size_from="host")
@@ -320,9 +355,10 @@ def plan_embeddings(sources: list[str], names: list[str], db_dir: str | os.PathL
 
 def download_embeddings(sources: list[str], names: list[str], db_dir: str | os.PathLike[str], *,
                         mirror: str | None = None, progress: bool = True, max_retries: int = 5,
-                        keep_archive: bool = False,
-                        free_fn: Callable[[Path], int] | None = None) -> list[EmbeddingResult]:
+                        keep_archive: bool = False, free_fn: Callable[[Path], int] | None = None,
+                        options: FetchOptions | None = None) -> list[EmbeddingResult]:
     """MedRAG's embeddings of every (source, model) ``names`` asks for; StatPearls has none ('unavailable')."""
     specs = embedding_specs(names)
     return [download_one(s, spec, db_dir, mirror=mirror, progress=progress, max_retries=max_retries,
-                         keep_archive=keep_archive, free_fn=free_fn) for s in sources for spec in specs]
+                         keep_archive=keep_archive, free_fn=free_fn, options=options)
+            for s in sources for spec in specs]

@@ -7,8 +7,7 @@ from typing import Any, Iterator
 import orjson
 
 from medret.errors import CorpusError
-
-LFS_MAGIC = b"version https://git-lfs"
+from medret.fetch.files import LFS_MAGIC
 
 
 def check_not_lfs_pointer(path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from medret.encoders.specs import EncoderSpec
 from medret.errors import CorpusError
+from medret.fetch.env import default_cache_dir
 
 SOURCES: dict[str, tuple[str, ...]] = {
     "pubmed": ("pubmed",),
@@ -74,11 +75,6 @@ def medrag_index_dir(source_dir: str | os.PathLike[str], doc_model: str | Encode
     ``.../pubmed/index/ncbi/MedCPT-Article-Encoder``)."""
     model = doc_model.doc_model if isinstance(doc_model, EncoderSpec) else doc_model
     return Path(source_dir) / "index" / model
-
-
-def default_cache_dir() -> Path:
-    """Where the shipped sample corpus's artifacts (and benchmarks' work) go: $MEDRET_CACHE, else ~/.cache/medret."""
-    return Path(os.environ.get("MEDRET_CACHE", Path.home() / ".cache" / "medret"))
 
 
 cache_dir = default_cache_dir  # the older name (benchmarks use it)

@@ -14,15 +14,15 @@ The rules follow MedRAG's StatPearls preparation so that ids, titles and texts a
   text joined by ``". "`` (or ``" "`` when the title already ends with ``.``, ``?`` or ``!``);
 * one ``chunk/<file stem>.jsonl`` per article with at least one snippet, lines joined by newlines.
 
-The archive is read in place (nothing is extracted); the chunk folder is written under a temporary name and renamed
-when complete.
+The archive is read in place as one stream (nothing is extracted), each article at most ``MAX_ARTICLE_BYTES``, and
+checked whole (gzip CRC, tar's end-of-archive block); the chunk folder is written under a temporary name and
+renamed only when all of that holds.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from medret.errors import CorpusError
+from medret.fetch.archive import tar_members
 from medret.storage.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 MERGE_BELOW = 200  # a paragraph shorter than this may join the snippet before it
 MAX_CHARS = 1000  # ... when the two together stay below this
 SEP = " -- "
+#: an article's XML is read whole to parse it (NCBI's largest are a few MB); a larger member is refused
+MAX_ARTICLE_BYTES = 64 * 1024 * 1024
 
 
 def _ends_sentence(s: str) -> bool:
@@ -140,38 +143,25 @@ class ChunkStats:
     skipped: int = 0  # files that are not well-formed XML
 
 
-def chunk_archive(archive: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                  progress: bool = False) -> ChunkStats:
-    """Chunk every ``.nxml`` member of ``archive`` into ``out_dir/<stem>.jsonl``; ``out_dir`` is replaced atomically."""
+def chunk_archive(archive: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, progress: bool = False,
+                  max_member_bytes: int = MAX_ARTICLE_BYTES) -> ChunkStats:
+    """Chunk every ``.nxml`` member of ``archive`` into ``out_dir/<stem>.jsonl``; ``out_dir`` is replaced atomically,
+    and only once the archive has been read whole and found intact (:func:`medret.fetch.archive.tar_members`:
+    :class:`medret.fetch.archive.ArchiveError` otherwise, and ``out_dir`` is left as it was)."""
     archive = Path(archive)
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise CorpusError(f"--from={str(archive)!r} is not a readable tar archive ({e}); give NCBI's "
-                          "statpearls_NBK430685.tar.gz") from None
     stats = ChunkStats()
-    with tar:
-        members: dict[str, tarfile.TarInfo] = {}
-        for m in tar.getmembers():
-            if not m.isfile() or not m.name.endswith(".nxml"):
-                continue
-            base = m.name.rsplit("/", 1)[-1]
-            if base in members:
-                logger.warning("%s: %s appears twice in the archive; keeping the first", archive, base)
-                continue
-            members[base] = m
-        if not members:
-            raise CorpusError(f"{archive} holds no .nxml files: it is not NCBI's StatPearls archive "
-                              "(statpearls_NBK430685.tar.gz)")
-        bar: Any = None
-        if progress:
-            bar = tqdm(total=len(members), unit="article", desc="chunking StatPearls")
+    seen: set[str] = set()
+    bar: Any = tqdm(unit="article", desc="chunking StatPearls") if progress else None
+    try:
         with atomic_path(out_dir) as tmp:
             tmp.mkdir(parents=True)
-            for base in sorted(members):
+            for m, data in tar_members(archive, lambda m: m.isfile() and m.name.endswith(".nxml"), max_member_bytes):
+                base = m.name.rsplit("/", 1)[-1]
+                if base in seen:
+                    logger.warning("%s: %s appears twice in the archive; keeping the first", archive, base)
+                    continue
+                seen.add(base)
                 stem = base.replace(".nxml", "")
-                f = tar.extractfile(members[base])
-                data = f.read() if f is not None else b""
                 stats.articles += 1
                 try:
                     snippets = chunk_article(data, stem)
@@ -186,6 +176,10 @@ def chunk_archive(archive: str | os.PathLike[str], out_dir: str | os.PathLike[st
                     stats.snippets += len(snippets)
                 if bar is not None:
                     bar.update(1)
+            if not seen:
+                raise CorpusError(f"{archive} holds no .nxml files: it is not NCBI's StatPearls archive "
+                                  "(statpearls_NBK430685.tar.gz)")
+    finally:
         if bar is not None:
             bar.close()
     logger.info("StatPearls: %d articles, %d snippets in %d files (%d skipped)", stats.articles, stats.snippets,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medret import optional
-from medret.corpus.download import changed_since_download, is_lfs_pointer
+from medret.corpus.download import changed_since_download
 from medret.corpus.embeddings import fetch_hint
 from medret.corpus.reader import count_lines
 from medret.corpus.registry import DISPLAY, KNOWN_ROWS, SOURCES, resolve_corpus
@@ -16,6 +16,7 @@ from medret.device import resolve_device
 from medret.doctor.checks import FAIL, OK, WARN, Check, Need, gb
 from medret.encoders.specs import spec_for
 from medret.errors import MedretError
+from medret.fetch.files import is_lfs_pointer
 from medret.index.dense_build import load_dense_index
 from medret.index.hints import build_command
 from medret.index.identity import encoder_identity

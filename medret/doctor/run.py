@@ -1,16 +1,13 @@
 """The checklist in order, for a :class:`DoctorOptions` built from `medret doctor`'s flags or a --config file."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from medret.config import RetrieverConfig
+from medret import config_file
+from medret.config import RetrieverConfig, validate_retriever_block
 from medret.doctor.checks import FAIL, OK, WARN, Check
 from medret.doctor.data import check_corpus, check_memory, check_store_and_indexes
 from medret.doctor.environment import (
@@ -51,23 +48,18 @@ class DoctorOptions:
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Retriever settings from a YAML/JSON file; a Search-R1/hydra file's ``retriever:`` block is used as is."""
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"--config={str(p)!r} cannot be read ({e.strerror}); give a YAML or JSON file") from None
-    try:
-        if p.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - yaml and json raise different types
-        raise ConfigError(f"--config={str(p)!r} is not valid YAML/JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config={str(p)!r} must hold a mapping of retriever settings")
+    """Retriever settings from a YAML/JSON file (read by :mod:`medret.config_file`: scalars as written, no aliases);
+    a Search-R1/hydra file's ``retriever:`` block is used as is. Each key and value is checked here, so that an
+    error names the file."""
+    data = config_file.load_mapping(path, "retriever settings (corpus_name: ..., retriever_name: ...)")
+    prefix = ""
     if isinstance(data.get("retriever"), dict):
-        data = data["retriever"]
+        data, prefix = data["retriever"], "retriever."
+    config_file.require_scalars(data, path, prefix=prefix)
+    try:
+        validate_retriever_block(data)
+    except ConfigError as e:
+        raise config_file.naming(path, e) from None
     return dict(data)
 
 

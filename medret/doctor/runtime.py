@@ -10,13 +10,13 @@ from typing import Any
 from medret import optional
 from medret.api import Retriever
 from medret.config import DEFAULT_TOPK, HttpOptions
-from medret.corpus.download import hf_cache_dir, hf_offline
 from medret.doctor.checks import FAIL, OK, WARN, Check
 from medret.doctor.data import device_or_none
 from medret.encoders.hf import Encoder
 from medret.encoders.locate import hub_problem, model_location, offline_fix
 from medret.encoders.specs import spec_for
 from medret.errors import MedretError
+from medret.fetch.env import hf_cache_dir, hf_offline
 from medret.retrievers import dense_parts
 from medret.transports.http import HttpTransport, base_url, read_address_file
 

@@ -4,10 +4,10 @@ internet.
 Each model goes to ``<models dir>/<model id>/`` (e.g. ``~/.cache/medret/models/ncbi/MedCPT-Query-Encoder``), where
 the encoder loader looks first (:mod:`medret.encoders.locate`). The file list (sizes, LFS sha256, git blob ids)
 comes from the hub's API at one commit; each file is fetched from the hub's ``resolve`` URL with medret's own
-resumable, verified downloader (:func:`medret.corpus.download.fetch_url`, the one the corpus download uses):
+resumable, verified downloader (:func:`medret.fetch.transfer.fetch_url`, the one the corpus download uses):
 ``.<file>.part`` with HTTP ``Range`` resume, size and checksum checked, renamed when correct. The folder's record
 (``.medret-download.json``) says ``complete`` only after every file is in place, so a half-downloaded model is
-never loaded.
+never loaded. Every request (the listing too) is bounded by ``--timeout`` (:class:`medret.fetch.settings.FetchOptions`).
 
 Files taken: the top-level ``*.json`` (config, tokenizer, weight index), ``*.txt`` (vocabularies, merges) and
 ``*.model`` (sentencepiece) files, and the weights ``from_pretrained`` loads: ``*.safetensors`` when the repository
@@ -23,16 +23,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from medret.corpus import download as dl
+from medret import compat
 from medret.encoders.locate import (
     DOWNLOAD_RECORD,
     MODELS_DIR_ENV,
     check_model_id,
-    hub_problem,
     models_root,
 )
 from medret.encoders.specs import get_spec
 from medret.errors import ConfigError, ModelNotFoundError
+from medret.fetch import files as ff
+from medret.fetch.env import hf_endpoint, hf_offline, require_hub
+from medret.fetch.hub import list_repo_files
+from medret.fetch.settings import FetchOptions
+from medret.fetch.transfer import fetch_url
 from medret.retrievers import retriever_parts
 from medret.storage.atomic import atomic_write_text
 
@@ -69,7 +73,7 @@ def required_models(retriever: str) -> list[ModelNeed]:
     return out
 
 
-def select_files(files: list[dl.RemoteFile]) -> list[dl.RemoteFile]:
+def select_files(files: list[ff.RemoteFile]) -> list[ff.RemoteFile]:
     """The files ``from_pretrained`` needs (see the module docstring)."""
     top = [f for f in files if "/" not in f.path]
     small = [f for f in top if f.path.endswith(_SMALL_SUFFIXES)]
@@ -86,7 +90,7 @@ class ModelPlan:
     model_id: str
     revision: str
     dest: Path  # <models dir>/<model id>
-    files: list[dl.FileState] = field(default_factory=list)
+    files: list[ff.FileState] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -97,7 +101,7 @@ class ModelPlan:
         return sum(f.bytes_to_fetch for f in self.files)
 
     @property
-    def to_fetch(self) -> list[dl.FileState]:
+    def to_fetch(self) -> list[ff.FileState]:
         return [f for f in self.files if f.needs_fetch]
 
 
@@ -130,31 +134,25 @@ def _write_record(dest: Path, plan: ModelPlan, files: dict, complete: bool) -> N
 
 
 def _refuse_offline() -> None:
-    if dl.hf_offline():
+    if hf_offline():
         raise ModelNotFoundError("HF_HUB_OFFLINE is set, so models cannot be downloaded: run `medret models download` "
                                  "where the hub is reachable (a login node) with HF_HUB_OFFLINE unset")
 
 
 def plan_model(model_id: str, root: str | os.PathLike[str], *, token: str | bool | None = None,
-               endpoint: str | None = None) -> ModelPlan:
+               endpoint: str | None = None, options: FetchOptions | None = None) -> ModelPlan:
     """List ``model_id``'s files on the hub (one commit of ``main``) and compare them with ``root/<model id>``."""
-    hub = dl.require_hub()
+    require_hub()
     _refuse_offline()
     check_model_id(model_id)
-    endpoint = endpoint or dl.hf_endpoint()
-    api = hub.HfApi(endpoint=endpoint, token=token)
-    problem = hub_problem(model_id)  # one request; the hub library may retry an unreachable hub for a minute
-    try:
-        if problem is not None:
-            raise ConnectionError(problem)
-        commit = api.model_info(model_id).sha or "main"
-        entries = [e for e in api.list_repo_tree(model_id, recursive=False, revision=commit) if hasattr(e, "size")]
-    except Exception as e:  # noqa: BLE001 - huggingface_hub's HTTP/offline errors: one message with the fix
-        raise ModelNotFoundError(
-            f"cannot list model {model_id} on {endpoint} ({type(e).__name__}: {str(e).strip()[:300]}); downloading "
-            "needs the hub: run this on a node with internet (a login node; HF_ENDPOINT for a mirror, HF_TOKEN for a "
-            f"gated model), then give --models-dir DIR (or {MODELS_DIR_ENV}=DIR) where the models are loaded") from None
-    files = select_files([dl.remote_file(e) for e in entries])
+    endpoint = endpoint or hf_endpoint()
+    fix = ("downloading needs the hub: run this on a node with internet (a login node; HF_ENDPOINT for a mirror, "
+           f"HF_TOKEN for a gated model), then give --models-dir DIR (or {MODELS_DIR_ENV}=DIR) where the models are "
+           "loaded")
+    # one request per listing page, no retries: an unreachable hub fails at once with one line
+    commit, listed = list_repo_files("model", model_id, None, recursive=False, token=token, endpoint=endpoint,
+                                     options=options, fix=fix, error=ModelNotFoundError)
+    files = select_files(listed)
     if not any(f.path.endswith((".safetensors", ".bin")) for f in files):
         raise ModelNotFoundError(f"model {model_id} at {commit} on {endpoint} has no model.safetensors or "
                                  "pytorch_model.bin at its top level: it cannot be loaded with from_pretrained")
@@ -163,19 +161,22 @@ def plan_model(model_id: str, root: str | os.PathLike[str], *, token: str | bool
     known = record.get("files", {}) if record.get("repo_id") == model_id else {}
     plan = ModelPlan(model_id, commit, dest)
     for rf in files:
-        plan.files.append(dl.inspect_local(rf, dest / rf.path, known))
+        plan.files.append(ff.inspect_local(rf, dest / rf.path, known))
     return plan
 
 
 def download_models(plans: list[ModelPlan], *, token: str | bool | None = None, progress: bool = True,
-                    max_retries: int = 5, endpoint: str | None = None) -> list[ModelResult]:
+                    max_retries: int = 5, endpoint: str | None = None,
+                    options: FetchOptions | None = None) -> list[ModelResult]:
     """Fetch what each plan marks as needed; the record says ``complete`` only when every file is verified."""
-    hub = dl.require_hub()
-    endpoint = endpoint or dl.hf_endpoint()
+    hub = require_hub()
+    endpoint = endpoint or hf_endpoint()
     headers = hub.utils.build_hf_headers(token=token, library_name="medret")
-    session = hub.utils.get_session()
+    session = compat.hub_session()
+    fix = ("check the network (HF_ENDPOINT for a mirror), or download on a node with internet and give --models-dir "
+           f"DIR (or {MODELS_DIR_ENV}=DIR) where the models are loaded")
     results = []
-    with dl.total_bar(progress, sum(p.bytes_to_fetch for p in plans), "total") as overall:
+    with ff.total_bar(progress, sum(p.bytes_to_fetch for p in plans), "total") as overall:
         for plan in plans:
             res = ModelResult(plan.model_id, plan.dest, plan.revision)
             record = _read_record(plan.dest)
@@ -186,18 +187,18 @@ def download_models(plans: list[ModelPlan], *, token: str | bool | None = None, 
             for st in plan.files:
                 if not st.needs_fetch:
                     res.already_ok.append(st.remote.name)
-                    known[st.remote.name] = dl.manifest_entry(st.local, st.remote)
+                    known[st.remote.name] = ff.manifest_entry(st.local, st.remote)
                     continue
                 if st.status in ("size", "checksum", "pointer"):
                     logger.warning("%s differs from the hub (%s); downloading it again", st.local, st.status)
                 url = hub.hf_hub_url(plan.model_id, st.remote.path, revision=plan.revision, endpoint=endpoint)
-                with dl.file_bar(progress, st.remote.size, st.remote.name) as fbar:
-                    dl.fetch_url(url, st.local, expected_size=st.remote.size, headers=headers,
-                                 sha256=st.remote.sha256, blob_id=st.remote.blob_id, max_retries=max_retries,
-                                 file_bar=fbar, overall_bar=overall, session=session)
+                with ff.file_bar(progress, st.remote.size, st.remote.name) as fbar:
+                    fetch_url(url, st.local, expected_size=st.remote.size, headers=headers,
+                              sha256=st.remote.sha256, blob_id=st.remote.blob_id, max_retries=max_retries,
+                              file_bar=fbar, overall_bar=overall, session=session, options=options, fix=fix)
                 res.fetched.append(st.remote.name)
                 res.bytes_fetched += st.bytes_to_fetch
-                known[st.remote.name] = dl.manifest_entry(st.local, st.remote)
+                known[st.remote.name] = ff.manifest_entry(st.local, st.remote)
                 _write_record(plan.dest, plan, known, complete=False)
             _write_record(plan.dest, plan, known, complete=True)
             logger.info("%s: %d files fetched, %d already complete -> %s", plan.model_id, len(res.fetched),
@@ -207,8 +208,8 @@ def download_models(plans: list[ModelPlan], *, token: str | bool | None = None, 
 
 
 def download(retriever: str, models_dir: str | os.PathLike[str] | None = None, *, token: str | bool | None = None,
-             progress: bool = True, max_retries: int = 5,
-             free_fn: Callable[[Path], int] | None = None) -> tuple[Path, list[ModelResult]]:
+             progress: bool = True, max_retries: int = 5, free_fn: Callable[[Path], int] | None = None,
+             options: FetchOptions | None = None) -> tuple[Path, list[ModelResult]]:
     """Download (or complete, or repair) every model ``retriever`` needs into ``models_dir`` (see
     :func:`medret.encoders.locate.models_root` for the default); returns the folder and one result per model."""
     if max_retries < 0:
@@ -217,13 +218,15 @@ def download(retriever: str, models_dir: str | os.PathLike[str] | None = None, *
     needs = required_models(retriever)
     if not needs:
         return root, []
-    plans = [plan_model(n.model_id, root, token=token) for n in needs]
-    dl.check_disk(plans, free_fn=free_fn, flag="--dir")
-    return root, download_models(plans, token=token, progress=progress, max_retries=max_retries)
+    plans = [plan_model(n.model_id, root, token=token, options=options) for n in needs]
+    ff.check_disk(plans, free_fn=free_fn, flag="--dir")
+    return root, download_models(plans, token=token, progress=progress, max_retries=max_retries, options=options)
 
 
 def plans_for(retriever: str, models_dir: str | os.PathLike[str] | None = None, *,
-              token: str | bool | None = None) -> tuple[Path, list[tuple[ModelNeed, ModelPlan]]]:
+              token: str | bool | None = None,
+              options: FetchOptions | None = None) -> tuple[Path, list[tuple[ModelNeed, ModelPlan]]]:
     """What a download would do, model by model (for ``--list``)."""
     root = models_root(models_dir)
-    return root, [(n, plan_model(n.model_id, root, token=token)) for n in required_models(retriever)]
+    return root, [(n, plan_model(n.model_id, root, token=token, options=options))
+                  for n in required_models(retriever)]

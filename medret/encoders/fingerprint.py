@@ -20,7 +20,8 @@ which users cannot set back (unlike mtime), so a rewrite of the same size, even 
 hashed again. The cache lives with medret rather than next to the model (model folders and the shared hub cache
 are often read-only, and foreign files there would be picked up by other tools) or in one index (one model serves
 the indexes of every source). Files of a hub snapshot are symlinks to blobs named by their sha256 (Git LFS files):
-their digest is that name, so hub weights are never read for fingerprinting.
+their name is the sha256 they were written with, but a blob can be rewritten in place, so it is hashed like
+any other file, once (then the stat-keyed cache answers), and one that no longer matches its name is reported.
 """
 from __future__ import annotations
 
@@ -34,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medret.corpus.download import hf_cache_dir
-from medret.corpus.registry import cache_dir
 from medret.encoders.locate import DOWNLOAD_RECORD
+from medret.fetch.env import default_cache_dir as cache_dir
+from medret.fetch.env import hf_cache_dir
 from medret.storage.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -161,10 +162,21 @@ def combine(files: dict[str, dict[str, Any]]) -> str:
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file: from a hub blob's name, from the stat-keyed cache, or by reading it (then cached)."""
+    """sha256 of a file: from the stat-keyed cache, or by reading it (then cached). A hub blob is read too, once
+    (its name is what it held when the hub library wrote it, not what it holds now): one that no longer matches
+    its name was rewritten in place, and its real digest is what counts (so an index built from the old bytes is
+    refused), with a warning."""
     real = Path(os.path.realpath(path))
-    if real.parent.name == "blobs" and _SHA256.match(real.name):
-        return real.name
+    digest = _cached_digest(real)
+    if real.parent.name == "blobs" and _SHA256.match(real.name) and digest != real.name:
+        logger.warning("%s (the hub cache's copy of %s) no longer holds what its name says (sha256 %s…): it was "
+                       "rewritten in place; its content is what this model now is. Delete the model from the "
+                       "Hugging Face cache and download it again to restore it", real, Path(path).name,
+                       digest[:12])
+    return digest
+
+
+def _cached_digest(real: Path) -> str:
     st = os.stat(real)
     key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     entry = _cache_file(real)

@@ -16,7 +16,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from medret import compat, optional
-from medret.corpus.download import hf_cache_dir, hf_offline
 from medret.encoders.locate import (
     MODELS_DIR_ENV,
     hub_problem,
@@ -29,6 +28,7 @@ from medret.encoders.locate import (
 from medret.encoders.pooling import l2_normalize, pool
 from medret.encoders.specs import EncoderSpec, format_docs, format_query
 from medret.errors import ConfigError, ModelNotFoundError
+from medret.fetch.env import hf_cache_dir, hf_offline
 from medret.validate import check_whole
 
 logger = logging.getLogger(__name__)

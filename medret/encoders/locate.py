@@ -23,9 +23,9 @@ import re
 from pathlib import Path
 
 from medret import optional
-from medret.corpus.download import hf_cache_dir, hf_endpoint
-from medret.corpus.registry import cache_dir
 from medret.errors import ConfigError
+from medret.fetch.env import default_cache_dir as cache_dir
+from medret.fetch.env import hf_cache_dir, hf_endpoint
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from medret.corpus.download import human_bytes
 from medret.encoders import download as md
+from medret.fetch.files import human_bytes
+from medret.fetch.settings import FetchOptions
+from medret.options import add_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,12 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--retries", type=int, default=5, help="resume attempts without progress before giving up")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--json", action="store_true", help="print the plan / result as JSON")
+    add_flags(d, FetchOptions)
     d.set_defaults(func=cmd_download)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    fetch = FetchOptions.from_args(args)
     if args.list:
-        root, plans = md.plans_for(args.retriever, args.models_dir, token=args.token)
+        root, plans = md.plans_for(args.retriever, args.models_dir, token=args.token, options=fetch)
         if args.json:
             print(json.dumps({"dir": str(root), "models": [
                 {"model_id": p.model_id, "retriever": n.retriever, "role": n.role, "revision": p.revision,
@@ -52,7 +56,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             print(f"  total {human_bytes(p.total_bytes)}; to fetch {human_bytes(p.bytes_to_fetch)}")
         return 0
     root, results = md.download(args.retriever, args.models_dir, token=args.token, progress=not args.no_progress,
-                                max_retries=args.retries)
+                                max_retries=args.retries, options=fetch)
     if args.json:
         print(json.dumps({"dir": str(root), "models": [r.to_dict() for r in results]}, indent=1))
         return 0

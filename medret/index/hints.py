@@ -8,8 +8,9 @@ from typing import Iterable
 from medret import options
 from medret.config import EngineOptions
 
-#: engine options that change how an index is searched, not what `medret index build` builds: left out
-SEARCH_ONLY = ("nprobe", "ef_search", "rerank", "rrf_k", "fusion_depth")
+#: engine options that change how an index is searched, not what `medret index build` builds: left out (declared
+#: ``search_only=True``)
+SEARCH_ONLY = tuple(n for n, d in options.declarations(EngineOptions).items() if d.search_only)
 
 
 def build_command(config: EngineOptions, index_type: str | None = None, *, rebuild: bool = False,

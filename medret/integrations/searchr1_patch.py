@@ -3,7 +3,10 @@
 Three files are edited, each located structurally with :mod:`ast` (never by line number):
 
 ``search_r1/llm_agent/generation.py``
-    * the ``GenerationConfig`` dataclass gets one more field, ``retriever`` (the whole ``retriever`` config block);
+    * the ``GenerationConfig`` dataclass gets one more field, ``retriever`` (the whole ``retriever`` config block),
+      and a ``__post_init__`` that checks that block with
+      :func:`medret.integrations.searchr1_runtime.validate_block`: a typo in a ``+retriever.*`` key (or a value of
+      the wrong kind) fails when the trainer builds its generation manager, not at the first search;
     * ``LLMGenerationManager._batch_search(self, queries)`` gets a short preamble: when that block asks for a
       non-HTTP backend (``backend: local|ray`` or the alias ``local: true``) it returns
       ``medret.integrations.searchr1_runtime.batch_search(block, queries, topk=...)``; otherwise the original HTTP
@@ -37,6 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medret.errors import ConfigError, MedretError
+from medret.integrations.source_edit import (
+    SourceText,
+    dataclass_fields,
+    find_class,
+    find_method,
+    first_statement_after_docstring,
+    indent_of,
+    is_dataclass,
+    statement_start_line,
+)
 from medret.storage.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -95,53 +108,7 @@ class CheckoutReport:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Text splicing helpers
-
-
-class _Text:
-    """Source text with line-based insertions, applied bottom-up so earlier offsets stay valid."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.lines = source.splitlines(keepends=True)
-        self.newline = "\r\n" if "\r\n" in source else "\n"
-        self._inserts: list[tuple[int, int, str]] = []  # (line index 0-based, column, text)
-
-    def line(self, lineno: int) -> str:
-        return self.lines[lineno - 1]
-
-    def insert_before_line(self, lineno: int, text: str) -> None:
-        self._inserts.append((lineno - 1, 0, text))
-
-    def insert_after_line(self, lineno: int, text: str) -> None:
-        self._inserts.append((lineno, 0, text))
-
-    def insert_at(self, lineno: int, col_offset: int, text: str) -> None:
-        # ast column offsets are UTF-8 byte offsets
-        raw = self.lines[lineno - 1].encode("utf-8")
-        col = len(raw[:col_offset].decode("utf-8"))
-        self._inserts.append((lineno - 1, col, text))
-
-    def render(self) -> str:
-        lines = list(self.lines)
-        if lines and not lines[-1].endswith(("\n", "\r")):
-            lines[-1] += self.newline
-            added_final_newline = True
-        else:
-            added_final_newline = False
-        for index, col, text in sorted(self._inserts, key=lambda t: (t[0], t[1]), reverse=True):
-            if col == 0 and index <= len(lines):
-                lines.insert(index, text)
-            else:
-                lines[index] = lines[index][:col] + text + lines[index][col:]
-        out = "".join(lines)
-        if added_final_newline and out.endswith(self.newline):
-            out = out[: -len(self.newline)]
-        return out
-
-
-def _indent_of(line: str) -> str:
-    return line[: len(line) - len(line.lstrip(" \t"))]
+# parsing
 
 
 def _parse(path: Path, source: str) -> ast.Module:
@@ -150,47 +117,6 @@ def _parse(path: Path, source: str) -> ast.Module:
     except SyntaxError as e:
         raise PatchError(f"{path} is not valid Python ({e.msg} at line {e.lineno}); restore it (git checkout) "
                          "before patching") from None
-
-
-def _find_class(tree: ast.Module, name: str) -> ast.ClassDef | None:
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            return node
-    return None
-
-
-def _find_method(cls: ast.ClassDef, name: str) -> ast.FunctionDef | None:
-    for node in cls.body:
-        if isinstance(node, ast.FunctionDef) and node.name == name:
-            return node
-    return None
-
-
-def _dataclass_fields(cls: ast.ClassDef) -> list[ast.AnnAssign]:
-    return [n for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
-
-
-def _is_dataclass(cls: ast.ClassDef) -> bool:
-    for dec in cls.decorator_list:
-        target = dec.func if isinstance(dec, ast.Call) else dec
-        if isinstance(target, ast.Name) and target.id == "dataclass":
-            return True
-        if isinstance(target, ast.Attribute) and target.attr == "dataclass":
-            return True
-    return False
-
-
-def _first_statement_after_docstring(fn: ast.FunctionDef) -> ast.stmt:
-    body = fn.body
-    if (len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)):
-        return body[1]
-    return body[0]
-
-
-def _statement_start_line(stmt: ast.stmt) -> int:
-    decorators = getattr(stmt, "decorator_list", None) or []
-    return min([stmt.lineno] + [d.lineno for d in decorators])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -210,31 +136,47 @@ def _generation_batch_search_preamble(indent: str, nl: str) -> str:
     return "".join(f"{indent}{line}{nl}" for line in lines)
 
 
+def _generation_post_init(indent: str, nl: str) -> str:
+    inner = indent * 2 if indent else "        "
+    return (f"{nl}{indent}def __post_init__(self):  {MARKER}: a typo in +retriever.* fails here, when the trainer "
+            f"builds its generation manager{nl}"
+            f"{inner}from medret.integrations.searchr1_runtime import validate_block as medret_validate_block{nl}"
+            f"{inner}medret_validate_block(self.retriever){nl}")
+
+
 def _inspect_generation(path: Path, source: str) -> tuple[Status, str, ast.Module | None]:
     tree = _parse(path, source)
-    cfg = _find_class(tree, "GenerationConfig")
-    mgr = _find_class(tree, "LLMGenerationManager")
-    if cfg is None or not _is_dataclass(cfg):
+    cfg = find_class(tree, "GenerationConfig")
+    mgr = find_class(tree, "LLMGenerationManager")
+    if cfg is None or not is_dataclass(cfg):
         return Status.UNKNOWN, "no @dataclass GenerationConfig", tree
     if mgr is None:
         return Status.UNKNOWN, "no class LLMGenerationManager", tree
-    names = [f.target.id for f in _dataclass_fields(cfg)]  # type: ignore[union-attr]
+    names = [f.target.id for f in dataclass_fields(cfg)]  # type: ignore[union-attr]
     for needed in ("search_url", "topk"):
         if needed not in names:
             return Status.UNKNOWN, f"GenerationConfig has no field {needed!r}", tree
-    fn = _find_method(mgr, "_batch_search")
+    fn = find_method(mgr, "_batch_search")
     if fn is None:
         return Status.UNKNOWN, "LLMGenerationManager has no _batch_search method", tree
     args = [a.arg for a in fn.args.args]
     if args != ["self", "queries"] or fn.args.vararg or fn.args.kwarg or fn.args.kwonlyargs:
         return Status.UNKNOWN, f"_batch_search{tuple(args)} does not take (self, queries)", tree
     for method in ("batch_search", "_passages2string"):
-        if _find_method(mgr, method) is None:
+        if find_method(mgr, method) is None:
             return Status.UNKNOWN, f"LLMGenerationManager has no {method} method", tree
     has_field = "retriever" in names
     fn_src = ast.get_source_segment(source, fn) or ""
     has_preamble = MARKER in fn_src and "medret_batch_search" in fn_src
+    post_init = find_method(cfg, "__post_init__")
+    post_src = ast.get_source_segment(source, post_init) or "" if post_init is not None else ""
+    checks_block = MARKER in post_src and "medret_validate_block" in post_src
+    if post_init is not None and not checks_block:
+        return Status.UNKNOWN, "GenerationConfig has a __post_init__ of its own", tree
     if has_field and has_preamble:
+        if not checks_block:
+            return Status.UNKNOWN, ("patched by an older medret (GenerationConfig does not check the retriever "
+                                    "block): run `medret searchr1 revert` and then `medret searchr1 patch`"), tree
         return Status.PATCHED, "", tree
     if not has_field and not has_preamble and MARKER not in source:
         if "requests.post" not in fn_src or "search_url" not in fn_src:
@@ -244,23 +186,24 @@ def _inspect_generation(path: Path, source: str) -> tuple[Status, str, ast.Modul
 
 
 def _patch_generation(path: Path, source: str, tree: ast.Module) -> str:
-    text = _Text(source)
+    text = SourceText(source)
     nl = text.newline
-    cfg = _find_class(tree, "GenerationConfig")
-    mgr = _find_class(tree, "LLMGenerationManager")
+    cfg = find_class(tree, "GenerationConfig")
+    mgr = find_class(tree, "LLMGenerationManager")
     assert cfg is not None and mgr is not None
-    fields = _dataclass_fields(cfg)
+    fields = dataclass_fields(cfg)
     last = fields[-1]
-    indent = _indent_of(text.line(last.lineno))
+    indent = indent_of(text.line(last.lineno))
     text.insert_after_line(
         last.end_lineno or last.lineno,
-        f"{indent}retriever: dict = None  {MARKER}: the whole `retriever` config block (backend, gpu_id, ...){nl}",
+        f"{indent}retriever: dict = None  {MARKER}: the whole `retriever` config block (backend, gpu_id, ...){nl}"
+        + _generation_post_init(indent, nl),
     )
-    fn = _find_method(mgr, "_batch_search")
+    fn = find_method(mgr, "_batch_search")
     assert fn is not None
-    first = _first_statement_after_docstring(fn)
-    start = _statement_start_line(first)
-    body_indent = _indent_of(text.line(first.lineno))
+    first = first_statement_after_docstring(fn)
+    start = statement_start_line(first)
+    body_indent = indent_of(text.line(first.lineno))
     if first.lineno == fn.lineno:
         raise PatchError(f"{path}: _batch_search is written on one line; cannot insert the medret preamble")
     text.insert_before_line(start, _generation_batch_search_preamble(body_indent, nl))
@@ -292,10 +235,10 @@ def _imports_omegaconf(tree: ast.Module) -> bool:
 
 def _inspect_trainer(path: Path, source: str) -> tuple[Status, str, ast.Module | None]:
     tree = _parse(path, source)
-    trainer = _find_class(tree, "RayPPOTrainer")
+    trainer = find_class(tree, "RayPPOTrainer")
     if trainer is None:
         return Status.UNKNOWN, "no class RayPPOTrainer", tree
-    if _find_method(trainer, "fit") is None:
+    if find_method(trainer, "fit") is None:
         return Status.UNKNOWN, "RayPPOTrainer has no fit method", tree
     imports_gen = any(
         isinstance(n, ast.ImportFrom) and n.module == "search_r1.llm_agent.generation"
@@ -327,7 +270,7 @@ def _inspect_trainer(path: Path, source: str) -> tuple[Status, str, ast.Module |
 
 
 def _patch_trainer(path: Path, source: str, tree: ast.Module) -> str:
-    text = _Text(source)
+    text = SourceText(source)
     nl = text.newline
     value = "OmegaConf.to_container(self.config.retriever, resolve=True)"
     for call in _generation_config_calls(tree):
@@ -348,7 +291,7 @@ def _patch_trainer(path: Path, source: str, tree: ast.Module) -> str:
         if closing_alone:
             if not has_comma:
                 text.insert_at(end_line, end_col, ",")
-            indent = _indent_of(text.line(last.lineno))
+            indent = indent_of(text.line(last.lineno))
             text.insert_before_line(call.end_lineno, f"{indent}retriever={value},  {MARKER}{nl}")
         else:
             # a call closed on the line of its last argument: add the keyword inline and mark the line
@@ -421,10 +364,10 @@ def _inspect_reward(path: Path, source: str) -> tuple[Status, str, ast.Module | 
     args = [x.arg for x in a.posonlyargs + a.args]
     if args != ["data_source"] or a.vararg or a.kwarg or a.kwonlyargs:
         return Status.UNKNOWN, f"_select_rm_score_fn{tuple(args)} does not take (data_source)", tree
-    manager = _find_class(tree, "RewardManager")
+    manager = find_class(tree, "RewardManager")
     if manager is None:
         return Status.UNKNOWN, "no class RewardManager", tree
-    call_method = _find_method(manager, "__call__")
+    call_method = find_method(manager, "__call__")
     if call_method is None:
         return Status.UNKNOWN, "RewardManager has no __call__ method", tree
     names, calls = _score_fn_calls(call_method)
@@ -447,14 +390,14 @@ def _inspect_reward(path: Path, source: str) -> tuple[Status, str, ast.Module | 
 
 
 def _patch_reward(path: Path, source: str, tree: ast.Module) -> str:
-    text = _Text(source)
+    text = SourceText(source)
     fn = _find_function(tree, "_select_rm_score_fn")
     assert fn is not None
-    first = _first_statement_after_docstring(fn)
+    first = first_statement_after_docstring(fn)
     if first.lineno == fn.lineno:
         raise PatchError(f"{path}: _select_rm_score_fn is written on one line; cannot insert the medret preamble")
-    body_indent = _indent_of(text.line(first.lineno))
-    text.insert_before_line(_statement_start_line(first), _reward_select_preamble(body_indent, text.newline))
+    body_indent = indent_of(text.line(first.lineno))
+    text.insert_before_line(statement_start_line(first), _reward_select_preamble(body_indent, text.newline))
     return text.render()
 
 

@@ -37,13 +37,13 @@ import orjson
 
 from medret import optional
 from medret.api import Retriever, retriever_for
-from medret.config import DEFAULT_TOPK, HttpOptions, RetrieverConfig
+from medret.config import HttpOptions, RequestOptions, RetrieverConfig, TransportOptions, validate_retriever_block
 from medret.config import backend_of as config_backend_of
 from medret.device import parse_visible_devices
 from medret.errors import ConfigError, DeviceError, TransportError
-from medret.options import coerce, plain_dict
+from medret.options import parse_value, plain_dict
 from medret.transports.http import HttpTransport, answer_shape_problem, is_timeout
-from medret.validate import check_gpu_id, check_whole
+from medret.validate import check_gpu_id
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,22 @@ def backend_of(block: Mapping[str, Any]) -> str:
 
 
 def topk_of(block: Mapping[str, Any], topk: int | None = None) -> int:
-    """``topk`` (else the block's, else :data:`medret.config.DEFAULT_TOPK`): a positive whole number."""
-    value = coerce(int, topk if topk is not None else block.get("topk", DEFAULT_TOPK))
-    check_whole("retriever.topk", value, "such as 3")
-    return value
+    """``topk`` (else the block's, else its declared default, :data:`medret.config.DEFAULT_TOPK`), as declared by
+    :class:`medret.config.RequestOptions`: a positive whole number."""
+    value = topk if topk is not None else block.get("topk", RequestOptions.topk)
+    return int(parse_value(RequestOptions, "topk", value, label="retriever.topk"))
+
+
+def validate_block(block: Mapping[str, Any] | Any) -> None:
+    """Check the trainer's whole ``retriever`` block now (the patched ``GenerationConfig`` calls this when the
+    trainer builds its generation manager): an unknown ``+retriever.*`` key is named with the closest valid one,
+    a value of the wrong kind is named with its option. None (an unpatched trainer) has nothing to check."""
+    if block is None:
+        return
+    data = plain_dict(block)
+    validate_retriever_block(data)
+    if backend_of(data) != "http":
+        retriever_config(data)  # the settings that need each other (as the first search would build them)
 
 
 def retriever_config(block: Mapping[str, Any] | Any) -> RetrieverConfig:
@@ -267,7 +279,8 @@ def batch_search(block: Mapping[str, Any] | Any, queries: Sequence[str], topk: i
     k = topk_of(data, topk)
     queries = list(queries)
     if backend_of(data) == "http":
-        timeout = float(data.get("timeout", DEFAULT_HTTP_TIMEOUT))
+        timeout = float(parse_value(TransportOptions, "timeout", data.get("timeout", DEFAULT_HTTP_TIMEOUT),
+                                    label="retriever.timeout"))
         return http_batch_search(str(data.get("url") or ""), queries, k, timeout=timeout)
     if not queries:
         return {"result": []}

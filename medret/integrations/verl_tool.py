@@ -185,11 +185,9 @@ class ToolSettings:
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r} is invalid: choose local, ray or http")
         topk = searchr1_runtime.topk_of(block)
-        if backend == "http":
-            if not url:
-                raise ConfigError("backend='http' needs retrieval_service_url: http://host:port/retrieve")
-        else:
-            searchr1_runtime.retriever_config(block)  # validate every retriever key now, not mid-rollout
+        if backend == "http" and not url:
+            raise ConfigError("backend='http' needs retrieval_service_url: http://host:port/retrieve")
+        searchr1_runtime.validate_block(block)  # every retriever key and value now, not mid-rollout
         return cls(backend=backend, topk=topk, timeout=tool.timeout, num_workers=tool.num_workers,
                    rate_limit=tool.rate_limit, preload=tool.preload, max_batch_queries=tool.max_batch_queries,
                    max_wait_ms=tool.max_wait_ms, url=url, block=block)

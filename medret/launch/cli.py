@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from medret import config_file
 from medret.config import DEFAULT_TOPK, EngineOptions, RayOptions, RetrieverConfig
 from medret.errors import ConfigError, TransportError
 from medret.launch.slurm import RETRIEVER_OPTION_NAMES, JobSpec, check_script, plan_job, render_job
@@ -123,22 +122,21 @@ def _ray_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
+    """The job options of a --config file (medret.config_file: scalars as written, no aliases), each checked as
+    the job reads it, so that an error names the file."""
+    data = config_file.load_mapping(path, "job options (layout: ..., nodes: ...)")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    config_file.require_scalars(data, path, containers={"retriever_gpus": list, "sbatch_extra": list,
+                                                        "overrides": list, "retriever_options": dict})
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"--config={path!r} cannot be read ({e.strerror}); give the path of a YAML file") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config={path!r} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config={path!r} must hold a mapping of job options (layout: ..., nodes: ...)")
+        JobSpec.from_mapping(data)
+    except ConfigError as e:
+        raise config_file.naming(path, e) from None
     return data
 
 
 def spec_from_args(args: argparse.Namespace):
     data: dict[str, Any] = _load_yaml(args.config) if getattr(args, "config", None) else {}
-    data = {k.replace("-", "_"): v for k, v in data.items()}
     for dest, fname in _SPEC_FLAGS.items():
         v = getattr(args, dest, None)
         if v is not None:

@@ -16,6 +16,10 @@ Deadlines: ``config.timeout`` bounds each attempt as a whole — connecting, sen
 answer — not each socket read (a server trickling one byte a second never holds a client past it); and
 ``config.total_timeout`` (optional) bounds all attempts and the waits between them together.
 
+Size: an answer larger than ``config.max_answer_bytes`` (the server's own limit, :class:`medret.config.
+AnswerLimit`) is refused as soon as its ``Content-Length`` says so, or, chunked or unannounced, when that many
+bytes have arrived: :class:`AnswerTooLarge`, not retried. The client never holds more than the cap.
+
 ``url`` may be ``http://host:port`` or ``http://host:port/retrieve`` (or ``host:port``). With
 ``address_file`` the address is read from the file ``medret serve --address-file`` writes (``host:port``, or
 JSON ``{"url": ...}`` / ``{"host": ..., "port": ...}``; waiting up to ``timeout`` seconds for it to appear), and
@@ -95,10 +99,40 @@ class _DeadlineResponse(http.client.HTTPResponse):
         super().__init__(_DeadlineSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]
 
 
+class AnswerTooLarge(TransportError):
+    """An answer larger than ``max_answer_bytes`` (announced, or as it arrived): not retried."""
+
+
+_READ_BLOCK = 1 << 20
+
+
+def read_capped(r: http.client.HTTPResponse, max_bytes: int | None, where: str) -> bytes:
+    """The whole body of ``r``, refused with :class:`AnswerTooLarge` as soon as it is announced (Content-Length) or
+    found (chunked, or no length: read in blocks) to be larger than ``max_bytes``: memory stays within the cap."""
+    if max_bytes is None:
+        return r.read()
+    length = r.getheader("Content-Length")
+    if length is not None and length.strip().isdigit() and int(length) > max_bytes:
+        raise AnswerTooLarge(f"{where} announced an answer of {int(length):,} bytes (Content-Length), more than "
+                             f"max_answer_bytes={max_bytes}: send fewer queries per request or a smaller topk, or "
+                             "raise max_answer_bytes (the same setting as the server's --max-answer-bytes)")
+    out = bytearray()
+    while True:
+        block = r.read(min(_READ_BLOCK, max_bytes + 1 - len(out)))
+        if not block:
+            return bytes(out)
+        out += block
+        if len(out) > max_bytes:
+            raise AnswerTooLarge(f"{where} sent an answer larger than max_answer_bytes={max_bytes} bytes (stopped "
+                                 "reading there): send fewer queries per request or a smaller topk, or raise "
+                                 "max_answer_bytes (the same setting as the server's --max-answer-bytes)")
+
+
 def exchange(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None,
-             headers: dict[str, str], deadline: float) -> "_Response":
+             headers: dict[str, str], deadline: float, max_bytes: int | None = None) -> "_Response":
     """One request on ``conn`` that completes (connect, send, the whole answer) by ``deadline`` (a
-    ``time.monotonic()`` value) or raises :class:`DeadlineExceeded`; the connection is closed on any failure."""
+    ``time.monotonic()`` value) or raises :class:`DeadlineExceeded`; an answer over ``max_bytes`` raises
+    :class:`AnswerTooLarge`. The connection is closed on any failure."""
     try:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -109,7 +143,7 @@ def exchange(conn: http.client.HTTPConnection, method: str, path: str, body: byt
         conn.response_class = functools.partial(_DeadlineResponse, deadline=deadline)  # type: ignore[assignment]
         conn.request(method, path, body=body, headers=headers)
         r = conn.getresponse()
-        return _Response(r.status, r.read())
+        return _Response(r.status, read_capped(r, max_bytes, f"{method} {conn.host}:{conn.port}{path}"))
     except BaseException:
         conn.close()  # a half-used connection is never reused
         raise
@@ -204,7 +238,8 @@ class HttpTransport(BaseTransport):
             self._conn_base = base
         prefix = urlsplit(base).path.rstrip("/")
         try:
-            return exchange(self._conn, method, prefix + path, body, self._headers, deadline)
+            return exchange(self._conn, method, prefix + path, body, self._headers, deadline,
+                            self.config.max_answer_bytes)
         except BaseException:
             self._conn = None  # exchange closed it
             raise
@@ -297,7 +332,7 @@ class HttpTransport(BaseTransport):
         full = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
             return exchange(conn, method, full, body, {**self._headers, **(headers or {})},
-                            time.monotonic() + self.config.timeout)
+                            time.monotonic() + self.config.timeout, self.config.max_answer_bytes)
         finally:
             conn.close()
 

@@ -22,6 +22,9 @@ import pytest
 from medret import cli
 from medret.corpus import download as dl
 from medret.errors import CorpusError
+from medret.fetch import files as ff
+from medret.fetch.files import human_bytes
+from medret.fetch.transfer import fetch_url
 
 COMMIT = "a" * 40
 REPO = "MedRAG/textbooks"
@@ -303,19 +306,19 @@ def test_pointer_files_and_damaged_local_files_are_found_and_replaced(hub, tmp_p
 
 def test_list_shows_sizes_and_refuses_without_disk_space(hub, tmp_path, monkeypatch, capsys):
     total = sum(len(b) for b in chunk_files().values())
-    monkeypatch.setattr(dl, "disk_free", lambda path: total - 1)
+    monkeypatch.setattr(ff, "disk_free", lambda path: total - 1)
     db = tmp_path / "db"
     assert run_cli("Textbooks", "--db-dir", str(db), "--list") == 1
     out, err = capsys.readouterr()
-    assert "Anatomy_Gray.jsonl" in out and dl.human_bytes(len(FILES["chunk/Anatomy_Gray.jsonl"])) in out
+    assert "Anatomy_Gray.jsonl" in out and human_bytes(len(FILES["chunk/Anatomy_Gray.jsonl"])) in out
     assert "NOT ENOUGH SPACE" in out and "not enough disk space" in err
     assert run_cli("Textbooks", "--db-dir", str(db)) == 1
     err = capsys.readouterr().err
-    assert "not enough disk space" in err and dl.human_bytes(total) in err
+    assert "not enough disk space" in err and human_bytes(total) in err
     assert not hub.data_gets()
     assert not (db / "textbooks" / "chunk").exists() or not list((db / "textbooks" / "chunk").iterdir())
     # exactly enough room: it proceeds
-    monkeypatch.setattr(dl, "disk_free", lambda path: total)
+    monkeypatch.setattr(ff, "disk_free", lambda path: total)
     assert run_cli("Textbooks", "--db-dir", str(db)) == 0
     assert_complete(db)
 
@@ -365,7 +368,7 @@ def test_fetch_gives_up_after_retries_and_keeps_the_partial(hub, tmp_path):
     final = tmp_path / "out.jsonl"
     final.with_name(f".{final.name}.part").write_bytes(data[:10])
     with pytest.raises(CorpusError, match="run the same command again"):
-        dl.fetch_url(f"{hub.endpoint}/cdn/{name}", final, expected_size=len(data), sha256=_sha256(data),
+        fetch_url(f"{hub.endpoint}/cdn/{name}", final, expected_size=len(data), sha256=_sha256(data),
                      max_retries=0)
     assert not final.exists()
     assert final.with_name(f".{final.name}.part").read_bytes() == data[:10]

@@ -14,8 +14,8 @@ import pytest
 
 from medret import cli
 from medret.corpus import embeddings as emb
-from medret.corpus.download import human_bytes
 from medret.errors import ConfigError
+from medret.fetch.files import human_bytes
 from tests.hubfake import DownServer, FakeHub, hub_env
 
 DIM = 32  # the tiny BERT's width, so its query vectors meet these document vectors

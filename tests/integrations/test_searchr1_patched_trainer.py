@@ -84,3 +84,70 @@ def test_unpatched_trainer_ignores_the_block(checkout: Path, helpers):
                           helpers.TRAINER_CONFIG)
         assert len(server.requests) == 1
     assert out["block"] == "absent"
+
+
+BUILD_ONLY = r'''
+import sys
+from omegaconf import OmegaConf
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+config = OmegaConf.merge(OmegaConf.load(sys.argv[1]),
+                         OmegaConf.from_dotlist([o.lstrip("+") for o in sys.argv[3:]]))
+manager = getattr(RayPPOTrainer(config), sys.argv[2])()
+print("GENERATION MANAGER BUILT", flush=True)
+manager.batch_search(["septic shock vasopressor"])
+print("SEARCHED", flush=True)
+'''
+
+
+def build_then_search(root: Path, method: str, overrides: list[str], config: Path) -> subprocess.CompletedProcess:
+    (root / "build_only.py").write_text(BUILD_ONLY)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return subprocess.run([sys.executable, "build_only.py", str(config), method, *overrides], cwd=root,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["fit", "_validate"])
+@pytest.mark.parametrize("override, unknown, closest", [
+    ("+retriever.corpus_nme=sample", "corpus_nme", "corpus_name"),
+    ("+retriever.retreiver_name=BM25", "retreiver_name", "retriever_name"),
+    ("+retriever.topK=2", "topK", "topk"),
+])
+def test_typo_in_retriever_key_fails_when_the_generation_manager_is_built(checkout: Path, helpers, method: str,
+                                                                           override: str, unknown: str, closest: str):
+    """Issue 24 item 4: a typo in a +retriever.* key once surfaced only at the first search (minutes into a job);
+    the patched GenerationConfig refuses it when the trainer builds its generation manager, naming the unknown
+    key and the closest valid one."""
+    sp.patch(checkout)
+    proc = build_then_search(checkout, method, ["+retriever.backend=local", override], helpers.TRAINER_CONFIG)
+    assert proc.returncode != 0
+    assert "GENERATION MANAGER BUILT" not in proc.stdout  # refused before the manager existed, not at a search
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("medret.errors.ConfigError: retriever block: unknown retriever key(s)"), last
+    assert f"{unknown!r} -> {closest!r}" in last
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("override, named", [("+retriever.allow_cpu_fallback=flase", "allow_cpu_fallback='flase'"),
+                                             ("+retriever.local=flase", "local='flase'"),
+                                             ("+retriever.timeout=null", "timeout=None"),
+                                             ("retriever.topk=2.5", "topk=2.5")])
+def test_wrong_kind_in_retriever_block_fails_when_the_generation_manager_is_built(checkout: Path, helpers,
+                                                                                  override: str, named: str):
+    sp.patch(checkout)
+    proc = build_then_search(checkout, "fit", [override], helpers.TRAINER_CONFIG)
+    assert proc.returncode != 0 and "GENERATION MANAGER BUILT" not in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("medret.errors.ConfigError:") and named in last and "is invalid: expected" in last, last
+
+
+@pytest.mark.integration
+def test_valid_block_still_builds_and_searches(checkout: Path, helpers):
+    sp.patch(checkout)
+    proc = build_then_search(checkout, "fit", ["+retriever.backend=local", "+retriever.corpus_name=sample",
+                                               "+retriever.allow_cpu_fallback=no", "retriever.topk=2"],
+                             helpers.TRAINER_CONFIG)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["GENERATION", "MANAGER", "BUILT", "SEARCHED"]

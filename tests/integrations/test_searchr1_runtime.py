@@ -71,6 +71,23 @@ def test_bad_topk(value):
         rt.topk_of({"topk": value})
 
 
+@pytest.mark.parametrize("timeout, named", [(None, "retriever.timeout=None"), ("soon", "retriever.timeout='soon'"),
+                                            ("nan", "retriever.timeout=nan"), (True, "retriever.timeout=True"),
+                                            (0, "retriever.timeout=0")])
+def test_http_timeout_is_read_by_its_declaration(timeout, named):
+    """Search-R1's HTTP path read retriever.timeout with a bare float(): `timeout: null` gave a raw TypeError."""
+    with pytest.raises(ConfigError) as e:
+        rt.batch_search({**SEARCHR1_DEFAULT, "timeout": timeout}, ["sepsis"])
+    assert str(e.value).startswith(named + " is invalid"), str(e.value)
+
+
+@pytest.mark.parametrize("local", ["flase", "no way", 2, [True]])
+def test_local_alias_is_a_bool(local):
+    """`local: flase` once counted as false (Search-R1's HTTP path) without a word."""
+    with pytest.raises(ConfigError, match=r"retriever\.local=.* is invalid: expected true or false"):
+        rt.backend_of({**SEARCHR1_DEFAULT, "local": local})
+
+
 def test_batch_search_local_matches_the_retriever():
     from medret import get_retriever
 
