@@ -9,7 +9,7 @@ memory-mapped as in a built index; its size column is the faiss index alone (the
 
 Data: clustered Gaussian vectors (``--clusters`` centres, unit-normalised for ``ip`` as e5 does; MedCPT's raw
 inner product is closer to ``l2`` on unnormalised vectors), queries drawn near the same centres. Index parameters
-are medret's defaults for the size (``medret.index.dense.factory_string`` / ``default_search_params``).
+are medret's defaults for the size (``medret.index.faiss_ops.factory_string`` / ``default_search_params``).
 """
 from __future__ import annotations
 

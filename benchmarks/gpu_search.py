@@ -9,7 +9,7 @@ Gaussian vectors, like sentence embeddings: 4,096 centres + noise); queries are 
 Each method is timed with CUDA synchronisation (median of --repeats after --warmup runs):
 
 * ``matmul only``: the chunked fp16 matmuls with no selection (a floor for any matmul-based method);
-* ``dense.exact_search``: medret.index.dense.exact_search (chunked matmul + torch.topk per chunk + merge);
+* ``dense.exact_search``: medret.index.exact.exact_search (chunked matmul + torch.topk per chunk + merge);
 * ``plain topk``: the same with torch.topk straight on fp16 scores, as the issue's 255 ms baseline;
 * ``gpu_topk blockmax``: medret.index.gpu_topk.exact_topk (block maxima → top blocks → exact top-k, fp32 rescoring);
 * ``faiss GpuIndexFlatIP fp16``: when faiss has GPU support and the matrix fits twice.
@@ -231,7 +231,7 @@ def _methods(emb, q, qr, k, chunk, block_rows, faiss_index):
 
 
 def _dense(emb, q, k):
-    from medret.index.dense import exact_search
+    from medret.index.exact import exact_search
 
     return exact_search(emb, q.float().cpu().numpy(), k, device=str(emb.device))
 

@@ -4,6 +4,7 @@ No model hub is needed: the tokenizer is trained here with `tokenizers`, the wei
 the CPU benchmarks, where only the encoder's cost matters, not its quality.
 
     python benchmarks/make_random_bert.py OUT_DIR --corpus-file CHUNK.jsonl [--size base|tiny] [--vocab 30522]
+        [--cross-encoder]   # a BertForSequenceClassification with one label (MedCPT-Cross-Encoder's shape)
 """
 from __future__ import annotations
 
@@ -29,11 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=["base", "tiny"], default="base")
     ap.add_argument("--vocab", type=int, default=30522)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cross-encoder", action="store_true",
+                    help="save a cross-encoder (BertForSequenceClassification, num_labels=1) instead of an encoder")
     a = ap.parse_args(argv)
 
     import torch
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,12 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64)
-    BertModel(cfg).eval().save_pretrained(out)
+    if a.cross_encoder:
+        cfg.num_labels = 1
+        BertForSequenceClassification(cfg).eval().save_pretrained(out)
+    else:
+        BertModel(cfg).eval().save_pretrained(out)
     check = BertTokenizerFast.from_pretrained(out)
     probe = check.tokenize("patients with sepsis")
     if len(check) < 100 or "[UNK]" in probe:
         raise SystemExit(f"the saved tokenizer is broken ({len(check)} entries, {probe}); check transformers' version")
-    print(f"wrote random-weight BERT-{a.size} ({len(check)} wordpieces) to {out}")
+    kind = "cross-encoder" if a.cross_encoder else "BERT"
+    print(f"wrote random-weight {kind}-{a.size} ({len(check)} wordpieces) to {out}")
     return 0
 
 

@@ -48,13 +48,15 @@ def build_placeholder_index(corpus: str, model: str, pooling: str | None = "cls"
 
     c = resolve_corpus(corpus, None)
     store = open_corpus_store(c, build=True, progress=progress)
-    spec = spec_for(model, RetrieverConfig(pooling=None if like else pooling, like=like))
+    config = RetrieverConfig(corpus_name=corpus, retriever_name=model, pooling=None if like else pooling, like=like,
+                             fp16=fp16)
+    spec = spec_for(model, config)
     identity = encoder_identity(spec)
     out = keyed_dir(c.sources[0], identity)
     if read_manifest(out) is None:
         dim = AutoConfig.from_pretrained(model).hidden_size
-        build_dense_index(store, spec, out, encoder=RandomDocEncoder(dim), fp16_storage=fp16, corpus_name=corpus,
-                          progress=progress, chunk_rows=chunk_rows, identity=identity)
+        build_dense_index(store, out, config, encoder=RandomDocEncoder(dim), progress=progress, chunk_rows=chunk_rows,
+                          identity=identity)
     store.close()
     return out
 

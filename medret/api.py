@@ -59,7 +59,7 @@ class Retriever:
     def search(self, queries: list[str], k: int = DEFAULT_TOPK) -> list[list[Hit]]:
         """The k best hits of each query, in query order. Identical queries are searched once."""
         queries = check_queries(queries, self.config.max_batch, self.config.max_query_chars)
-        k = check_topk(k, self.config.max_topk)
+        k = check_topk(k, self.config.max_topk, self._depth)
         if not queries:
             return []
         self._check_answer(len(queries), k)
@@ -75,13 +75,18 @@ class Retriever:
         """
         return_scores = check_flag("return_scores", return_scores)
         queries = check_queries(queries, self.config.max_batch, self.config.max_query_chars)
-        topk = check_topk(topk, self.config.max_topk)
+        topk = check_topk(topk, self.config.max_topk, self._depth)
         if not queries:
             return {"result": []}
         self._check_answer(len(queries), topk)
         unique, where = dedupe(queries)
         result = self.transport.retrieve(unique, topk, return_scores)["result"]
         return {"result": result if len(unique) == len(queries) else [result[i] for i in where]}
+
+    @property
+    def _depth(self) -> int | None:
+        """The rerank stage's candidates per query (topk's upper bound), None without one."""
+        return self.config.rerank_depth if self.config.reranker is not None else None
 
     def _check_answer(self, n_queries: int, k: int) -> None:
         """The answer-size limits (max_answer_docs, max_answer_bytes); the bytes estimate needs a transport that

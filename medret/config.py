@@ -17,7 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-from medret.encoders.specs import DOC_FORMATS, POOLINGS, known_names
+from medret.encoders.specs import (
+    DOC_FORMATS,
+    MAX_RERANK_DEPTH,
+    POOLINGS,
+    RERANK_FORMATS,
+    get_reranker_spec,
+    known_names,
+    known_rerankers,
+)
 from medret.errors import ConfigError
 from medret.options import (
     Options,
@@ -49,6 +57,7 @@ DEVICE = "device"
 MODELS = "models"
 ENCODER = "dense encoder (default: the named retriever's recipe)"
 INDEX = "index search and fusion"
+RERANK = "rerank stage (cross-encoder)"
 LIMITS_GROUP = "request limits"
 HTTP = "HTTP backend"
 RAY = "Ray backend"
@@ -59,6 +68,20 @@ def check_like(name: str, value: Any, tail: str = "") -> None:
     known = known_names()
     if not isinstance(value, str) or value.strip().lower() not in [n.lower() for n in known]:
         raise ConfigError(f"{name}={value!r} is invalid: choose one of {', '.join(known)} (case-insensitive)")
+
+
+def check_reranker(name: str, value: Any) -> None:
+    """None (no rerank stage), or a reranker name / folder / hub id."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{name}={value!r} is invalid: give {' or '.join(known_rerankers())}, a local "
+                          "cross-encoder folder, or None for no rerank stage")
+
+
+def check_reranker_like(name: str, value: Any, tail: str = "") -> None:
+    """A named reranker's recipe (case-insensitive)."""
+    if not isinstance(value, str) or get_reranker_spec(value) is None:
+        raise ConfigError(f"{name}={value!r} is invalid: choose one of {', '.join(known_rerankers())} "
+                          "(case-insensitive)")
 
 
 def _recipe(check: Any) -> Any:
@@ -72,6 +95,8 @@ def _recipe(check: Any) -> Any:
 @dataclass(frozen=True)
 class EngineOptions(Options):
     """What the engine searches and how: read in-process, by a Ray actor and by ``medret serve``."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"rerank": "refine_factor"}  # the IVF-PQ factor, not the cross-encoder
 
     corpus_name: str = option("sample", "PubMed, StatPearls, Textbooks, Wikipedia, MedText, MedCorp, sample, or a "
                               "folder / .jsonl file", flag="--corpus", keys=("corpus",), identity=True,
@@ -124,20 +149,40 @@ class EngineOptions(Options):
                                     "(the quoted title, a newline, the text: e5), pair (MedCPT), contriever, specter, "
                                     "concat (MedRAG's default)", kind=str, choices=DOC_FORMATS, identity=True,
                                     check=_recipe(check_string), group=ENCODER)
-    # approximate dense indexes (faiss): None = the index's own defaults (nprobe ~ nlist/16, efSearch 128, rerank 10)
+    # approximate dense indexes (faiss): None = the index's own defaults (nprobe ~ nlist/16, efSearch 128, refine
+    # factor 10)
     nprobe: int | None = option(None, "IVF lists probed per query (faiss IVF indexes)", kind=int, identity=True,
                                 check=check_whole.optional("the index's default"), search_only=True, group=INDEX)
     ef_search: int | None = option(None, "HNSW search depth (faiss HNSW indexes)", kind=int, identity=True,
                                    check=check_whole.optional("the index's default"), search_only=True, group=INDEX)
-    rerank: int | None = option(None, "lossy indexes (IVF-PQ): re-score k x RERANK candidates exactly (default 10; "
-                                "0 = off)", kind=int, identity=True,
-                                check=check_whole.at_least(0).optional("the index's default"), search_only=True,
-                                group=INDEX)
+    refine_factor: int | None = option(None, "lossy indexes (IVF-PQ): re-score k x REFINE_FACTOR candidates exactly "
+                                       "from the stored vectors (faiss's refine factor; default 10, 0 = off)",
+                                       kind=int, identity=True,
+                                       check=check_whole.at_least(0).optional("the index's default"),
+                                       search_only=True, group=INDEX)
     rrf_k: int = option(100, "RRF constant k (MedRAG uses 100)", identity=True, check=check_whole, search_only=True,
                         group=INDEX)
     fusion_depth: int | None = option(None, "candidates taken from each retriever before fusion (default: topk, "
                                       "as MedRAG)", kind=int, identity=True, check=check_whole.optional(),
                                       search_only=True, group=INDEX)
+    # the rerank stage: a cross-encoder scores each query's own rerank_depth first-stage candidates
+    reranker: str | None = option(None, "rerank each query's first-stage candidates with this cross-encoder: "
+                                  "MedCPT-Cross-Encoder, ms-marco-MiniLM-L12-v2, or a local folder (a "
+                                  "sequence-classification model with one label)", kind=str, identity=True,
+                                  check=check_reranker, search_only=True, group=RERANK)
+    rerank_depth: int = option(10, f"first-stage candidates per query the reranker scores (topk <= depth <= "
+                               f"{MAX_RERANK_DEPTH})", identity=True,
+                               check=check_whole.at_most(MAX_RERANK_DEPTH), search_only=True, group=RERANK)
+    reranker_like: str | None = option(None, "give a local cross-encoder folder a named reranker's recipe "
+                                       "(default MedCPT-Cross-Encoder's)", kind=str, identity=True,
+                                       check=_recipe(check_reranker_like), search_only=True, group=RERANK)
+    reranker_format: str | None = option(None, "the article side of a pair: concat (MedRAG's title/content join: "
+                                         "MedCPT) or searchr1 ('(Title: \"title\") text': Search-R1's rerank "
+                                         "server)", kind=str, choices=RERANK_FORMATS, identity=True,
+                                         check=_recipe(check_string), search_only=True, group=RERANK)
+    reranker_max_length: int | None = option(None, "token limit of a (query, article) pair (default 512)", kind=int,
+                                             identity=True, check=_recipe(check_token_count), search_only=True,
+                                             group=RERANK)
     # build what is missing (document store, BM25; dense indexes of small corpora) on first use
     auto_build: bool = option(True, "build a missing store, BM25 index or small dense index on first use",
                               flag=False, check=check_yes_no, group=INDEX)
@@ -271,6 +316,7 @@ def backend_of(block: Mapping[str, Any], default: str = "local", prefix: str = "
 
 
 ENCODER_OPTION_NAMES = option_names(EngineOptions, ENCODER)  # like, pooling, prefixes, lengths, doc_format
+RERANK_OPTION_NAMES = option_names(EngineOptions, RERANK)  # reranker, rerank_depth, its recipe
 #: the model folders and the encoder recipe (query_model, doc_model, models_dir, like, pooling, ...): what a job has
 #: passed on to each retriever process (launch's RETRIEVER_OPTION_NAMES, derived here from the groups)
 MODEL_OPTION_NAMES = option_names(EngineOptions, MODELS) + ENCODER_OPTION_NAMES

@@ -99,6 +99,7 @@ class Options:
     #: the options class of one request's values (``topk``) that a block of this class may carry; ignored by
     #: from_mapping (their values are still checked by kind)
     REQUEST: ClassVar[type | None] = None
+    RENAMED: ClassVar[dict[str, str]] = {}  # old option name -> new one: the old key / flag is refused, naming it
 
     def __post_init__(self) -> None:
         for name, decl in declarations(type(self)).items():
@@ -266,6 +267,10 @@ def unknown_keys_error(cls: type, unknown: Iterable[str], label: str = "retrieve
     """Unknown keys, each with the closest valid one (difflib), then the valid ones."""
     valid = sorted(accepted_keys(cls) | set(extra))
     keys = sorted(unknown, key=str)
+    renamed = {k: getattr(cls, "RENAMED", {})[k] for k in keys if k in getattr(cls, "RENAMED", {})}
+    if renamed:
+        return ConfigError(f"{label}(s) {sorted(renamed)} no longer exist: " + ", ".join(
+            f"{k!r} was renamed {v!r}" for k, v in renamed.items()) + f"; give {', '.join(renamed.values())}")
     hints = []
     for key in keys:
         close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
@@ -284,6 +289,10 @@ def normalize(cls: type, data: dict[str, Any], overrides: Mapping[str, Any] | No
     renames = {key: name for name, d in decls.items() for key in d.keys}
     ignored = request_keys(cls)
     merged = {**data, **(overrides or {})}
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if old in merged and old not in decls:
+            raise ConfigError(f"{old}={merged[old]!r} is no longer an option: it was renamed {new} "
+                              f"(give {new}={merged[old]!r})")
     for key, value in merged.items():
         if key in ignored:
             parse_value(cls.REQUEST, ignored[key], value, label=key)  # type: ignore[attr-defined]
@@ -361,6 +370,10 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
     dflt = defaults(cls)
     names = [n for n in (only if only is not None else decls) if n not in set(exclude)]
     groups: dict[str, Any] = {}
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if new in names and decls[new].flags and old not in decls:
+            parser.add_argument("--" + old.replace("_", "-"), nargs="?", help=argparse.SUPPRESS,
+                                action=_renamed(decls[new].flags[0]))
     for name in names:
         decl = decls[name]
         dest = (dests or {}).get(name, name)
@@ -381,6 +394,15 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
             metavar = decl.metavar or (None if decl.choices else decl.flags[0][2:].upper().replace("-", "_"))
             target.add_argument(*decl.flags, dest=dest, type=decl.kind, choices=decl.choices, default=None,
                                 metavar=metavar, help=text)
+
+
+def _renamed(flag: str) -> type[argparse.Action]:
+    """An action that refuses a renamed flag, naming the new one."""
+    class Renamed(argparse.Action):
+        def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+            value = f" {values}" if values is not None else ""
+            parser.error(f"{option_string} is no longer an option: it was renamed {flag} (give {flag}{value})")
+    return Renamed
 
 
 def given(args: argparse.Namespace, cls: type, *, exclude: Iterable[str] = ()) -> dict[str, Any]:

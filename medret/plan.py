@@ -29,9 +29,11 @@ from typing import Any
 
 from medret.config import EngineOptions
 from medret.corpus.registry import DISPLAY, KNOWN_ROWS, SAMPLE_DIR, SOURCES
+from medret.encoders.specs import MAX_RERANK_DEPTH
 from medret.errors import ConfigError
 from medret.launch import recipes
 from medret.options import add_flags
+from medret.validate import check_whole
 
 GiB = 1 << 30
 
@@ -65,6 +67,16 @@ ASSUMPTIONS: dict[str, Any] = {
     "store_bytes_per_snippet": {"pubmed": 1_300, "wikipedia": 700, "textbooks": 950, "statpearls": 900,
                                 "sample": 600},
     "store_build_per_s": 150_000,
+    # the rerank stage's cross-encoder (BERT-base, MedCPT-Cross-Encoder): fp16 weights + activations of a batch of
+    # 256 pairs of 512 tokens on a GPU; fp32 weights + activations on a CPU
+    "cross_encoder_gpu_bytes": 2 * GiB,
+    "cross_encoder_ram_bytes": 2 * GiB,
+    # pairs of ~300 tokens scored per second, from the FLOPs of a BERT-base pair (2 x 85M x 300 = ~50 GFLOP): one
+    # H100/H200 in fp16 at ~20 % of its dense peak; one server CPU core at ~50 GFLOP/s. Rough estimates; measured
+    # on a 2-core VM: 0.23-0.34 CPU-seconds per pair of ~77 tokens (~13 GFLOP), i.e. ~40-55 GFLOP/s per core
+    # (benchmarks/RESULTS.md, "Rerank stage")
+    "cross_encoder_pairs_per_s_gpu": 2_000,
+    "cross_encoder_pairs_per_s_per_core": 1.0,
 }
 
 
@@ -130,9 +142,12 @@ def corpus_rows(corpus: str) -> dict[str, int]:
 
 def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str | None = "80G",
          ram: int | str | None = "256G", gpus: int = 8, pq_m: int = 96, pq_nbits: int = 8,
-         dim: int | None = None, nodes: int = 1, recipe: str = "none", db_dir: str | None = None) -> dict[str, Any]:
+         dim: int | None = None, nodes: int = 1, recipe: str = "none", db_dir: str | None = None,
+         reranker: str | None = None, rerank_depth: int = 10, queries_per_batch: int = 512) -> dict[str, Any]:
     """Requirements of every index option for ``corpus`` and ``retriever``, which fit ``nodes`` nodes of ``gpus``
-    GPUs (``gpu_mem`` each, ``None``: no GPU) and ``ram``, the best one, and the commands that set it up."""
+    GPUs (``gpu_mem`` each, ``None``: no GPU) and ``ram``, the best one, and the commands that set it up. With a
+    ``reranker``, its cross-encoder's memory is added where the retriever runs (the GPU of GPU options, the RAM of
+    CPU ones) and its time for a batch of ``queries_per_batch`` queries x ``rerank_depth`` candidates is given."""
     rows = corpus_rows(corpus)
     n = sum(rows.values())
     gpu_b = parse_size(gpu_mem, "gpu_mem (--gpu-mem)")
@@ -193,7 +208,8 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
         nlist = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(n)))))
         ivf = n * (code + 8) + nlist * dim * 4 + (2 ** pq_nbits) * dim * 4
         ivf_s = encode_s / encode_gpus + n / a["ivfpq_add_per_s"]
-        # the fp16 vectors stay on disk (memory-mapped): the re-rank reads k x rerank rows of them per query
+        # the fp16 vectors stay on disk (memory-mapped): the exact re-scoring reads k x refine_factor rows of them
+        # per query
         opts.append(Option(f"IVF{nlist},PQ{pq_m}x{pq_nbits} (CPU, re-ranked)", "cpu", 0, 0, proc + store_ram + ivf,
                            ivf + fp16 + store_disk, ivf_s, "approximate; candidates re-scored exactly (fp16)"))
     else:
@@ -203,7 +219,17 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
                            n / a["bm25_tokenize_per_s"], "exact BM25"))
     opts.append(Option("document store (on disk, read by row)", "cpu", 0, 0, store_ram, store_disk,
                        n / a["store_build_per_s"], "-", notes=["needed by every option; included in their RAM/disk"]))
+    rerank = _rerank_need(reranker, rerank_depth, queries_per_batch, a)
     for o in opts:
+        if rerank is not None and not o.name.startswith("document store"):
+            if o.where == "gpu":
+                o.gpu_bytes_per_gpu += rerank["gpu_bytes"]
+                o.notes.append(f"+ cross-encoder {_fmt(rerank['gpu_bytes'])} on the retriever GPU, "
+                               f"{rerank['gpu_s_per_batch']:.2f} s per batch of {queries_per_batch} queries")
+            else:
+                o.ram_bytes += rerank["ram_bytes"]
+                o.notes.append(f"+ cross-encoder {_fmt(rerank['ram_bytes'])} RAM, "
+                               f"{rerank['cpu_s_per_batch']:.0f} s per batch of {queries_per_batch} queries on CPU")
         o.notes = [x for x in o.notes if x]
         why = []
         if o.where == "gpu":
@@ -221,11 +247,24 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
         o.why = "; ".join(why)
     out = {"corpus": DISPLAY.get(corpus.strip().lower(), corpus), "retriever": retriever, "rows": rows,
            "n": n, "dim": dim if dense else None, "gpu_mem": gpu_b, "ram": ram_b, "gpus": gpus, "nodes": nodes,
-           "recipe": recipe, "options": [asdict(o) for o in opts], "assumptions": a}
+           "recipe": recipe, "options": [asdict(o) for o in opts], "assumptions": a, "reranker": rerank}
     best = next((o for prefix in PREFERENCE for o in opts if o.name.startswith(prefix) and o.fits), None)
     out["best"] = best.name if best else None
     out["commands"] = _commands(out, best, db_dir, pq_m, pq_nbits, nlist) if best else None
     return out
+
+
+def _rerank_need(reranker: str | None, depth: int, queries: int, a: dict[str, Any]) -> dict[str, Any] | None:
+    """The rerank stage's memory and its seconds per batch of ``queries`` x ``depth`` pairs, or None without one."""
+    if reranker is None:
+        return None
+    check_whole.at_most(MAX_RERANK_DEPTH)("rerank_depth (--rerank-depth)", depth)
+    check_whole("queries_per_batch (--queries-per-batch)", queries)
+    pairs = queries * depth
+    return {"reranker": reranker, "rerank_depth": depth, "queries_per_batch": queries, "pairs_per_batch": pairs,
+            "gpu_bytes": a["cross_encoder_gpu_bytes"], "ram_bytes": a["cross_encoder_ram_bytes"],
+            "gpu_s_per_batch": pairs / a["cross_encoder_pairs_per_s_gpu"],
+            "cpu_s_per_batch": pairs / (a["cross_encoder_pairs_per_s_per_core"] * a["cpu_cores"])}
 
 
 def _place_on_gpus(o: Option, gpus: int, nodes: int) -> list[str]:
@@ -357,6 +396,13 @@ def format_plan(p: dict[str, Any]) -> str:
         lines += [f"  # {note}" for note in c["notes"]]
     elif p.get("options"):
         lines += ["", "no option fits: see the reasons above (more GPUs, GPU memory or RAM)"]
+    r = p.get("reranker")
+    if r:
+        lines += ["", f"rerank stage: {r['reranker']}, {r['pairs_per_batch']:,} pairs per batch "
+                  f"({r['queries_per_batch']} queries x depth {r['rerank_depth']}): {r['gpu_s_per_batch']:.2f} s on a "
+                  "GPU "
+                  f"(+{_fmt(r['gpu_bytes'])} on the retriever GPU), {r['cpu_s_per_batch']:.0f} s on "
+                  f"{p['assumptions']['cpu_cores']} CPU cores (+{_fmt(r['ram_bytes'])} RAM); included in the table"]
     a = p["assumptions"]
     lines += ["", "Estimates, not measurements. Build time = encoding on one GPU (`medret index build` uses one "
               f"device) at {a['encode_snippets_per_s_per_gpu']:,} snippets/s (MedCPT, 256 tokens, one H200) plus "
@@ -370,7 +416,8 @@ def format_plan(p: dict[str, Any]) -> str:
 def register(sub) -> None:
     p = sub.add_parser("plan", help="memory, disk and build time of each index option, what fits your nodes, and "
                        "the index build and slurm render commands of the best one")
-    add_flags(p, EngineOptions, only=("corpus_name", "retriever_name", "db_dir"), show_defaults=False,
+    add_flags(p, EngineOptions, only=("corpus_name", "retriever_name", "db_dir", "reranker", "rerank_depth"),
+              show_defaults=False,
               title="what to plan for (default MedCorp and MedCPT; --db-dir is written into the commands, "
               "default $DB)")
     p.add_argument("--dim", type=int, default=None, help="embedding dimension, for a retriever the planner does not "
@@ -385,6 +432,8 @@ def register(sub) -> None:
     p.add_argument("--recipe", choices=["none", "ppo", "grpo"], default="none",
                    help="the training recipe of the printed `slurm render` command (Search-R1's ppo / grpo; their "
                    "batch sizes are fitted to the training GPUs)")
+    p.add_argument("--queries-per-batch", type=int, default=512, help="queries in one retrieval batch: the rerank "
+                   "stage's time is given per batch (default 512)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan, corpus_name="MedCorp", retriever_name="MedCPT")
 
@@ -392,6 +441,8 @@ def register(sub) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     gpu = None if str(args.gpu_mem).strip().lower() in ("none", "0") else args.gpu_mem
     p = plan(args.corpus_name, args.retriever_name, gpu, args.ram, args.gpus, args.pq_m, args.pq_nbits, dim=args.dim,
-             nodes=args.nodes, recipe=args.recipe, db_dir=args.db_dir)
+             nodes=args.nodes, recipe=args.recipe, db_dir=args.db_dir, reranker=args.reranker,
+             rerank_depth=args.rerank_depth if args.rerank_depth is not None else 10,
+             queries_per_batch=args.queries_per_batch)
     print(json.dumps(p, indent=2) if args.json else format_plan(p))
     return 0

@@ -35,11 +35,17 @@ def check_queries(queries: Any, max_batch: int, max_chars: int) -> list[str]:
     return list(queries)
 
 
-def check_topk(topk: Any, max_topk: int) -> int:
+def check_topk(topk: Any, max_topk: int, rerank_depth: int | None = None) -> int:
+    """``topk`` from 1 to ``max_topk``; with a rerank stage (``rerank_depth``: its candidates per query) at most
+    that depth, since the reranker orders only those."""
     if isinstance(topk, bool) or not isinstance(topk, int):
         raise QueryError(f"topk={_short(topk)} is invalid: a whole number from 1 to {max_topk}")
     if not 1 <= topk <= max_topk:
         raise QueryError(f"topk={topk} is out of range: use 1 to {max_topk} (max_topk)")
+    if rerank_depth is not None and topk > rerank_depth:
+        raise QueryError(f"topk={topk} is more than rerank_depth={rerank_depth}: the reranker orders the "
+                         f"{rerank_depth} first-stage candidates of each query; ask for topk <= {rerank_depth} "
+                         "or raise rerank_depth")
     return topk
 
 
@@ -118,28 +124,35 @@ class Whole:
     """A whole number (never a bool) of at least ``minimum``; ``optional`` also accepts None (saying what None
     means). Use the module-level :data:`check_whole` and derive: ``check_whole.at_least(0).optional("...")``."""
 
-    def __init__(self, minimum: int = 1, none: str | None = None, error: type[ConfigError] = ConfigError):
-        self.minimum, self.none, self.error = minimum, none, error
+    def __init__(self, minimum: int = 1, none: str | None = None, error: type[ConfigError] = ConfigError,
+                 maximum: int | None = None):
+        self.minimum, self.none, self.error, self.maximum = minimum, none, error, maximum
 
     def __call__(self, name: str, value: Any, tail: str = "") -> None:
         if value is None and self.none is not None:
             return
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < self.minimum:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < self.minimum \
+                or (self.maximum is not None and int(value) > self.maximum):
             raise self.error(f"{name}={_short(value)} is invalid: {self.describe()}" + (f", {tail}" if tail else ""))
 
     def describe(self) -> str:
         what = {1: "a positive whole number", 0: "a non-negative whole number"}.get(
             self.minimum, f"a whole number >= {self.minimum}")
+        if self.maximum is not None:
+            what += f" up to {self.maximum}"
         return what + (f", or None for {self.none}" if self.none else " or None" if self.none == "" else "")
 
     def at_least(self, minimum: int) -> "Whole":
-        return Whole(minimum, self.none, self.error)
+        return Whole(minimum, self.none, self.error, self.maximum)
+
+    def at_most(self, maximum: int) -> "Whole":
+        return Whole(self.minimum, self.none, self.error, maximum)
 
     def optional(self, meaning: str = "") -> "Whole":
-        return Whole(self.minimum, meaning, self.error)
+        return Whole(self.minimum, meaning, self.error, self.maximum)
 
     def raising(self, error: type[ConfigError]) -> "Whole":
-        return Whole(self.minimum, self.none, error)
+        return Whole(self.minimum, self.none, error, self.maximum)
 
 
 class Number:

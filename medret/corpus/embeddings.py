@@ -53,6 +53,7 @@ from medret.fetch.settings import FetchOptions
 from medret.fetch.transfer import fetch_url, host_of, remote_size
 from medret.retrievers import retriever_parts
 from medret.storage.atomic import atomic_path, atomic_write_text
+from medret.storage.vectors import verify_files
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +148,15 @@ def chunk_rows(chunk_dir: Path) -> dict[str, int] | None:
     return out
 
 
+DAMAGED = "damaged vectors: "
+
+
 def check_folder(folder: Path, rows: dict[str, int] | None) -> tuple[list[str], dict[str, list[int]]]:
     """(problems, {file: [bytes, rows]}) of a folder of MedRAG ``.npy`` embeddings against the chunk files' rows."""
     problems: list[str] = []
     files: dict[str, list[int]] = {}
     dim = None
+    arrays = []
     for p in sorted(folder.glob("*.npy")):
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
@@ -172,7 +177,12 @@ def check_folder(folder: Path, rows: dict[str, int] | None) -> tuple[list[str], 
             elif want != arr.shape[0]:
                 problems.append(f"{p.name} has {arr.shape[0]} rows but chunk/{p.stem}.jsonl has {want} snippets")
         files[p.name] = [p.stat().st_size, int(arr.shape[0])]
-        del arr
+        arrays.append(arr)
+    if not problems and arrays:  # every vector, once: a NaN, inf, zeroed or huge row is never served
+        damage = verify_files(arrays, [folder / n for n in files])
+        if damage is not None:
+            problems.append(f"{DAMAGED}{damage}")
+    del arrays
     if rows is not None:
         missing = sorted(set(rows) - {Path(n).stem for n in files})
         if missing:
@@ -236,6 +246,12 @@ def unpack(archive: Path, target: Path, rows: dict[str, int] | None, chunk_dir: 
                 for m, name in zip(members, names):
                     copy_zip_member(z, m, tmp / name)
                 problems, files = check_folder(tmp, rows)
+                damaged = [p for p in problems if p.startswith(DAMAGED)]
+                if damaged:
+                    archive.unlink(missing_ok=True)
+                    raise CorpusError(f"MedRAG's embeddings in {archive} hold {damaged[0]}: they are never served, "
+                                      "and the archive was deleted; build medret's own index instead (`medret index "
+                                      "build --corpus NAME --retriever NAME`)")
                 if problems:
                     raise CorpusError(f"the embeddings in {archive} do not fit the chunk files in "
                                       f"{chunk_dir}: " + "; ".join(problems[:3])

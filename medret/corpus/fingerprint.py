@@ -18,8 +18,10 @@ hashes only, so a corpus copied with its artifacts to another machine keeps ever
 
 Stores built by medret before this check (no ``chunk_files``) carry the old identity, a hash of each file's
 name, size and first and last 64 KiB (:func:`legacy_fingerprint`, which misses a same-size edit in the middle).
-They are upgraded in place at their first open when that still matches: the files are hashed once and recorded,
-and the old identity is kept (``fingerprint_kind`` ``head-tail-64k``) so the indexes built on them stay valid.
+They are upgraded in place at their first open when that still matches and the documents read from the files are
+the ones the store holds (its recorded sha256 of ``docs.bin``: an edit made before that open is refused, not
+recorded): the files are hashed once and recorded, and the old identity is kept (``fingerprint_kind``
+``head-tail-64k``) so the indexes built on them stay valid.
 """
 from __future__ import annotations
 

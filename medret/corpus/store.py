@@ -4,8 +4,15 @@ Layout of a store folder (one per source)::
 
     docs.bin       each row's {"id","title","content"} as JSON bytes, back to back
     offsets.npy    uint64[n + 1]; row i is docs.bin[offsets[i]:offsets[i+1]]
+    row_sums.npy   uint64[n]; row i's checksum (the first 8 bytes of its BLAKE2b, little-endian), checked at
+                   every read of the row
     manifest.json  row count, per-file rows, the chunk files' records (size, mtime, ctime, inode, sha256 of the
                    bytes) and the corpus identity derived from them, sha256 of docs.bin and of offsets.npy
+
+**Every row read is checked against its checksum** (``row_sums.npy``, memory-mapped like the offsets): bytes
+forged at the same size, or rows swapped in ``docs.bin``, are refused naming the row instead of being served, at
+the cost of one 8-byte BLAKE2b per row read (measured in docs/corpora.md). Stores built before these checksums
+existed are read unchecked (``medret doctor`` says so; ``--rebuild`` adds them, ``doctor --deep`` hashes the file).
 
 Rows are read with ``os.pread`` at their offsets (the offsets themselves are memory-mapped): a memory map of
 ``docs.bin`` would count every touched page in the process's RSS, and after 100,000 random lookups on a
@@ -43,8 +50,14 @@ from medret.storage.locks import artifact_lock
 log = logging.getLogger(__name__)
 FORMAT = 2
 MANIFEST = "manifest.json"
+ROW_SUMS = "row_sums.npy"
 # what np.load raises on a damaged .npy header (it parses the header as a Python literal)
 _NPY_ERRORS = (OSError, ValueError, EOFError, MemoryError, SyntaxError, TypeError, KeyError)
+
+
+def row_sums(rows: Sequence[bytes]) -> np.ndarray:
+    """Each row's checksum: the first 8 bytes of its BLAKE2b, as a little-endian uint64."""
+    return np.frombuffer(b"".join(hashlib.blake2b(b, digest_size=8).digest() for b in rows), dtype="<u8")
 
 
 class DocStore:
@@ -74,6 +87,10 @@ class DocStore:
             raise self._damaged(MANIFEST, "is missing") from None
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
             raise self._damaged(MANIFEST, f"is damaged ({type(e).__name__}: {e})") from None
+        bad = _bad_record(self.manifest.get("chunk_files"))
+        if bad is not None:
+            raise self._damaged(MANIFEST, f"is damaged (chunk_files holds {bad:.80}; expected records with a name, "
+                                "a size and a sha256)")
         try:
             self._offsets = np.load(self.folder / "offsets.npy", mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
@@ -90,10 +107,34 @@ class DocStore:
             found = f"{o.dtype} {o.shape}" + (f" from {int(o[0])} to {int(o[-1])}" if o.ndim == 1 and o.size else "")
             raise self._damaged("offsets.npy", f"does not match docs.bin (found {found}; expected uint64 "
                                 f"({rows + 1},) from 0 to {self._size}, the size of docs.bin)")
+        self._sums = self._row_sums(rows)
         starts = np.cumsum([0] + [n for _, n in self.files])
         self._file_start = {stem: int(s) for (stem, _), s in zip(self.files, starts)}
         if rows:
             self.get([0, rows - 1])  # a zeroed or overwritten docs.bin fails here, at open, not at the first search
+
+    def _row_sums(self, rows: int) -> np.ndarray | None:
+        """The rows' checksums (memory-mapped), or None for a store built before they existed."""
+        name = self.manifest.get("row_sums")
+        if name is None:
+            return None
+        if name != ROW_SUMS:
+            raise self._damaged(MANIFEST, f"is damaged (row_sums={name!r:.80}; expected {ROW_SUMS!r})")
+        try:
+            sums = np.load(self.folder / ROW_SUMS, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise self._damaged(ROW_SUMS, "is missing") from None
+        except _NPY_ERRORS as e:
+            raise self._damaged(ROW_SUMS, f"is damaged ({type(e).__name__}: {str(e)[:120]})") from None
+        if sums.shape != (rows,) or sums.dtype != np.dtype("<u8"):
+            raise self._damaged(ROW_SUMS, f"does not match the store (found {sums.dtype} {sums.shape}; expected "
+                                f"uint64 ({rows},))")
+        return sums
+
+    @property
+    def checks_rows(self) -> bool:
+        """Whether each row read is checked against its checksum (stores built by medret since they exist)."""
+        return self._sums is not None
 
     @classmethod
     def open(cls, source: Source, build: bool = True, progress: bool = False) -> "DocStore":
@@ -126,7 +167,15 @@ class DocStore:
         start, end = start.tolist(), end.tolist()
         fd = self._fd
         try:
-            return [orjson.loads(os.pread(fd, e - s, s)) for s, e in zip(start, end)]
+            raw = [os.pread(fd, e - s, s) for s, e in zip(start, end)]
+            if self._sums is not None:
+                wrong = np.nonzero(row_sums(raw) != self._sums[rows])[0]
+                if wrong.size:
+                    i = int(wrong[0])
+                    raise self._damaged("docs.bin", f"is damaged: row {int(rows[i])} (bytes {start[i]}..{end[i]}) is "
+                                        f"not what was stored (its checksum in {ROW_SUMS} differs: bytes edited, "
+                                        "forged or swapped since the build)")
+            return [orjson.loads(b) for b in raw]
         except (ValueError, OSError):  # orjson.JSONDecodeError is a ValueError
             for r, s, e in zip(rows.tolist(), start, end):
                 try:
@@ -150,6 +199,20 @@ class DocStore:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _bad_record(records: object) -> str | None:
+    """The first malformed entry of a manifest's ``chunk_files``, as written (None when it is absent, a store of the
+    first format, or well formed): every record is used at each open."""
+    if records is None:
+        return None
+    if not isinstance(records, list):
+        return repr(records)
+    for r in records:
+        if not (isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("sha256"), str)
+                and isinstance(r.get("size"), int) and not isinstance(r.get("size"), bool)):
+            return repr(r)
+    return None
 
 
 class UnionStore:
@@ -269,10 +332,37 @@ def _upgrade(store: DocStore, source: Source, files: list) -> DocStore:
     total = sum(p.stat().st_size for p in files)
     log.warning("recording the content hashes of %d chunk files of %s (%.1f GiB, once): its store was built by "
                 "an older medret", len(files), source.name, total / 2**30)
-    records = fp.hash_records(files)
+    records = _records_of_stored_content(store, source, files)
     _rewrite_manifest(store, {**store.manifest, "format": FORMAT, "fingerprint_kind": fp.KIND_LEGACY,
                               "chunk_files": records}, f"{total / 2**20:.1f} MiB")
     return store
+
+
+def _records_of_stored_content(store: DocStore, source: Source, files: list) -> list[dict]:
+    """The chunk files' records, hashed now, once their documents are shown to be the ones the store holds: the
+    first format's identity (size, first and last 64 KiB) misses a same-size edit in the middle, which recording
+    today's hashes would make permanent. The documents are read and serialised as the build does, and their
+    sha256 compared with the one the store recorded of ``docs.bin`` (one pass over each file: the same read
+    hashes it)."""
+    expected = store.manifest.get("sha256")
+    if not isinstance(expected, str):
+        raise store._damaged(MANIFEST, "has no sha256 of docs.bin (a store of medret's first format always "
+                             "recorded one)")
+    stored = hashlib.sha256()
+    records = []
+    rows = 0
+    for path in files:
+        before = fp.stat_record(path)
+        content = hashlib.sha256()
+        for _, doc in iter_file(path, digest=content):
+            stored.update(orjson.dumps(doc))
+            rows += 1
+        records.append(fp.file_record(path, content.hexdigest(), before))
+    if rows != len(store) or stored.hexdigest() != expected:
+        raise _stale(source, [f"the chunk files hold {rows:,} snippets whose text differs from the {len(store):,} "
+                              "the store was built from (a same-size edit that medret's first format could not "
+                              "see); nothing was recorded"])
+    return records
 
 
 def _rewrite_manifest(store: DocStore, manifest: dict, hashed: str) -> None:
@@ -300,6 +390,7 @@ def _build_store(source: Source, progress: bool = False) -> Path:
     with closing_bar(bar), writing(f"the document store of {source.name}", folder), atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         offsets = array("Q", [0])
+        sums = bytearray()
         digest = hashlib.sha256()
         files = []
         records = []
@@ -313,6 +404,7 @@ def _build_store(source: Source, progress: bool = False) -> Path:
                     b = orjson.dumps(doc)
                     out.write(b)
                     digest.update(b)
+                    sums += hashlib.blake2b(b, digest_size=8).digest()
                     pos += len(b)
                     offsets.append(pos)
                     n += 1
@@ -323,9 +415,13 @@ def _build_store(source: Source, progress: bool = False) -> Path:
         with open(tmp / "offsets.npy", "wb") as f:
             hw = HashingWriter(f)
             np.save(hw, np.frombuffer(offsets, dtype=np.uint64), allow_pickle=False)
+        with open(tmp / ROW_SUMS, "wb") as f:
+            sums_hw = HashingWriter(f)
+            np.save(sums_hw, np.frombuffer(bytes(sums), dtype="<u8"), allow_pickle=False)
         manifest = {"format": FORMAT, "source": source.name, "rows": len(offsets) - 1, "files": files,
                     "fingerprint": fp.identity(records), "fingerprint_kind": fp.KIND_CONTENT,
-                    "chunk_files": records, "sha256": digest.hexdigest(), "offsets_sha256": hw.hexdigest()}
+                    "chunk_files": records, "sha256": digest.hexdigest(), "offsets_sha256": hw.hexdigest(),
+                    "row_sums": ROW_SUMS, "row_sums_sha256": sums_hw.hexdigest()}
         (tmp / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return folder
 

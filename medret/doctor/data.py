@@ -21,6 +21,7 @@ from medret.index.dense_build import load_dense_index
 from medret.index.hints import build_command
 from medret.index.identity import encoder_identity
 from medret.index.locate import legacy_message, locate_bm25, locate_dense
+from medret.index.medrag import open_medrag_index
 from medret.retrievers import retriever_parts
 
 # Counting lines of bigger chunk folders takes minutes (PubMed is 70 GB); their row count comes from the store.
@@ -126,8 +127,11 @@ def check_store_and_indexes(config: Any) -> tuple[list[Check], list[Need], bool]
         stores.append(opened)
         disk = sum(p.stat().st_size for p in src.store_dir.iterdir() if p.is_file())
         needs_.append(Need(f"document store {src.name}", disk, "host"))
+        rows = ("each row checked against its checksum when read" if opened.checks_rows else
+                "rows are not checked when read (built by an older medret: `--rebuild` adds per-row checksums; "
+                "`medret doctor --deep` hashes docs.bin whole)")
         checks.append(Check("store", OK, f"document store of {src.name}: {len(opened):,} rows, matches the chunk files",
-                            f"{src.store_dir} ({gb(disk)} on disk, read by row)"))
+                            f"{src.store_dir} ({gb(disk)} on disk, read by row; {rows})"))
     if not ready:
         for s in stores:
             s.close()
@@ -212,6 +216,13 @@ def _dense_checks(corpus: Any, stores: list[Any], part: str, config: Any, build:
                                 f"({ix.index_type}), matches the corpus and the model",
                                 f"{folder} ({gb(nbytes)}); model {identity.doc.describe()}"))
         elif kind == "medrag":
+            try:  # opened as the searcher opens it: every vector of its embeddings checked once (storage.vectors)
+                open_medrag_index(folder, store, metric=spec.metric, cache_dir=Path(src.artifact_dir) / "index")
+            except MedretError as e:
+                checks.append(Check("index", FAIL, f"{spec.name} MedRAG index of {src.name} cannot be served", str(e),
+                                    build + " --rebuild"))
+                ready = False
+                continue
             nbytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in (".npy", ".index"))
             needs_.append(Need(f"{spec.name} MedRAG index {src.name}", nbytes, where))
             checks.append(Check("index", OK, f"{spec.name} index of {src.name}: MedRAG's precomputed index",

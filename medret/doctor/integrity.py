@@ -1,17 +1,19 @@
 """`medret doctor`'s content and leftover checks.
 
 **Content** (:func:`check_integrity`): the sha256 recorded at build time of every file the configured retriever
-reads — the corpus's chunk files (store manifest ``chunk_files``), the document store's ``docs.bin`` and
-``offsets.npy`` (``sha256``, ``offsets_sha256``), the BM25 index's files (``file_sha256``) and each dense index's
-``emb_*.npy`` (``emb_sha256``) — are compared with the files as they are now. Hashing reads every byte (MedCorp:
-~100 GB of chunk files, ~80 GB of fp16 embeddings; ~1 GB/s per core for sha256, often less from disk), so by
-default it runs only when the files total at most :data:`DEEP_AUTO_BYTES` (about a second), and always with
-``medret doctor --deep``. The cheap checks that run at every open (chunk files' size/mtime/ctime/inode, store and
-index file sizes and shapes, sampled vectors) run in the doctor's ``store`` and ``index`` lines regardless.
+reads — the corpus's chunk files (store manifest ``chunk_files``), the document store's ``docs.bin``,
+``offsets.npy`` and ``row_sums.npy`` (``sha256``, ``offsets_sha256``, ``row_sums_sha256``), the BM25 index's files
+(``file_sha256``) and each dense index's ``emb_*.npy`` (``emb_sha256``) — are compared with the files as they are
+now. Hashing reads every byte (MedCorp: ~100 GB of chunk files, ~80 GB of fp16 embeddings; ~1 GB/s per core for
+sha256, often less from disk), so by default it runs only when the files total at most :data:`DEEP_AUTO_BYTES`
+(about a second), and always with ``medret doctor --deep``. The cheap checks that run at every open (chunk files'
+size/mtime/ctime/inode, store and index file sizes and shapes, vectors scanned once and recorded) run in the
+doctor's ``store`` and ``index`` lines regardless.
 
-**Leftovers** (:func:`check_leftovers`): temporary folders of interrupted builds (``.store.tmp-PID``,
-``.bm25.tmp-PID``, ``.<name>.old-PID``, a dense index's ``.<name>.partial``) with their size; the ones whose build
-lock is held now belong to a running build and are reported as such.
+**Leftovers** (:func:`check_leftovers`): temporary folders of interrupted builds (``.store.tmp-PID-START``,
+``.bm25.tmp-PID-START``, ``.<name>.old-PID-START``: :mod:`medret.storage.pids`; a dense index's
+``.<name>.partial``) with their size; the ones whose build lock is held now belong to a running build and are
+reported as such.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def _targets(config: Any, corpus: Any) -> list[tuple[str, Path, dict[str, str], 
             out.append((f"chunk files of {src.name}", src.chunk_files[0].parent,
                         {r["name"]: r["sha256"] for r in records},
                         f"{build} --rebuild (the chunk files changed), or download them again", []))
-        sums = {k: m[key] for k, key in (("docs.bin", "sha256"), ("offsets.npy", "offsets_sha256")) if m.get(key)}
+        sums = {k: m[key] for k, key in (("docs.bin", "sha256"), ("offsets.npy", "offsets_sha256"),
+                                         ("row_sums.npy", "row_sums_sha256")) if m.get(key)}
         out.append((f"document store of {src.name}", src.store_dir, sums,
                     f"delete {src.store_dir} and run `{build}`", [] if records else ["built by an older medret"]))
     try:

@@ -18,6 +18,7 @@ from medret.doctor.environment import (
 )
 from medret.doctor.integrity import check_integrity, check_leftovers
 from medret.doctor.jobs import check_sbatch, check_searchr1
+from medret.doctor.reranker import check_reranker
 from medret.doctor.runtime import check_encoder, check_search, check_server
 from medret.errors import ConfigError, MedretError
 
@@ -98,11 +99,12 @@ def run_checks(opts: DoctorOptions) -> list[Check]:
         add(check_memory, needs_, key="memory")
         if opts.search:
             add(check_encoder, config, ready, key="encoder")
+            add(check_reranker, config, key="reranker")
     else:
         ready = True
     add(check_server, config.url if config else None, config.address_file if config else None, key="server")
     blocking = [c for c in checks if (c.status == FAIL and c.key in ("corpus", "store", "index", "server", "gpu",
-                                                                      "encoder"))
+                                                                      "encoder", "reranker"))
                 or (c.status == WARN and c.key == "encoder")]  # an uncached model would be fetched by the query
     if config is not None and opts.search and not blocking:
         add(check_search, config, opts.query, ready, key="search")

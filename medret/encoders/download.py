@@ -30,7 +30,7 @@ from medret.encoders.locate import (
     check_model_id,
     models_root,
 )
-from medret.encoders.specs import get_spec
+from medret.encoders.specs import get_reranker_spec, get_spec
 from medret.errors import ConfigError, ModelNotFoundError
 from medret.fetch import files as ff
 from medret.fetch.env import hf_endpoint, hf_offline, require_hub
@@ -55,7 +55,11 @@ class ModelNeed:
 
 
 def required_models(retriever: str) -> list[ModelNeed]:
-    """The hub models ``retriever`` loads (BM25 and local model folders: none), each once, in order."""
+    """The hub models ``retriever`` loads (BM25 and local model folders: none), each once, in order; a named
+    cross-encoder (``MedCPT-Cross-Encoder``) is its one model."""
+    cross = get_reranker_spec(retriever)
+    if cross is not None:
+        return [ModelNeed(cross.name, "reranker", check_model_id(cross.model))]
     out: list[ModelNeed] = []
     seen: set[str] = set()
     for part in retriever_parts(retriever):

@@ -56,11 +56,12 @@ class _Part:
         logger.info("loaded %s encoder %s from %s on %s (%s)", role, model, location, device, dtype)
 
 
-def _from_pretrained(location: str, dtype: Any, local_only: bool = False) -> tuple[Any, Any]:
+def _from_pretrained(location: str, dtype: Any, local_only: bool = False, head: str = "AutoModel") -> tuple[Any, Any]:
     """``from_pretrained`` of a folder, or of a hub id with the Hugging Face cache as the environment names it now
-    (the hub library reads HF_HOME / HF_HUB_CACHE once, at import) and, with ``local_only``, no network at all."""
+    (the hub library reads HF_HOME / HF_HUB_CACHE once, at import) and, with ``local_only``, no network at all.
+    ``head``: the transformers auto class of the model (a cross-encoder's: AutoModelForSequenceClassification)."""
     transformers = optional.transformers()
-    AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
+    AutoModel, AutoTokenizer = getattr(transformers, head), transformers.AutoTokenizer
     kw: dict[str, Any] = {}
     if not is_local(location):
         kw["cache_dir"] = str(hf_cache_dir())
@@ -71,26 +72,27 @@ def _from_pretrained(location: str, dtype: Any, local_only: bool = False) -> tup
 
 
 def _load(model: str, location: str, role: str, spec_name: str, dtype: Any,
-          models_dir: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
+          models_dir: str | os.PathLike[str] | None = None, head: str = "AutoModel") -> tuple[Any, Any]:
     """Tokenizer and model from a folder, from the Hugging Face cache without network, or from the hub, in that
     order; a hub that cannot be reached is found with one request and reported at once (no retry storm)."""
     if is_local(location) or hf_offline():  # nothing here asks the network
         try:
-            return _from_pretrained(location, dtype, local_only=True)
+            return _from_pretrained(location, dtype, local_only=True, head=head)
         except (OSError, ValueError, EnvironmentError) as e:
             raise ModelNotFoundError(_not_found_message(model, location, role, spec_name, e, None, models_dir)) from e
     if not is_model_id(location):  # a path that does not exist: nothing to ask the hub
         raise ModelNotFoundError(_not_found_message(model, location, role, spec_name,
                                                     FileNotFoundError("no such folder"), None, models_dir))
     try:
-        return _from_pretrained(location, dtype, local_only=True)  # the whole model is in the Hugging Face cache
+        # the whole model is in the Hugging Face cache
+        return _from_pretrained(location, dtype, local_only=True, head=head)
     except Exception as e:  # noqa: BLE001 - any failure here only means "not (all) cached"
         logger.debug("%s is not (completely) in the Hugging Face cache: %s", location, e)
     problem = hub_problem(location)
     if problem is not None:
         raise ModelNotFoundError(_not_found_message(model, location, role, spec_name, None, problem, models_dir))
     try:
-        return _from_pretrained(location, dtype, local_only=False)
+        return _from_pretrained(location, dtype, local_only=False, head=head)
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelNotFoundError(_not_found_message(model, location, role, spec_name, e, None, models_dir)) from e
 

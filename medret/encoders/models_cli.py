@@ -16,13 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = msub.add_parser(
         "download", help="download every model of a retriever into DIR/<model id>, verified and resumable",
         description="Download every model RETRIEVER loads (MedCPT: query and article encoders; RRF-4: Contriever, "
-                    "SPECTER and both MedCPT encoders; BM25 or a local model folder: none) from the Hugging Face hub "
+                    "SPECTER and both MedCPT encoders; MedCPT-Cross-Encoder: the rerank stage's cross-encoder; BM25 "
+                    "or a local model folder: none) from the Hugging Face hub "
                     "into DIR/<model id>, where every medret command looks with --models-dir DIR or "
                     "MEDRET_MODELS_DIR=DIR (the default folder, ~/.cache/medret/models, needs neither). Files are "
                     "checked against the hub's sizes and checksums; interrupted downloads resume. Honours "
                     "HF_ENDPOINT, HF_TOKEN and HF_HOME.")
     d.add_argument("retriever", metavar="RETRIEVER",
-                   help="MedCPT, Contriever, SPECTER, e5, RRF-2, RRF-4, 'A+B', or a local model folder")
+                   help="MedCPT, Contriever, SPECTER, e5, RRF-2, RRF-4, 'A+B', a cross-encoder "
+                        "(MedCPT-Cross-Encoder, ms-marco-MiniLM-L12-v2), or a local model folder")
     d.add_argument("--dir", dest="models_dir", default=None, metavar="DIR",
                    help="where to put the models (DIR/<model id>); default $MEDRET_MODELS_DIR, else "
                         "~/.cache/medret/models")
@@ -50,7 +52,8 @@ def cmd_download(args: argparse.Namespace) -> int:
         if not plans:
             print(f"{args.retriever}: no models to download (BM25 or a local model folder)")
         for n, p in plans:
-            print(f"{p.model_id} ({n.retriever} {n.role} encoder, @ {p.revision[:12]}) -> {p.dest}")
+            role = "cross-encoder" if n.role == "reranker" else f"{n.role} encoder"
+            print(f"{p.model_id} ({n.retriever} {role}, @ {p.revision[:12]}) -> {p.dest}")
             for f in p.files:
                 print(f"  {f.remote.name:40s} {human_bytes(f.remote.size):>10s}  {f.status}")
             print(f"  total {human_bytes(p.total_bytes)}; to fetch {human_bytes(p.bytes_to_fetch)}")

@@ -359,3 +359,93 @@ def format_docs(
             ) from None
         out.append(format_doc(spec, title, content, sep_token))
     return out  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------
+# Cross-encoders (the rerank stage): which model scores (query, document) pairs, and how it sees a document
+
+RERANK_FORMATS: tuple[str, ...] = ("concat", "searchr1")
+MAX_RERANK_DEPTH = 1000  # candidates per query a cross-encoder may score (each one is a forward pass of a pair)
+
+
+@dataclass(frozen=True)
+class RerankerSpec:
+    """How one cross-encoder scores a (query, document) pair: the tokenizer gets ``[query, article]`` (truncated
+    longest-first to ``max_length`` tokens) and the model's single logit is the score.
+
+    ``doc_format``: ``concat`` (MedCPT-Cross-Encoder's model card: title and content joined as MedRAG joins them,
+    :func:`medrag_concat`) or ``searchr1`` (Search-R1's rerank server: ``(Title: "<title>") <content>``, its
+    ``contents`` title line in parentheses)."""
+
+    name: str
+    model: str
+    doc_format: str = "concat"
+    max_length: int = 512
+
+    def __post_init__(self) -> None:
+        if self.doc_format not in RERANK_FORMATS:
+            raise ConfigError(f"reranker_format={self.doc_format!r} is invalid: use one of {', '.join(RERANK_FORMATS)}")
+        check_token_count("reranker_max_length", self.max_length)
+
+
+MEDCPT_CROSS = RerankerSpec(name="MedCPT-Cross-Encoder", model="ncbi/MedCPT-Cross-Encoder", doc_format="concat",
+                            max_length=512)
+# Search-R1's default reranker (search_r1/search/rerank_server.py)
+MSMARCO_CROSS = RerankerSpec(name="ms-marco-MiniLM-L12-v2", model="cross-encoder/ms-marco-MiniLM-L12-v2",
+                             doc_format="searchr1", max_length=512)
+RERANKERS: dict[str, RerankerSpec] = {s.name.lower(): s for s in (MEDCPT_CROSS, MSMARCO_CROSS)}
+
+
+def known_rerankers() -> list[str]:
+    return [s.name for s in RERANKERS.values()]
+
+
+def get_reranker_spec(name: str) -> RerankerSpec | None:
+    """The registered cross-encoder for a name or its model id (case-insensitive), else None."""
+    key = name.strip().lower() if isinstance(name, str) else ""
+    return RERANKERS.get(key) or next((s for s in RERANKERS.values() if s.model.lower() == key), None)
+
+
+def resolve_reranker(name_or_path: str, like: str | None = None, doc_format: str | None = None,
+                     max_length: int | None = None) -> RerankerSpec:
+    """A registered cross-encoder's spec, or a local folder's / hub id's with the recipe of ``like`` (a registered
+    name; default MedCPT-Cross-Encoder's), each field overridden by the arguments that are not None."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ConfigError(f"reranker={name_or_path!r} is invalid: give {' or '.join(known_rerankers())}, or a local "
+                          "cross-encoder folder (a sequence-classification model with one label)")
+    recipe = MEDCPT_CROSS
+    if like is not None:
+        found = get_reranker_spec(like)
+        if found is None:
+            raise ConfigError(f"reranker_like={like!r} is invalid: choose one of {', '.join(known_rerankers())} "
+                              "(case-insensitive)")
+        recipe = found
+    spec = get_reranker_spec(name_or_path)
+    if spec is not None:
+        if like is not None and recipe is not spec:
+            raise ConfigError(f"reranker_like={like!r} is invalid with reranker={name_or_path!r}: reranker_like "
+                              f"gives a local cross-encoder folder a named recipe; {spec.name} has its own")
+    else:
+        model = os.path.expanduser(name_or_path)
+        spec = dataclasses.replace(recipe, name=_name_from_path(model), model=model)
+    if doc_format is not None:
+        spec = dataclasses.replace(spec, doc_format=doc_format)
+    return dataclasses.replace(spec, max_length=max_length) if max_length is not None else spec
+
+
+def reranker_for(config: Any) -> RerankerSpec | None:
+    """The cross-encoder a :class:`medret.config.EngineOptions` asks for, or None (no rerank stage)."""
+    if config.reranker is None:
+        return None
+    return resolve_reranker(config.reranker, like=config.reranker_like, doc_format=config.reranker_format,
+                            max_length=config.reranker_max_length)
+
+
+def format_rerank_doc(spec: RerankerSpec, title: str, content: str) -> str:
+    """The article side of a cross-encoder pair for one document (see :class:`RerankerSpec`)."""
+    title = "" if title is None else str(title)
+    content = "" if content is None else str(content)
+    if spec.doc_format == "searchr1":  # the first line of Search-R1's contents (a title's newlines folded)
+        line = searchr1_contents(" ".join(title.split()) if "\n" in title else title, content).partition("\n")[0]
+        return f"(Title: {line}) {content}"
+    return medrag_concat(title, content)

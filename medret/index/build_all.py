@@ -16,13 +16,12 @@ from medret.encoders.locate import model_dim, model_location
 from medret.encoders.specs import spec_for
 from medret.errors import ConfigError
 from medret.index.bm25 import build_bm25
-from medret.index.dense import check_index_type
 from medret.index.dense_build import build_dense_index
+from medret.index.faiss_ops import check_index_type
 from medret.index.identity import adopt_legacy as adopt
 from medret.index.identity import encoder_identity, keyed_dir, legacy_dir
 from medret.index.locate import bm25_dir, locate_dense, source_stores
-from medret.index.manifest import read_manifest
-from medret.index.searchers import fp16_storage
+from medret.index.manifest import MANIFEST, read_manifest
 from medret.retrievers import retriever_parts
 
 
@@ -61,13 +60,12 @@ def build_all(config: EngineOptions, index_type: str | None = None, rebuild: boo
             continue
         spec = spec_for(part, config)
         identity = encoder_identity(spec, config.doc_model, config.query_model, config.models_dir)
-        device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
-        doc_model_path = model_location(spec.doc_model, config.doc_model, config.models_dir)
+        resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)  # a bad device: before any build
         for (_, sub), source in zip(source_stores(store), corpus.sources):
             out = keyed_dir(source, identity)  # medret builds its own index for this encoder (locate: "own")
             if adopt_legacy and read_manifest(out) is None:
                 old = legacy_dir(source, spec)
-                if read_manifest(old) is not None:
+                if (old / MANIFEST).exists():  # a damaged manifest is refused there, naming the field
                     adopt(old, out, identity, sub)
                     yield f"{spec.name} index for {source.name}: adopted {old} as {out} ({identity.describe()})"
             if index_type == "flat" and not rebuild:
@@ -78,8 +76,6 @@ def build_all(config: EngineOptions, index_type: str | None = None, rebuild: boo
                     yield (f"{spec.name} index for {source.name}: MedRAG's precomputed embeddings in {where.folder} "
                            f"(nothing to build; --rebuild builds medret's own)")
                     continue
-            build_dense_index(sub, spec, out, device=device, batch_size=config.batch_size, index_type=index_type,
-                              rebuild=rebuild, fp16_storage=fp16_storage(config, device), progress=progress,
-                              doc_model_path=doc_model_path, corpus_name=corpus.display_name, identity=identity,
-                              config=config)
+            build_dense_index(sub, out, config, part=part, index_type=index_type, rebuild=rebuild, progress=progress,
+                              identity=identity)
             yield f"{spec.name} index ({index_type}) for {source.name}: {out}"

@@ -11,6 +11,9 @@ Layout of a finished index folder ``out_dir``::
                          see medret.index.emb_check), "complete": true, and under "encoder" the encoder identity
                          (model location, hub revision, weights/tokenizer/config fingerprint, recipe:
                          medret.index.identity), checked whenever the index is opened
+    .medret-verified.json  the emb files whose every vector was checked (finite, non-zero, of a sound norm),
+                         with their stat then: one written since is checked again at the next open
+                         (medret.storage.vectors)
 
 While building, everything goes to the sibling folder ``.<name>.partial``; each chunk file is written
 under a temporary name and renamed when complete, so an interrupted build resumes at the first missing
@@ -33,15 +36,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medret.config import EngineOptions
+from medret.corpus.registry import default_cache_dir
+from medret.device import resolve_device
 from medret.encoders.hf import Encoder
-from medret.encoders.locate import model_dim
-from medret.encoders.specs import REGISTRY, EncoderSpec
-from medret.errors import IndexBuildError
+from medret.encoders.locate import model_dim, model_location
+from medret.encoders.specs import REGISTRY, EncoderSpec, spec_for
+from medret.errors import ConfigError, IndexBuildError
 from medret.index import emb_check
-from medret.index.dense import (
-    DESCRIPTOR,
-    FAISS_FILE,
-    DenseIndex,
+from medret.index.dense import DESCRIPTOR, FAISS_FILE, DenseIndex
+from medret.index.faiss_ops import (
     check_index_type,
     default_search_params,
     factory_string,
@@ -51,9 +54,12 @@ from medret.index.dense import (
 from medret.index.hints import build_command
 from medret.index.identity import EncoderIdentity, check, encoder_identity, mismatch
 from medret.index.manifest import MANIFEST, read_manifest
+from medret.retrievers import retriever_parts
 from medret.storage.atomic import atomic_write_text
 from medret.storage.leftovers import remove_stale
 from medret.storage.locks import serialized
+from medret.storage.pids import tag
+from medret.storage.vectors import VERIFIED, verify_files
 from medret.validate import check_whole
 from medret.version import __version__
 
@@ -130,52 +136,69 @@ def _chunk_ok(path: Path, rows: int, dtype: str) -> int | None:
     return int(arr.shape[1]) if emb_check.verified(path, arr) else None  # its sha256, or its vectors if none
 
 
+def fp16_storage(config: EngineOptions, device: str) -> bool:
+    """Embeddings are stored in fp16 on GPU machines (half the memory), fp32 on CPU unless asked."""
+    return device.startswith("cuda") if config.fp16 is None else config.fp16
+
+
+def dense_part(config: EngineOptions, part: str | None) -> str:
+    """The dense retriever of ``config`` an index is built for: ``part``, or the only dense one it names."""
+    if part is not None:
+        return part
+    dense = [p for p in retriever_parts(config.retriever_name) if p != "bm25"]
+    if len(dense) != 1:
+        raise ConfigError(f"retriever_name (--retriever)={config.retriever_name!r} names {len(dense)} dense "
+                          "retrievers: say which one the index is for (part=...)")
+    return dense[0]
+
+
 @serialized("the dense index")  # one build per index at a time: others wait, then find it complete
 def build_dense_index(
     store: StoreLike,
-    spec: EncoderSpec,
     out_dir: str | os.PathLike[str],
-    device: str = "cpu",
-    batch_size: int = 64,
+    config: EngineOptions,
+    *,
+    part: str | None = None,
     index_type: str = "flat",
-    fp16_storage: bool = True,
+    rebuild: bool = False,
     progress: bool = True,
     encoder: DocEncoder | None = None,
-    *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    rebuild: bool = False,
-    on_chunk: Callable[[int, int], None] | None = None,
-    search_params: dict[str, Any] | None = None,
-    train_size: int | None = None,
-    doc_model_path: str | os.PathLike[str] | None = None,
-    corpus_name: str | None = None,
     identity: EncoderIdentity | None = None,
-    config: EngineOptions | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    train_size: int | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Encode every row of ``store`` with ``spec``'s document encoder and write a dense index to ``out_dir``.
+    """Encode every row of ``store`` with the document encoder ``config`` configures and write a dense index to
+    ``out_dir``.
 
+    Everything about the encoder comes from ``config`` (:class:`medret.config.EngineOptions`): the retriever
+    (``part``: which of its dense retrievers, default the only one) and its recipe options, the model folders,
+    the device, the batch size, fp16 storage (:func:`fp16_storage`), the faiss search parameters saved with the
+    index (``nprobe``, ``ef_search``, ``rerank``), and the ``--rebuild`` command of every message.
     Resumes an interrupted build; returns ``out_dir`` unchanged if a complete index for the same store and
     encoding already exists (pass ``rebuild=True`` to replace it; an index built for something else is
     refused unless ``rebuild``). ``on_chunk(chunk_index, rows_done)`` is called after each chunk file is
-    written. ``encoder`` defaults to :class:`medret.encoders.hf.Encoder` on ``device`` (loaded only if
-    something is left to encode). ``identity`` (:class:`medret.index.identity.EncoderIdentity`, default: that of
-    ``spec``'s document model at ``doc_model_path``) is recorded in the manifest and must match an existing index.
-    ``config``: the options the index is built for, so that a message's ``--rebuild`` command carries them all.
+    written. ``encoder``: one already loaded for this configuration (default :class:`medret.encoders.hf.Encoder`,
+    loaded only if something is left to encode); ``identity``: its
+    :class:`medret.index.identity.EncoderIdentity` when the caller holds it already (default: computed from
+    ``config``), recorded in the manifest and matched against an existing index.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    batch_size = _positive_int("batch_size", batch_size)
+    spec = spec_for(dense_part(config, part), config)
+    batch_size = _positive_int("batch_size", config.batch_size)
     chunk_rows = _positive_int("chunk_rows", chunk_rows)
-    check_index_type(index_type, spec.metric, getattr(encoder, "dim", None) or _model_dim(doc_model_path))
+    doc_model_path = model_location(spec.doc_model, config.doc_model, config.models_dir)
+    check_index_type(index_type, spec.metric, getattr(encoder, "dim", None) or model_dim(doc_model_path))
     n = len(store)
     if n == 0:
         raise IndexBuildError(f"the document store is empty: nothing to index into {out_dir}")
-    dtype = "float16" if fp16_storage else "float32"
+    device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
+    dtype = "float16" if fp16_storage(config, device) else "float32"
     if identity is None:
-        identity = encoder_identity(spec, doc_model_path)
+        identity = encoder_identity(spec, config.doc_model, config.query_model, config.models_dir)
     params = _build_params(store, spec, index_type, dtype, chunk_rows, identity)
-    hint = f"`{build_command(config, index_type, rebuild=True)}`" if config is not None else rebuild_hint(
-        spec, corpus_name)
+    hint = f"`{build_command(config, index_type, rebuild=True)}`"
 
     existing = read_manifest(out_dir)
     if existing is not None and existing.get("complete") and not rebuild:
@@ -233,7 +256,8 @@ def build_dense_index(
     bar = None
     if todo:
         if encoder is None:
-            encoder = Encoder(spec, device=device, load_query=False, doc_model_path=doc_model_path)
+            encoder = Encoder(spec, device=device, fp16=config.fp16, load_query=False,
+                              doc_model_path=config.doc_model, models_dir=config.models_dir)
         if progress:
             bar = tqdm(total=n, initial=done_rows, unit="doc", unit_scale=True, smoothing=0.05,
                        desc=f"embed {spec.name}", dynamic_ncols=True)
@@ -252,7 +276,7 @@ def build_dense_index(
             if not np.isfinite(emb).all():
                 raise IndexBuildError(f"the encoder returned NaN/inf for rows {s}..{e - 1}; check the model and fp16 "
                                       "settings")
-            if fp16_storage:
+            if dtype == "float16":
                 peak = float(np.abs(emb).max()) if emb.size else 0.0
                 if peak > FP16_MAX:
                     raise IndexBuildError(
@@ -299,8 +323,9 @@ def build_dense_index(
         for arr in chunks():
             for s in range(0, arr.shape[0], 65536):
                 faiss_index.add(np.ascontiguousarray(arr[s : s + 65536], dtype=np.float32))
-        sp = default_search_params(factory)
-        sp.update(search_params or {})
+        sp: dict[str, Any] = dict(default_search_params(factory))
+        sp.update({k: v for k, v in (("nprobe", config.nprobe), ("ef_search", config.ef_search),
+                                     ("rerank", config.refine_factor)) if v is not None})
         index = DenseIndex(metric=spec.metric, dim=dim, index_type=index_type, faiss_index=faiss_index,
                            search_params=sp)
     index.write_into(work, embedding_files=files)
@@ -326,7 +351,7 @@ def build_dense_index(
         "dtype": dtype,
         "chunk_rows": chunk_rows,
         "store_checksum": store.checksum,
-        "corpus": corpus_name,
+        "corpus": config.corpus_name,
         "spec": spec.to_dict(),
         "encoder": identity.to_manifest(_encode_dtype(encoder)),
         "medret_version": __version__,
@@ -337,14 +362,15 @@ def build_dense_index(
     }
     atomic_write_text(work / MANIFEST, json.dumps(manifest, indent=2))
     emb_check.drop_sidecars(work)
+    # every vector scanned once now (the files are in the page cache), and recorded: opening it costs a stat a file
+    damage = verify_files([np.load(work / f, mmap_mode="r") for f in files], [work / f for f in files])
+    if damage is not None:
+        raise IndexBuildError(f"the encoder wrote damaged vectors into {work}: {damage}; check the model and its "
+                              f"fp16 settings, then run {hint}")
     _commit(work, out_dir)
     logger.info("dense index %s: %d x %d %s, %s (%s) written in %.1fs", out_dir, n, dim, dtype, index_type,
                 factory, time.perf_counter() - t0)
     return out_dir
-
-
-def _model_dim(location: str | os.PathLike[str] | None) -> int | None:
-    return model_dim(str(location)) if location is not None else None
 
 
 def _encode_dtype(encoder: Any) -> str | None:
@@ -355,7 +381,7 @@ def _encode_dtype(encoder: Any) -> str | None:
 def _commit(work: Path, out_dir: Path) -> None:
     """Rename the finished partial folder onto ``out_dir``, replacing an old index only after that."""
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        old = out_dir.with_name(f".{out_dir.name}.old-{tag()}")
         if old.exists():
             shutil.rmtree(old)
         os.replace(out_dir, old)
@@ -436,7 +462,20 @@ def load_dense_index(
     if index.ntotal != int(manifest["count"]):
         raise IndexBuildError(f"the dense index at {index_dir} holds {index.ntotal} vectors, its manifest says "
                               f"{manifest['count']}; rebuild it with {hint}")
+    check_vectors(index, index_dir, hint)
     if device and str(device) != "cpu":
         index.to(str(device))
-    emb_check.check_vectors(index, index_dir, hint, manifest.get("chunk_rows"))  # sampled on CPU, all on a GPU
     return index
+
+
+def check_vectors(index: DenseIndex, index_dir: Path, hint: str) -> None:
+    """Refuse an index whose stored vectors include damaged rows (:mod:`medret.index.emb_check`: every vector of a
+    file scanned once, then recorded with the file's stat)."""
+    segs = index.embeddings if index.embeddings is not None else index.rerank_vectors
+    files = index.embedding_files or []
+    if not segs or len(files) != len(segs):
+        return
+    damage = verify_files(segs, [index_dir / f for f in files], default_cache_dir() / VERIFIED)
+    if damage is not None:
+        raise IndexBuildError(f"the dense index at {index_dir} is damaged: {damage} (the file was overwritten or "
+                              f"damaged after the build); rebuild it with {hint}")

@@ -1,22 +1,29 @@
-"""Damaged embeddings: per-file sha256 of a dense index's ``emb_*.npy``, and cheap checks of the vectors at open.
+"""Damaged embeddings: per-file sha256 of a dense index's ``emb_*.npy``, and a scan of every vector, done once.
 
 Where each check runs, and why (MedCorp: 54M x 768 fp16 = 83 GB in 5,420 files of 10,000 rows):
 
 * **build**: the encoder's output is checked finite before it is written; each file's sha256 is computed while it
   is written (no second read) and kept beside it in the partial folder (``emb_NNNNNN.npy.sha256``), then listed
-  in the manifest under ``emb_sha256``.
+  in the manifest under ``emb_sha256``. The finished files are then scanned (below) and recorded as verified.
 * **resume**: every file already written is hashed again and compared with its checksum; one that differs
   (zeroed, NaN-filled, torn) is encoded again. A file without a checksum (a build killed between the two writes,
   or a partial folder of an older medret) is kept only if all its vectors are finite and non-zero.
-* **open**: reading 83 GB at every start would take minutes (longer on network file systems), so while the
-  vectors stay memory-mapped (CPU) the first, middle and last vector of every file are checked (finite, not all
-  zero): a file zeroed or NaN-filled as a whole is refused, for about two page reads per file. When the index is
-  moved to a GPU every byte is read anyway, and every vector is checked there, in blocks on the GPU.
-* **medret doctor** compares each file's sha256 with the manifest: by default when the index is small
-  (``medret.integrity_checks.DEEP_AUTO_BYTES``), always with ``--deep`` (83 GB at ~1 GB/s: minutes).
+* **open** (:func:`medret.storage.vectors.verify_files`; medret's indexes, MedRAG's precomputed embeddings,
+  ``corpus download --embeddings`` and ``medret doctor``, which open them): every vector of a file is scanned,
+  vectorised over memory-mapped blocks, unless the file is recorded as verified with its current size, mtime, ctime
+  and inode (``.medret-verified.json`` beside the files). Any write to a file changes its ctime, so a file edited
+  after it was verified is scanned again; a verified file costs one ``stat`` per open. A damaged file is refused
+  naming the file, the rows and the fix. Where the record cannot be written (a read-only folder) it goes to
+  ``$MEDRET_CACHE/verified-vectors/``; where neither can, the scan runs at every open, with a warning.
+* **medret doctor** also compares each file's sha256 with the manifest: by default when the index is small
+  (``medret.integrity_checks.DEEP_AUTO_BYTES``), always with ``--deep``.
 
-An all-zero vector counts as damage: no encoder medret builds with returns one (CLS or mean pooling of a
-transformer), while a zeroed file is the commonest damage and scores 0 everywhere, so its rows silently vanish.
+**What a damaged row is** (:func:`medret.storage.vectors.row_damage`): a vector that is not finite (NaN or inf:
+its scores would be NaN and sort first), that is all zero (no encoder medret builds with returns one, while a zeroed
+file is the commonest damage and scores 0 everywhere, so its rows silently vanish), or whose norm is more than
+``NORM_RATIO`` (100) times above or below the median norm of the index (from 4,096 rows spread over every file):
+rows of 1e30 would win every query, near-zero rows would never be found. Real encoders stay far inside that band:
+normalised ones give norm 1, and a transformer's pooled vectors come out of a final LayerNorm.
 """
 from __future__ import annotations
 
@@ -27,15 +34,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from medret import optional
-from medret.errors import IndexBuildError
 from medret.storage.atomic import atomic_path, atomic_write_text
 from medret.storage.checksums import HashingWriter, mismatches, sha256_file
 
 log = logging.getLogger(__name__)
 SIDECAR = ".sha256"
-SCAN_ROWS = 1 << 16  # rows per block of a full scan
-GPU_SCAN_ROWS = 1 << 18
+SCAN_ROWS = 1 << 14  # rows per block of a full scan (a 768-d block: 48 MiB as float32)
 
 
 def sidecar(path: Path) -> Path:
@@ -111,44 +115,3 @@ def drop_sidecars(work: Path) -> None:
 def mismatched_files(index_dir: Path, manifest: dict) -> list[str]:
     """The embedding files whose sha256 differs from the manifest's ``emb_sha256`` (reads every file)."""
     return mismatches(index_dir, manifest.get("emb_sha256") or {})
-
-
-def check_vectors(index: Any, index_dir: Path, hint: str, file_rows: int | None = None) -> None:
-    """At open: refuse an index whose vectors include non-finite or all-zero ones (see the module docstring)."""
-    segs = index.embeddings if index.embeddings is not None else index.rerank_vectors
-    if not segs:
-        return
-    names = list(index.embedding_files or [])
-    if len(segs) == 1 and type(segs[0]).__module__.startswith("torch") and str(segs[0].device) != "cpu":
-        bad = _bad_row_on_device(segs[0])
-        if bad is not None:
-            f, r = _locate(bad, file_rows, names)
-            raise IndexBuildError(f"the dense index at {index_dir} is damaged: {f} row {r} is not finite or is all "
-                                  f"zero (checked on {segs[0].device}); rebuild it with {hint}")
-        return
-    for i, seg in enumerate(segs):
-        n = int(seg.shape[0])
-        if n == 0 or type(seg).__module__.startswith("torch"):
-            continue
-        bad = first_bad_row(seg, (0, n // 2, n - 1))
-        if bad is not None:
-            name = names[i] if i < len(names) else f"segment {i}"
-            raise IndexBuildError(f"the dense index at {index_dir} is damaged: {name} row {bad} is not finite or "
-                                  f"is all zero (the file was overwritten); rebuild it with {hint}")
-
-
-def _bad_row_on_device(t: Any) -> int | None:
-    torch = optional.torch()
-    for s in range(0, int(t.shape[0]), GPU_SCAN_ROWS):
-        block = t[s:s + GPU_SCAN_ROWS]
-        bad = ~torch.isfinite(block).all(dim=1) | ~(block != 0).any(dim=1)
-        if bool(bad.any()):
-            return s + int(torch.nonzero(bad)[0, 0])
-    return None
-
-
-def _locate(row: int, chunk: int | None, names: list[str]) -> tuple[str, int]:
-    """(file, row in it) of a global row, from the rows per file when known."""
-    if names and chunk:
-        return names[min(row // chunk, len(names) - 1)], row % chunk
-    return "row", row

@@ -20,9 +20,11 @@ deterministic with 64-bit keys ``(order-preserving integer of the score) · 2³�
 Temporary memory is bounded by ``chunk_rows`` (from ``max_temp_bytes``): one (n × chunk_rows) score block plus
 (n × chunk_rows / B) keys. Scores are "higher is better": the inner product for ``metric='ip'`` and the negative
 squared distance for ``metric='l2'``, as in :mod:`medret.index.dense`.
+This module imports nothing of medret's index package but the error and validation helpers: the dense index
+(:mod:`medret.index.exact`) calls it, never the other way round.
 
 Returned tensors live on the compute device: ``scores`` float32 (n, k'), ``rows`` int64 (n, k'), k' = min(k, N).
-To use it from :class:`medret.index.dense.DenseIndex`: ``s, r = exact_topk(full_tensor, torch.from_numpy(q)
+How :func:`medret.index.exact.exact_search` uses it: ``s, r = exact_topk(full_tensor, torch.from_numpy(q)
 .to(dev), k, metric=self.metric)`` then ``s.cpu().numpy(), r.cpu().numpy()``.
 
 A fused (Triton) epilogue that computes the block maxima inside the matmul would remove the write and re-read of
@@ -39,7 +41,6 @@ import numpy as np
 import torch
 
 from medret.errors import ConfigError
-from medret.index.dense import DEFAULT_TEMP_BYTES
 from medret.validate import check_whole
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 LOW32 = (1 << 32) - 1
 MAX_ROWS = 1 << 32
 DEFAULT_BLOCK_ROWS = 128
+# bounded temporary memory of an exact search (max_temp_bytes): one score block plus its keys
+DEFAULT_TEMP_BYTES = 512 << 20
 METHODS = ("blockmax", "naive")
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
              torch.float64: torch.int64}
@@ -106,7 +109,7 @@ def exact_topk(
     compute_dtype: torch.dtype | None = None,
     rescore: bool | None = None,
     oversample: int | None = None,
-    max_temp_bytes: int = DEFAULT_TEMP_BYTES,
+    max_temp_bytes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of ``q @ emb.T`` per query (see the module docstring).
 
@@ -115,7 +118,8 @@ def exact_topk(
     default the embeddings' dtype on CUDA, float32 on CPU. ``rescore`` (default: when the compute dtype is not
     float32) recomputes the kept candidates' scores in float32 from the stored vectors and reorders them, so
     returned scores and order are those of float32 arithmetic on the stored vectors; ``oversample`` extra
-    candidates (default ``max(k, 8)`` when rescoring) are kept for it. ``method='naive'`` runs ``topk`` over every
+    candidates (default ``max(k, 8)`` when rescoring) are kept for it. ``max_temp_bytes`` (default
+    :data:`DEFAULT_TEMP_BYTES`) sizes ``chunk_rows`` when it is not given. ``method='naive'`` runs ``topk`` over every
     score instead (for comparison; same result).
     """
     segs: list[Any] = [emb] if isinstance(emb, torch.Tensor) or hasattr(emb, "shape") else list(emb)
@@ -160,7 +164,8 @@ def exact_topk(
     kc = min(kk + max(0, int(oversample)), total)  # candidates kept per query
     itemsize = torch.finfo(compute_dtype).bits // 8
     if chunk_rows is None:
-        chunk_rows = auto_chunk_rows(n, block_rows, itemsize + (4 if device.type == "cpu" else 0), max_temp_bytes)
+        chunk_rows = auto_chunk_rows(n, block_rows, itemsize + (4 if device.type == "cpu" else 0),
+                                     DEFAULT_TEMP_BYTES if max_temp_bytes is None else max_temp_bytes)
     elif not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ConfigError(f"chunk_rows={chunk_rows!r} is invalid: give a positive integer (rows scored at once)")
     if method == "blockmax":

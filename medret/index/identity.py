@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from medret.encoders.fingerprint import ModelIdentity, model_identity
-from medret.encoders.locate import model_location
+from medret.encoders.locate import model_dim, model_location
 from medret.encoders.specs import EncoderSpec
-from medret.errors import IndexBuildError
-from medret.index.manifest import MANIFEST, read_manifest
+from medret.errors import IndexBuildError, MedretError
+from medret.index.manifest import MANIFEST
 from medret.storage.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -179,14 +179,21 @@ def find_copy(source: Any, identity: EncoderIdentity) -> Path | None:
 def adopt_legacy(legacy: Path, target: Path, identity: EncoderIdentity, store: Any) -> None:
     """Move an index of the first layout to ``target``, recording ``identity`` (the user vouches that it was built
     with this encoder). Its corpus and recipe must match; nothing is re-encoded."""
-    manifest = read_manifest(legacy)
-    if manifest is None or not manifest.get("complete"):
-        raise IndexBuildError(f"no complete index to adopt at {legacy}")
-    if manifest.get("store_checksum") != store.checksum or int(manifest.get("count", -1)) != len(store):
+    manifest = _legacy_manifest(legacy)
+    if manifest["store_checksum"] != store.checksum or manifest["count"] != len(store):
         raise IndexBuildError(f"the index at {legacy} was built from other chunk files than the corpus now holds: "
                               "it cannot be adopted; build a new one (without --adopt-legacy)")
-    built = EncoderSpec.from_dict(manifest["spec"]) if manifest.get("spec") else None
-    if built is None or {k: getattr(built, k) for k in RECIPE_KEYS} != identity.recipe:
+    try:
+        built = EncoderSpec.from_dict(manifest["spec"])
+    except (MedretError, TypeError, ValueError, KeyError) as e:
+        raise _damaged_legacy(legacy, "spec", manifest["spec"], f"an encoder recipe ({type(e).__name__}: {e})") \
+            from None
+    width = model_dim(identity.doc.location)
+    if width is not None and width != manifest["dim"]:
+        raise IndexBuildError(f"the index at {legacy} holds {manifest['dim']}-dimensional vectors but the configured "
+                              f"model {identity.doc.describe()} makes {width}-dimensional ones: it was built with "
+                              "another model and cannot be adopted; build a new one (without --adopt-legacy)")
+    if {k: getattr(built, k) for k in RECIPE_KEYS} != identity.recipe:
         raise IndexBuildError(f"the index at {legacy} was built with another recipe "
                               f"({recipe_text({k: getattr(built, k, None) for k in RECIPE_KEYS})}) than the "
                               f"configured one ({recipe_text(identity.recipe)}): build a new one")
@@ -196,3 +203,37 @@ def adopt_legacy(legacy: Path, target: Path, identity: EncoderIdentity, store: A
     atomic_write_text(legacy / MANIFEST, json.dumps(manifest, indent=2))
     os.replace(legacy, target)
     logger.info("adopted %s as %s (%s)", legacy, target, identity.describe())
+
+
+def _damaged_legacy(legacy: Path, key: str, value: Any, expected: str) -> IndexBuildError:
+    return IndexBuildError(f"the index at {legacy} cannot be adopted: its {MANIFEST} is damaged ({key}={value!r:.80}; "
+                           f"expected {expected}); build a new one (without --adopt-legacy, with --rebuild)")
+
+
+def _legacy_manifest(legacy: Path) -> dict[str, Any]:
+    """The manifest of a first-layout index, its fields checked before any is used (clear errors, nothing moved)."""
+    path = legacy / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise IndexBuildError(f"no index to adopt at {legacy} ({MANIFEST} is missing): build a new one (without "
+                              "--adopt-legacy)") from None
+    except (OSError, ValueError) as e:
+        raise IndexBuildError(f"the index at {legacy} cannot be adopted: {path} cannot be read ({e}); build a new one "
+                              "(without --adopt-legacy, with --rebuild)") from None
+    if not isinstance(manifest, dict):
+        raise _damaged_legacy(legacy, "manifest", manifest, "a JSON object")
+    if manifest.get("complete") is not True:
+        raise IndexBuildError(f"the index at {legacy} is not complete (complete={manifest.get('complete')!r} in its "
+                              f"{MANIFEST}): it cannot be adopted; build a new one (without --adopt-legacy, with "
+                              "--rebuild)")
+    for key, expected in (("count", "the number of vectors, a whole number"),
+                          ("dim", "the vectors' width, a whole number")):
+        v = manifest.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "count" else 1):
+            raise _damaged_legacy(legacy, key, v, expected)
+    if not isinstance(manifest.get("store_checksum"), str):
+        raise _damaged_legacy(legacy, "store_checksum", manifest.get("store_checksum"), "the corpus identity, a string")
+    if not isinstance(manifest.get("spec"), dict):
+        raise _damaged_legacy(legacy, "spec", manifest.get("spec"), "the encoder recipe, a JSON object")
+    return manifest

@@ -23,10 +23,15 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import orjson
 
-from medret.corpus.registry import medrag_index_dir  # noqa: F401 - part of this module's surface
+from medret.corpus.registry import (
+    default_cache_dir,
+    medrag_index_dir,  # noqa: F401 - part of this module's surface
+)
 from medret.errors import IndexBuildError
-from medret.index.dense import DenseIndex, metric_of_faiss, read_faiss_index
+from medret.index.dense import DenseIndex
+from medret.index.faiss_ops import metric_of_faiss, read_faiss_index
 from medret.storage.atomic import atomic_path
+from medret.storage.vectors import VERIFIED, verify_files
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +188,11 @@ def open_medrag_embeddings(
                 f"MedRAG embedding file {p} has {arr.shape[0]} rows but chunk file {p.stem}.jsonl has "
                 f"{table[p.stem][1]} snippets: the embeddings belong to other chunk files; re-download them or rebuild"
             )
+    damage = verify_files(arrays, files, default_cache_dir() / VERIFIED)  # every vector once, then recorded
+    if damage is not None:
+        raise IndexBuildError(f"MedRAG's embeddings in {index_dir / EMBEDDING_DIR} are damaged: {damage}; they cannot "
+                              "be served. Download them again (`medret corpus download ... --embeddings`), or build "
+                              "medret's own index (`medret index build ... --rebuild`)")
     codes = np.repeat(np.arange(len(arrays), dtype=np.int32), [a.shape[0] for a in arrays])
     lines = np.concatenate([np.arange(a.shape[0], dtype=np.int64) for a in arrays])
     row_map = map_to_store_rows(store, stems, codes, lines, str(index_dir / EMBEDDING_DIR))

@@ -25,7 +25,7 @@ from medret.encoders.hf import Encoder
 from medret.encoders.specs import spec_for
 from medret.errors import IndexBuildError
 from medret.index.bm25 import BM25Index, build_bm25
-from medret.index.dense_build import build_dense_index, load_dense_index
+from medret.index.dense_build import build_dense_index, fp16_storage, load_dense_index
 from medret.index.hints import build_command
 from medret.index.identity import encoder_identity, legacy_dir
 from medret.index.locate import (
@@ -56,9 +56,16 @@ class Shards:
     host: ShardHost
 
 
-def fp16_storage(config: EngineOptions, device: str) -> bool:
-    """Embeddings are stored in fp16 on GPU machines (half the memory), fp32 on CPU unless asked."""
-    return device.startswith("cuda") if config.fp16 is None else config.fp16
+def refuse_non_finite(scores: np.ndarray, rows: np.ndarray, what: str) -> None:
+    """Defence in depth behind the open-time scan (:mod:`medret.index.emb_check`): a found row (``>= 0``) whose
+    score is NaN or ±inf never reaches an answer; the search fails naming the row instead."""
+    bad = (rows >= 0) & ~np.isfinite(scores)
+    if bad.any():
+        qi, j = (int(x[0]) for x in np.nonzero(bad))
+        raise IndexBuildError(f"{what} scored row {int(rows[qi, j])} {float(scores[qi, j])} for query {qi}: its stored "
+                              "vectors are damaged (NaN, inf or huge values written after they were checked). Run "
+                              "`medret doctor --deep` to find the file, then rebuild the index (or download the "
+                              "embeddings again)")
 
 
 class BM25Searcher:
@@ -89,6 +96,7 @@ class DenseSearcher:
 
     def __init__(self, corpus: Corpus, store: Any, part: str, config: EngineOptions, progress: bool = False,
                  shards: Shards | None = None):
+        self.part = part
         self.spec = spec_for(part, config)
         self.device = resolve_device(config.device, config.gpu_id, config.allow_cpu_fallback)
         self.batch_size = config.batch_size
@@ -110,7 +118,9 @@ class DenseSearcher:
         return [ix for _, ix in self.indexes if isinstance(ix, ShardedDenseIndex)]
 
     def _open(self, source: Any, sub: Any, config: EngineOptions, progress: bool, corpus_name: str) -> Any:
-        params: dict[str, Any] = {"nprobe": config.nprobe, "ef_search": config.ef_search, "rerank": config.rerank}
+        # "rerank" is the refine factor's key in DenseIndex's search parameters (and in the dense.json files written)
+        params: dict[str, Any] = {"nprobe": config.nprobe, "ef_search": config.ef_search,
+                                  "rerank": config.refine_factor}
         device = "cpu" if self.shards is not None else self.device  # shard workers put the rows on their devices
         kind, where, _ = locate_dense(source, len(sub), self.spec, self.identity, config)
         if kind in ("own", "copy"):
@@ -138,18 +148,24 @@ class DenseSearcher:
                 + ("" if config.device else " (on a GPU node add --device cuda:0)")
                 + (f", or fetch MedRAG's precomputed embeddings: `{fetch}`" if fetch else
                            f", or unpack MedRAG's precomputed embeddings into {medrag}" if medrag else ""))
-        build_dense_index(sub, self.spec, where, device=self.device, batch_size=self.batch_size,
-                          fp16_storage=fp16_storage(config, self.device), progress=progress,
-                          encoder=self.encoder, corpus_name=corpus_name, identity=self.identity, config=config)
+        build_dense_index(sub, where, config, part=self.part, progress=progress, encoder=self.encoder,
+                          identity=self.identity)
         return load_dense_index(where, sub, self.spec, device=device, corpus_name=corpus_name,
                                 identity=self.identity, config=config, **params)
 
     def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         q = self.encoder.encode_queries(queries, batch_size=self.batch_size)
-        parts_s, parts_r = [], []
+        if not np.isfinite(q).all():
+            i = int(np.nonzero(~np.isfinite(q).all(axis=1))[0][0])
+            raise IndexBuildError(f"the query encoder of {self.spec.name} returned NaN/inf for query {i} "
+                                  f"({queries[i][:80]!r}): check the model files, or encode in float32 (fp16=False)")
+        parts_s: list[np.ndarray] = []
+        parts_r: list[np.ndarray] = []
         for offset, ix in self.indexes:
             s, r = ix.search(q, k)
             r = np.asarray(r, dtype=np.int64)
+            which = f" of source {len(parts_s)}" if len(self.indexes) > 1 else ""
+            refuse_non_finite(np.asarray(s), r, f"the {self.spec.name} index{which}")
             # approximate indexes may find fewer than k: those slots are row -1, score -inf; keep them so
             parts_s.append(np.where(r < 0, np.float32(-np.inf), np.asarray(s, dtype=np.float32)))
             parts_r.append(np.where(r < 0, -1, r + offset))

@@ -36,7 +36,7 @@ from string import Template
 from typing import Any, Mapping
 
 from medret import options
-from medret.config import DEFAULT_TOPK, ENCODER_OPTION_NAMES, EngineOptions
+from medret.config import DEFAULT_TOPK, ENCODER_OPTION_NAMES, RERANK_OPTION_NAMES, EngineOptions
 from medret.errors import ConfigError
 from medret.launch import recipes
 from medret.version import __version__
@@ -86,7 +86,7 @@ _SBATCH_FIELDS = {"job_name": "job-name", "partition": "partition", "account": "
 _FLAG_OF = {"output": "--log", "overrides": "--override", "tensor_parallel": "--tp"}
 #: retriever options a job passes on as they are declared (EngineOptions): the model paths and the encoder recipe, so
 #: a job over a local model folder (--like / --pooling / prefixes ...) searches what `medret index build` built
-RETRIEVER_OPTION_NAMES = ("query_model", "doc_model", "models_dir", *ENCODER_OPTION_NAMES)
+RETRIEVER_OPTION_NAMES = ("query_model", "doc_model", "models_dir", *ENCODER_OPTION_NAMES, *RERANK_OPTION_NAMES)
 # Words of the rendered training / smoke commands that expand variables: written by the templates, never from a
 # user value. Any other word of those commands must be a LITERAL_WORD (`slurm check` enforces it).
 TEMPLATE_WORDS = frozenset({

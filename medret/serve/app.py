@@ -108,7 +108,8 @@ class Service:
             "corpus": engine.get("corpus", self.config.corpus_name),
             "retriever": engine.get("retriever", self.config.retriever_name),
             "db_dir": self.config.db_dir, "n_docs": engine.get("n_docs"), "index": engine.get("index"),
-            "device": engine.get("device"),
+            "device": engine.get("device"), "reranker": engine.get("reranker"),
+            "rerank_depth": engine.get("rerank_depth"),
             "default_topk": self.settings.default_topk, "max_topk": self.config.max_topk,
             "max_batch": self.config.max_batch, "max_query_chars": self.config.max_query_chars,
             "max_answer_docs": self.config.max_answer_docs, "max_answer_bytes": self.config.max_answer_bytes,
@@ -264,7 +265,7 @@ def parse_request(body: bytes, service: Service) -> tuple[list[str], int, bool]:
     elif isinstance(topk, float) and topk.is_integer():
         topk = int(topk)
     try:
-        topk = check_topk(topk, config.max_topk)
+        topk = check_topk(topk, config.max_topk, config.rerank_depth if config.reranker is not None else None)
         return_scores = check_flag("return_scores", payload.get("return_scores", False))
     except QueryError as e:
         raise BadRequest(400, str(e), _field_of(str(e), "topk")) from None
@@ -339,8 +340,9 @@ def _render(hits: list[list[Any]], return_scores: bool) -> bytes:
 
 async def health(request: Request) -> Response:
     b = _service(request).batcher
-    if b.status == "ready":
-        return json_response({"status": "ok"})
+    if b.status == "ready":  # with a rerank stage, the cross-encoder and its depth: part of what is served
+        extra = {k: b.info[k] for k in ("reranker", "rerank_depth") if b.info.get(k) is not None}
+        return json_response({"status": "ok", **extra})
     body: dict[str, Any] = {"status": b.status}
     if b.error is not None:
         body["error"] = f"{type(b.error).__name__}: {b.error}"

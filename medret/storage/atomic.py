@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from medret.storage.pids import tag
+
 
 def temp_name(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp-{tag()}")
 
 
 @contextlib.contextmanager
@@ -30,7 +32,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _remove(tmp)
         raise
     if tmp.is_dir() and path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        old = path.with_name(f".{path.name}.old-{tag()}")
         os.replace(path, old)
         os.replace(tmp, path)
         _remove(old)

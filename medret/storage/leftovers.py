@@ -7,7 +7,10 @@ A build killed with SIGKILL, or by the out-of-memory killer, leaves them behind.
 
 :func:`remove_stale` runs at the start of every build of an artifact, while that build holds the artifact's lock
 (:mod:`medret.storage.locks`): nobody else is building it then, so its ``tmp``/``old`` leftovers are orphans —
-except ones whose PID is a live process on this machine, which are kept in case a medret without locks is writing them.
+except ones whose writer is still running on this machine, which are kept in case a medret without locks is writing
+them. Names carry the writer's PID and start time (``.<name>.tmp-PID-START``, :mod:`medret.storage.pids`), so a PID
+now used by another process is recognised and its leftover removed; names of older medret versions carry the PID
+alone, and are kept while any process has it.
 ``.partial`` folders are left to the dense builder, which resumes or discards them. :func:`find_leftovers` lists
 every leftover in a folder for ``medret doctor``.
 """
@@ -20,8 +23,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from medret.storage.pids import pid_alive, same_process
+
 log = logging.getLogger(__name__)
-_NAME = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<kind>tmp|old)-(?P<pid>\d+)|(?P<partial>partial))$")
+_NAME = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<kind>tmp|old)-(?P<pid>\d+)(?:-(?P<start>\d+))?|(?P<partial>partial))$")
 
 
 @dataclass(frozen=True)
@@ -31,19 +36,7 @@ class Leftover:
     kind: str  # "tmp", "old" or "partial"
     pid: int | None
     nbytes: int
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process on this machine."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    start: int | None = None  # the writer's start time (medret.storage.pids), when its name records it
 
 
 def du(path: Path) -> int:
@@ -77,7 +70,8 @@ def find_leftovers(folder: str | os.PathLike[str]) -> list[Leftover]:
             continue
         kind = "partial" if m.group("partial") else m.group("kind")
         pid = int(m.group("pid")) if m.group("pid") else None
-        out.append(Leftover(p, folder / m.group("name"), kind, pid, du(p)))
+        start = int(m.group("start")) if m.group("start") else None
+        out.append(Leftover(p, folder / m.group("name"), kind, pid, du(p), start))
     return out
 
 
@@ -89,9 +83,11 @@ def remove_stale(artifact: str | os.PathLike[str]) -> int:
     for left in find_leftovers(artifact.parent):
         if left.artifact != artifact or left.kind == "partial":
             continue
-        if left.pid is not None and left.pid != os.getpid() and pid_alive(left.pid):
+        if left.pid is not None and left.pid != os.getpid() and same_process(left.pid, left.start):
             log.warning("keeping %s: process %d, which may be writing it, is alive", left.path, left.pid)
             continue
+        if left.pid is not None and left.pid != os.getpid() and pid_alive(left.pid):
+            log.info("process %d is alive but started after it wrote %s: the PID was reused", left.pid, left.path)
         log.warning("removing %s (%s) left by an interrupted build", left.path, _mib(left.nbytes))
         if left.path.is_dir() and not left.path.is_symlink():
             shutil.rmtree(left.path, ignore_errors=True)

@@ -140,7 +140,7 @@ def _good_value(cls: type, name: str) -> list[Any]:
         return [v for v in (True, False) if v != default]
     if decl.choices:
         return [[c for c in decl.choices if c != default][-1]]
-    special = {"like": "e5", "url": "http://h:1", "backend": "ray"}
+    special = {"like": "e5", "url": "http://h:1", "backend": "ray", "reranker_like": "ms-marco-MiniLM-L12-v2"}
     if name in special:
         return [special[name]]
     if decl.kind is int:
@@ -249,12 +249,13 @@ def test_build_commands_leave_out_exactly_the_search_only_options():
     """SEARCH_ONLY is the options declared search_only=True: how an index is searched, not what is built."""
     from medret.index import hints
 
-    search_only = {"nprobe", "ef_search", "rerank", "rrf_k", "fusion_depth"}  # what changes a search only
+    search_only = {"nprobe", "ef_search", "refine_factor", "rrf_k", "fusion_depth",  # what changes a search only
+                   "reranker", "rerank_depth", "reranker_like", "reranker_format", "reranker_max_length"}
     assert set(hints.SEARCH_ONLY) == search_only
-    cfg = RetrieverConfig(nprobe=9, ef_search=33, rerank=4, rrf_k=61, fusion_depth=12, batch_size=17,
-                          doc_prefix="p: ", db_dir="/d")
+    cfg = RetrieverConfig(nprobe=9, ef_search=33, refine_factor=4, rrf_k=61, fusion_depth=12, batch_size=17,
+                          doc_prefix="p: ", db_dir="/d", reranker="/m/ce", rerank_depth=20)
     command = hints.build_command(cfg)
-    for flag in ("--nprobe", "--ef-search", "--rerank", "--rrf-k", "--fusion-depth"):
+    for flag in ("--nprobe", "--ef-search", "--refine-factor", "--rrf-k", "--fusion-depth", "--rerank"):
         assert flag not in command
     for word in ("--batch-size=17", "--db-dir=/d", "'--doc-prefix=p: '"):
         assert word in command

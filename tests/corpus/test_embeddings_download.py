@@ -16,6 +16,7 @@ from medret import cli
 from medret.corpus import embeddings as emb
 from medret.errors import ConfigError
 from medret.fetch.files import human_bytes
+from medret.storage.vectors import RECORD as VERIFIED
 from tests.hubfake import DownServer, FakeHub, hub_env
 
 DIM = 32  # the tiny BERT's width, so its query vectors meet these document vectors
@@ -70,7 +71,8 @@ def target(db: Path) -> Path:
 
 def assert_unpacked(db: Path, vectors) -> None:
     got = target(db)
-    assert sorted(p.name for p in got.iterdir()) == sorted(f"{s}.npy" for s in vectors)  # none for the empty file
+    # none for the empty file; the record that every vector was checked once (medret.storage.vectors)
+    assert sorted(p.name for p in got.iterdir()) == sorted([f"{s}.npy" for s in vectors] + [VERIFIED])
     for stem, arr in vectors.items():
         np.testing.assert_array_equal(np.load(got / f"{stem}.npy"), arr)
     assert not (got.parent / "embedding.zip").exists()
@@ -148,6 +150,41 @@ def test_embeddings_of_other_chunk_files_are_refused(hosts, vectors, tmp_path, c
     (target(db).parent / "embedding.zip").unlink()
     assert download(db) == 1
     assert "1 chunk files have no embeddings (e.g. Pharmacology_Katzung.jsonl)" in capsys.readouterr().err
+
+
+def test_archive_with_nan_rows_is_refused_and_deleted(hosts, vectors, tmp_path, capsys):
+    """Issue 24 item 10: precomputed embeddings with NaN rows are never unpacked (their scores would sort first)."""
+    db = tmp_path / "db"
+    bad = {stem: arr.copy() for stem, arr in vectors.items()}
+    bad["Pharmacology_Katzung"][2:5] = np.nan
+    hosts.static[ARCHIVE_PATH] = make_archive(bad)
+    assert download(db) == 1
+    err = capsys.readouterr().err
+    assert "Pharmacology_Katzung.npy rows 2..4: not finite (NaN or inf)" in err and "medret index build" in err
+    assert not target(db).exists() and not (target(db).parent / "embedding.zip").exists()
+
+
+def test_medrags_own_folder_with_nan_rows_is_refused_by_search_and_doctor(hosts, vectors, tiny_bert_dir, tmp_path,
+                                                                          capsys):
+    db = tmp_path / "db"
+    assert cli.main(["corpus", "download", "Textbooks", "--db-dir", str(db), "--no-progress"]) == 0
+    folder = target(db)
+    folder.mkdir(parents=True)
+    for stem, arr in vectors.items():
+        arr = arr.copy()
+        if stem == "Anatomy_Gray":
+            arr[3] = np.nan
+        np.save(folder / f"{stem}.npy", arr)
+    common = ["--corpus", "Textbooks", "--db-dir", str(db), "--retriever", "MedCPT", "--query-model",
+              str(tiny_bert_dir), "--device", "cpu"]
+    capsys.readouterr()
+    assert cli.main(["search", "sepsis", *common, "--topk", "3", "--json"]) == 1
+    err = capsys.readouterr().err
+    assert "MedRAG's embeddings" in err and "Anatomy_Gray.npy row 3: not finite" in err
+    assert cli.main(["doctor", *common, "--no-search", "--json"]) == 1
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    [bad] = [c for c in checks if c["key"] == "index" and c["status"] == "fail"]
+    assert "Anatomy_Gray.npy row 3: not finite" in bad["detail"]
 
 
 def test_medrags_own_folder_is_checked_and_kept(hosts, vectors, tmp_path, capsys):

@@ -181,6 +181,30 @@ def test_store_of_an_older_medret_is_upgraded_and_its_indexes_kept(tmp_path):
         open_corpus_store(resolve_corpus(str(corpus_dir), None))
 
 
+def test_first_format_store_whose_chunk_file_was_edited_before_its_first_open_is_not_upgraded(tmp_path):
+    """Issue 24 item 15: the first format's identity (size, first and last 64 KiB) cannot see a same-size edit in
+    the middle; upgrading then recorded the edited file's hash as good, for good. The documents are now compared
+    with the ones the store holds before anything is recorded."""
+    corpus_dir = big_corpus(tmp_path / "big")
+    chunk = corpus_dir / "chunk" / "big.jsonl"
+    open_corpus_store(resolve_corpus(str(corpus_dir), None)).close()
+    store_m = corpus_dir / "medret" / "store" / "manifest.json"
+    m = orjson.loads(store_m.read_bytes())
+    for key in ("chunk_files", "fingerprint_kind", "offsets_sha256"):
+        m.pop(key)
+    m.update(format=1, fingerprint=fp.legacy_fingerprint([chunk]))
+    store_m.write_bytes(orjson.dumps(m))
+    legacy_manifest = store_m.read_bytes()
+    rewrite_line(chunk, 500, "sepsis", "asthma")
+    assert fp.legacy_fingerprint([chunk]) == m["fingerprint"]  # invisible to the first format
+    with pytest.raises(StoreError, match=r"changed since its document store was built \(the chunk files hold 1,000 "
+                                         r"snippets whose text differs.*nothing was recorded.*--rebuild"):
+        open_corpus_store(resolve_corpus(str(corpus_dir), None))
+    assert store_m.read_bytes() == legacy_manifest  # not upgraded, not recorded as good
+    with pytest.raises(StoreError, match="whose text differs"):  # and so refused again at the next open
+        open_corpus_store(resolve_corpus(str(corpus_dir), None))
+
+
 def test_content_identity_ignores_timestamps_and_inodes():
     recs = [{"name": "a.jsonl", "size": 3, "sha256": "ab", "mtime_ns": 1, "ctime_ns": 2, "ino": 3}]
     moved = [{**recs[0], "mtime_ns": 9, "ctime_ns": 9, "ino": 9}]

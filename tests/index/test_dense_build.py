@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from medret.config import EngineOptions
 from medret.encoders.specs import resolve_spec
 from medret.errors import ConfigError, IndexBuildError
 from medret.index.dense import DenseIndex
@@ -64,6 +65,15 @@ def crash_after(n_chunks: int):
 SPEC = resolve_spec("MedCPT")
 
 
+def config_for(retriever: str = "MedCPT", **options) -> EngineOptions:
+    """The configuration an index is built for (fp16 storage, as on a GPU node, unless told)."""
+    return EngineOptions(**{"retriever_name": retriever, "corpus_name": "Textbooks", "device": "cpu", "fp16": True,
+                            **options})
+
+
+CONFIG = config_for()  # its encoder is SPEC
+
+
 def brute(emb, q, k, metric="ip"):
     s = q @ emb.T if metric == "ip" else -((q[:, None] - emb[None]) ** 2).sum(-1)
     return np.argsort(-s, axis=1, kind="stable")[:, :k]
@@ -71,7 +81,7 @@ def brute(emb, q, k, metric="ip"):
 
 def test_flat_build_searches_like_brute_force(tmp_path):
     store = ListStore(make_docs(95))
-    out = build_dense_index(store, SPEC, tmp_path / "medcpt", encoder=FakeEncoder(), chunk_rows=20, progress=False)
+    out = build_dense_index(store, tmp_path / "medcpt", CONFIG, encoder=FakeEncoder(), chunk_rows=20, progress=False)
     m = json.loads((out / "manifest.json").read_text())
     assert m["complete"] and m["count"] == 95 and m["dim"] == DIM and m["dtype"] == "float16"
     assert m["doc_model"] == "ncbi/MedCPT-Article-Encoder" and m["pooling"] == "cls" and m["metric"] == "ip"
@@ -86,19 +96,19 @@ def test_flat_build_searches_like_brute_force(tmp_path):
 
 def test_interrupted_build_resumes_and_equals_uninterrupted(tmp_path):
     store = ListStore(make_docs(103))
-    ref = build_dense_index(store, SPEC, tmp_path / "ref", encoder=FakeEncoder(), chunk_rows=10, progress=False)
+    ref = build_dense_index(store, tmp_path / "ref", CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False)
 
     out = tmp_path / "resumed"
     first = FakeEncoder()
     with pytest.raises(Crash):
-        build_dense_index(store, SPEC, out, encoder=first, chunk_rows=10, progress=False, on_chunk=crash_after(4))
+        build_dense_index(store, out, CONFIG, encoder=first, chunk_rows=10, progress=False, on_chunk=crash_after(4))
     assert len(first.seen) == 40
     assert not out.exists()  # nothing where the loader looks
     with pytest.raises(IndexBuildError, match="interrupted"):
         load_dense_index(out, store=store)
 
     second = FakeEncoder()
-    build_dense_index(store, SPEC, out, encoder=second, chunk_rows=10, progress=True)
+    build_dense_index(store, out, CONFIG, encoder=second, chunk_rows=10, progress=True)
     assert second.seen == [f"c_{i}" for i in range(40, 103)]  # only the remaining rows were encoded
     assert not partial_dir(out).exists()
     for f in sorted(ref.glob("emb_*.npy")):
@@ -113,23 +123,23 @@ def test_damaged_chunk_is_reencoded_on_resume(tmp_path):
     store = ListStore(make_docs(30))
     out = tmp_path / "ix"
     with pytest.raises(Crash):
-        build_dense_index(store, SPEC, out, encoder=FakeEncoder(), chunk_rows=10, progress=False,
+        build_dense_index(store, out, CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False,
                           on_chunk=crash_after(2))
     work = partial_dir(out)
     data = (work / "emb_000001.npy").read_bytes()
     (work / "emb_000001.npy").write_bytes(data[: len(data) // 2])  # a torn file
     enc = FakeEncoder()
-    build_dense_index(store, SPEC, out, encoder=enc, chunk_rows=10, progress=False)
+    build_dense_index(store, out, CONFIG, encoder=enc, chunk_rows=10, progress=False)
     assert enc.seen == [f"c_{i}" for i in range(10, 30)]
 
 
 def test_resume_discards_work_for_another_corpus(tmp_path):
     out = tmp_path / "ix"
     with pytest.raises(Crash):
-        build_dense_index(ListStore(make_docs(30)), SPEC, out, encoder=FakeEncoder(), chunk_rows=10,
+        build_dense_index(ListStore(make_docs(30)), out, CONFIG, encoder=FakeEncoder(), chunk_rows=10,
                           progress=False, on_chunk=crash_after(2))
     enc = FakeEncoder()
-    build_dense_index(ListStore(make_docs(30), tag="v2"), SPEC, out, encoder=enc, chunk_rows=10, progress=False)
+    build_dense_index(ListStore(make_docs(30), tag="v2"), out, CONFIG, encoder=enc, chunk_rows=10, progress=False)
     assert len(enc.seen) == 30
 
 
@@ -142,20 +152,20 @@ def test_crash_while_finalizing_leaves_no_loadable_index(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DenseIndex, "write_into", boom)
     with pytest.raises(Crash):
-        build_dense_index(store, SPEC, out, encoder=FakeEncoder(), chunk_rows=10, progress=False)
+        build_dense_index(store, out, CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False)
     assert not out.exists()
     with pytest.raises(IndexBuildError):
         load_dense_index(out, store=store)
     monkeypatch.undo()
     enc = FakeEncoder()
-    build_dense_index(store, SPEC, out, encoder=enc, chunk_rows=10, progress=False)
+    build_dense_index(store, out, CONFIG, encoder=enc, chunk_rows=10, progress=False)
     assert enc.seen == []  # every chunk was already complete
     assert load_dense_index(out, store=store).ntotal == 25
 
 
 def test_incomplete_or_damaged_manifest_refused(tmp_path):
     store = ListStore(make_docs(12))
-    out = build_dense_index(store, SPEC, tmp_path / "ix", encoder=FakeEncoder(), chunk_rows=5, progress=False)
+    out = build_dense_index(store, tmp_path / "ix", CONFIG, encoder=FakeEncoder(), chunk_rows=5, progress=False)
     m = json.loads((out / "manifest.json").read_text())
     (out / "emb_000002.npy").write_bytes(b"")
     with pytest.raises(IndexBuildError, match="damaged: emb_000002.npy"):
@@ -168,7 +178,7 @@ def test_incomplete_or_damaged_manifest_refused(tmp_path):
 
 def test_changed_corpus_is_refused_with_rebuild_hint(tmp_path):
     store = ListStore(make_docs(12))
-    out = build_dense_index(store, SPEC, tmp_path / "ix", encoder=FakeEncoder(), chunk_rows=5, progress=False)
+    out = build_dense_index(store, tmp_path / "ix", CONFIG, encoder=FakeEncoder(), chunk_rows=5, progress=False)
     changed = ListStore(make_docs(12), tag="edited")
     with pytest.raises(IndexBuildError) as e:
         load_dense_index(out, store=changed, spec=SPEC, corpus_name="Textbooks")
@@ -179,25 +189,25 @@ def test_changed_corpus_is_refused_with_rebuild_hint(tmp_path):
 
 def test_other_model_index_is_refused(tmp_path):
     store = ListStore(make_docs(12))
-    out = build_dense_index(store, SPEC, tmp_path / "ix", encoder=FakeEncoder(), chunk_rows=5, progress=False)
+    out = build_dense_index(store, tmp_path / "ix", CONFIG, encoder=FakeEncoder(), chunk_rows=5, progress=False)
     with pytest.raises(IndexBuildError, match="facebook/contriever"):
         load_dense_index(out, store=store, spec=resolve_spec("contriever"))
 
 
 def test_existing_index_kept_refused_or_rebuilt(tmp_path):
     store = ListStore(make_docs(12))
-    out = build_dense_index(store, SPEC, tmp_path / "ix", encoder=FakeEncoder(), chunk_rows=5, progress=False)
+    out = build_dense_index(store, tmp_path / "ix", CONFIG, encoder=FakeEncoder(), chunk_rows=5, progress=False)
 
     class Forbidden:
         def encode_docs(self, docs, batch_size=64):
             raise AssertionError("an up-to-date index must not be re-encoded")
 
-    assert build_dense_index(store, SPEC, out, encoder=Forbidden(), chunk_rows=5, progress=False) == out
+    assert build_dense_index(store, out, CONFIG, encoder=Forbidden(), chunk_rows=5, progress=False) == out
     bigger = ListStore(make_docs(14), tag="v2")
     with pytest.raises(IndexBuildError, match="--rebuild"):
-        build_dense_index(bigger, SPEC, out, encoder=FakeEncoder(), chunk_rows=5, progress=False)
+        build_dense_index(bigger, out, CONFIG, encoder=FakeEncoder(), chunk_rows=5, progress=False)
     assert load_dense_index(out, store=store).ntotal == 12  # untouched by the refusal
-    build_dense_index(bigger, SPEC, out, encoder=FakeEncoder(), chunk_rows=5, progress=False, rebuild=True)
+    build_dense_index(bigger, out, CONFIG, encoder=FakeEncoder(), chunk_rows=5, progress=False, rebuild=True)
     assert load_dense_index(out, store=bigger).ntotal == 14
     assert [p.name for p in tmp_path.glob(".ix.*")] == [".ix.lock"]  # no partial/old folder; the lock file stays
 
@@ -205,9 +215,9 @@ def test_existing_index_kept_refused_or_rebuilt(tmp_path):
 @pytest.mark.parametrize("index_type", ["hnsw", "IVF4,Flat"])
 def test_faiss_index_types_through_the_builder(tmp_path, index_type):
     store = ListStore(make_docs(300))
-    out = build_dense_index(store, SPEC, tmp_path / "ix", encoder=FakeEncoder(), chunk_rows=64, progress=False,
-                            index_type=index_type, fp16_storage=False,
-                            search_params={"nprobe": 4} if index_type.startswith("IVF") else None)
+    config = config_for(fp16=False, nprobe=4 if index_type.startswith("IVF") else None)
+    out = build_dense_index(store, tmp_path / "ix", config, encoder=FakeEncoder(), chunk_rows=64, progress=False,
+                            index_type=index_type)
     assert (out / "faiss.index").is_file()
     idx = load_dense_index(out, store=store)
     assert idx.backend == "faiss"
@@ -222,13 +232,13 @@ def test_faiss_index_types_through_the_builder(tmp_path, index_type):
 def test_bad_arguments(tmp_path):
     store = ListStore(make_docs(5))
     with pytest.raises(ConfigError, match="batch_size=0"):
-        build_dense_index(store, SPEC, tmp_path / "a", batch_size=0, encoder=FakeEncoder())
+        build_dense_index(store, tmp_path / "a", config_for(batch_size=0), encoder=FakeEncoder())
     with pytest.raises(ConfigError, match="chunk_rows=-1"):
-        build_dense_index(store, SPEC, tmp_path / "a", chunk_rows=-1, encoder=FakeEncoder())
+        build_dense_index(store, tmp_path / "a", CONFIG, chunk_rows=-1, encoder=FakeEncoder())
     with pytest.raises(IndexBuildError, match="empty"):
-        build_dense_index(ListStore([]), SPEC, tmp_path / "a", encoder=FakeEncoder())
+        build_dense_index(ListStore([]), tmp_path / "a", CONFIG, encoder=FakeEncoder())
     with pytest.raises(ConfigError, match=r"index_type \(--index-type\)='Bogus"):
-        build_dense_index(store, SPEC, tmp_path / "a", index_type="Bogus,Thing", encoder=FakeEncoder(),
+        build_dense_index(store, tmp_path / "a", CONFIG, index_type="Bogus,Thing", encoder=FakeEncoder(),
                           progress=False)
     with pytest.raises(IndexBuildError, match="no dense index"):
         load_dense_index(tmp_path / "nothing")
@@ -240,7 +250,7 @@ def test_fp16_overflow_refused(tmp_path):
             return super().encode_docs(docs) * 1e6
 
     with pytest.raises(IndexBuildError, match="overflow fp16"):
-        build_dense_index(ListStore(make_docs(5)), SPEC, tmp_path / "a", encoder=Huge(), progress=False)
+        build_dense_index(ListStore(make_docs(5)), tmp_path / "a", CONFIG, encoder=Huge(), progress=False)
 
 
 def test_real_encoder_end_to_end(tmp_path, tiny_bert_dir):
@@ -256,8 +266,8 @@ def test_real_encoder_end_to_end(tmp_path, tiny_bert_dir):
         ("Atrial fibrillation", "Atrial fibrillation raises stroke risk."),
     ])]
     store = ListStore(docs)
-    out = build_dense_index(store, spec, tmp_path / "tiny", device="cpu", batch_size=2, chunk_rows=2,
-                            fp16_storage=False, progress=False)
+    out = build_dense_index(store, tmp_path / "tiny", config_for(str(tiny_bert_dir), pooling="mean", batch_size=2,
+                                                                 fp16=False), chunk_rows=2, progress=False)
     enc = Encoder(spec, "cpu")
     doc_emb = enc.encode_docs(docs)
     np.testing.assert_allclose(np.concatenate([np.load(p) for p in sorted(out.glob("emb_*.npy"))]), doc_emb,

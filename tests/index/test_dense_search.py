@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from medret.errors import ConfigError, IndexBuildError
-from medret.index.dense import DenseIndex, exact_search, factory_string
+from medret.index.dense import DenseIndex
+from medret.index.exact import exact_search
+from medret.index.faiss_ops import factory_string
 
 
 def brute(x: np.ndarray, q: np.ndarray, k: int, metric: str):
@@ -97,7 +99,7 @@ def test_a_flat_faiss_file_is_searched_in_place_by_the_exact_path(data, tmp_path
     with faiss's own answer."""
     import faiss
 
-    from medret.index.dense import read_faiss_index
+    from medret.index.faiss_ops import read_faiss_index
 
     x, q = data
     ref = faiss.IndexFlatIP(x.shape[1]) if metric == "ip" else faiss.IndexFlatL2(x.shape[1])

@@ -14,6 +14,7 @@ from medret.errors import IndexBuildError
 from medret.index import emb_check
 from medret.index.dense_build import build_dense_index, load_dense_index, partial_dir
 from tests.index.test_dense_build import (
+    CONFIG,
     SPEC,
     Crash,
     FakeEncoder,
@@ -34,7 +35,7 @@ def overwrite_rows(path, rows, value) -> None:
 @pytest.mark.parametrize("value", [0.0, np.nan], ids=["zeroed", "nan"])
 def test_zeroed_or_nan_filled_file_is_refused_at_open(tmp_path, value):
     store = ListStore(make_docs(30))
-    out = build_dense_index(store, SPEC, tmp_path / "ix", encoder=FakeEncoder(), chunk_rows=10, progress=False)
+    out = build_dense_index(store, tmp_path / "ix", CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False)
     m = json.loads((out / "manifest.json").read_text())
     assert sorted(m["emb_sha256"]) == ["emb_000000.npy", "emb_000001.npy", "emb_000002.npy"]
     target = out / "emb_000001.npy"
@@ -44,7 +45,7 @@ def test_zeroed_or_nan_filled_file_is_refused_at_open(tmp_path, value):
     overwrite_rows(target, slice(None), value)
 
     assert target.stat().st_size == size == m["files"]["emb_000001.npy"]  # the size check alone passes
-    with pytest.raises(IndexBuildError, match=r"damaged: emb_000001.npy row 0 is not finite or is all zero.*"
+    with pytest.raises(IndexBuildError, match=r"damaged: emb_000001.npy rows 0..9: (all zero|not finite).*"
                                               r"--rebuild"):
         load_dense_index(out, store=store, spec=SPEC, corpus_name="Textbooks")
     assert emb_check.mismatched_files(out, m) == ["emb_000001.npy"]
@@ -53,16 +54,16 @@ def test_zeroed_or_nan_filled_file_is_refused_at_open(tmp_path, value):
 @pytest.mark.parametrize("value", [0.0, np.nan], ids=["zeroed", "nan"])
 def test_damaged_chunk_is_encoded_again_on_resume(tmp_path, value):
     store = ListStore(make_docs(30))
-    ref = build_dense_index(store, SPEC, tmp_path / "ref", encoder=FakeEncoder(), chunk_rows=10, progress=False)
+    ref = build_dense_index(store, tmp_path / "ref", CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False)
     out = tmp_path / "ix"
     with pytest.raises(Crash):
-        build_dense_index(store, SPEC, out, encoder=FakeEncoder(), chunk_rows=10, progress=False,
+        build_dense_index(store, out, CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False,
                           on_chunk=crash_after(2))
     work = partial_dir(out)
     assert (work / "emb_000001.npy.sha256").is_file()
     overwrite_rows(work / "emb_000001.npy", slice(3, 4), value)  # one row: shape and dtype still right
     enc = FakeEncoder()
-    build_dense_index(store, SPEC, out, encoder=enc, chunk_rows=10, progress=False)
+    build_dense_index(store, out, CONFIG, encoder=enc, chunk_rows=10, progress=False)
     assert enc.seen == [f"c_{i}" for i in range(10, 30)]  # chunk 1 again, then chunk 2
     for f in sorted(ref.glob("emb_*.npy")):
         np.testing.assert_array_equal(np.load(f), np.load(out / f.name))
@@ -76,20 +77,20 @@ def test_chunk_without_checksum_is_kept_only_if_its_vectors_are_sound(tmp_path):
     store = ListStore(make_docs(30))
     out = tmp_path / "ix"
     with pytest.raises(Crash):
-        build_dense_index(store, SPEC, out, encoder=FakeEncoder(), chunk_rows=10, progress=False,
+        build_dense_index(store, out, CONFIG, encoder=FakeEncoder(), chunk_rows=10, progress=False,
                           on_chunk=crash_after(2))
     work = partial_dir(out)
     for side in work.glob("*.sha256"):
         side.unlink()
     overwrite_rows(work / "emb_000001.npy", slice(7, 8), np.nan)
     enc = FakeEncoder()
-    build_dense_index(store, SPEC, out, encoder=enc, chunk_rows=10, progress=False)
+    build_dense_index(store, out, CONFIG, encoder=enc, chunk_rows=10, progress=False)
     assert enc.seen == [f"c_{i}" for i in range(10, 30)]  # chunk 0 kept (sound), chunk 1 encoded again
 
 
-def test_row_not_sampled_at_open_is_found_by_doctor(tmp_path, tiny_bert_dir):
-    """At open only the first, middle and last vector of each file are read (MedCorp: 83 GB); a single damaged
-    row elsewhere is found by the checksums, which `medret doctor` compares (small indexes by default)."""
+def test_one_damaged_row_is_refused_at_open_and_by_doctor(tmp_path, tiny_bert_dir):
+    """Every vector of a file edited after the build is checked at the next open (it was the first, middle and last
+    only: row 2 here went unseen); `medret doctor` finds it too, and its checksums name the file."""
     import subprocess
     import sys
 
@@ -97,13 +98,13 @@ def test_row_not_sampled_at_open_is_found_by_doctor(tmp_path, tiny_bert_dir):
     from tests.conftest import TOY_DOCS, write_chunks
 
     corpus = write_chunks(tmp_path / "toy", {"toy_a": TOY_DOCS[:5], "toy_b": TOY_DOCS[5:]})
-    get_retriever(corpus_name=str(corpus), retriever_name=str(tiny_bert_dir), pooling="cls",
-                  device="cpu").search(["sepsis"], 2)
+    kw = dict(corpus_name=str(corpus), retriever_name=str(tiny_bert_dir), pooling="cls", device="cpu")
+    get_retriever(**kw).search(["sepsis"], 2)
     clear_cache()
     [ix] = [p for p in (corpus / "medret" / "index").iterdir() if p.is_dir()]
-    overwrite_rows(ix / "emb_000000.npy", slice(2, 3), 0.0)  # rows 0, 4 (middle) and 7 are the sampled ones
-    get_retriever(corpus_name=str(corpus), retriever_name=str(tiny_bert_dir), pooling="cls",
-                  device="cpu").search(["sepsis"], 2)  # opens: the sample cannot see row 2
+    overwrite_rows(ix / "emb_000000.npy", slice(2, 3), 0.0)  # rows 0, 4 (middle) and 7 were the sampled ones
+    with pytest.raises(IndexBuildError, match=r"emb_000000.npy row 2: all zero"):
+        get_retriever(**kw).search(["sepsis"], 2)
     clear_cache()
     out = subprocess.run([sys.executable, "-m", "medret", "doctor", "--corpus", str(corpus), "--retriever",
                           str(tiny_bert_dir), "--pooling", "cls", "--device", "cpu", "--no-search", "--json"],
@@ -113,28 +114,5 @@ def test_row_not_sampled_at_open_is_found_by_doctor(tmp_path, tiny_bert_dir):
     [bad] = [c for c in checks if c["key"] == "integrity" and c["status"] == "fail"]
     assert "1 of 1 files differ" in bad["title"] and str(ix / "emb_000000.npy") in bad["detail"]
     assert "--rebuild" in bad["fix"]
-
-
-@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
-def test_resident_vectors_are_all_checked_on_the_gpu(tmp_path):
-    """Moved to a GPU, every vector is read anyway: a damaged row the CPU sample misses is refused there."""
-    store = ListStore(make_docs(30))
-    out = build_dense_index(store, SPEC, tmp_path / "ix", encoder=FakeEncoder(), chunk_rows=10, progress=False)
-    overwrite_rows(out / "emb_000002.npy", slice(3, 4), np.nan)  # not sampled on CPU (rows 0, 5, 9)
-    assert load_dense_index(out, store=store).ntotal == 30
-    with pytest.raises(IndexBuildError, match=r"emb_000002.npy row 3 is not finite or is all zero \(checked on cuda"):
-        load_dense_index(out, store=store, device="cuda:0")
-
-
-def test_full_scan_finds_the_damaged_row_in_blocks(monkeypatch):
-    """The GPU scan's logic (block by block, first bad row), run on CPU tensors with tiny blocks."""
-    import torch
-
-    monkeypatch.setattr(emb_check, "GPU_SCAN_ROWS", 7)
-    t = torch.from_numpy(np.random.default_rng(1).standard_normal((50, 4)).astype(np.float16))
-    assert emb_check._bad_row_on_device(t) is None
-    t[23] = 0
-    assert emb_check._bad_row_on_device(t) == 23
-    t[9, 2] = float("inf")
-    assert emb_check._bad_row_on_device(t) == 9
-    assert emb_check.first_bad_row(t.numpy()) == 9 and emb_check.first_bad_row(t.numpy(), [0, 23, 49]) == 23
+    [index] = [c for c in checks if c["key"] == "index" and c["status"] == "fail"]
+    assert "emb_000000.npy row 2: all zero" in index["detail"]

@@ -480,6 +480,45 @@ def test_first_layout_index_is_not_adopted_for_another_recipe_or_other_chunk_fil
     assert index_folders(corpus) == ["model"] and {p.name: p.read_bytes() for p in legacy.iterdir()} == before
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("{not json", "manifest.json cannot be read"),
+    ({"complete": "no"}, "is not complete (complete='no' in its manifest.json)"),
+    ({"count": "abc"}, "its manifest.json is damaged (count='abc'; expected the number of vectors"),
+    ({"dim": None}, "its manifest.json is damaged (dim=None; expected the vectors' width"),
+    ({"spec": "MedCPT"}, "its manifest.json is damaged (spec='MedCPT'; expected the encoder recipe"),
+    ({"spec": {"pooling": 3}}, "its manifest.json is damaged (spec={'pooling': 3}; expected an encoder recipe"),
+    ({"store_checksum": ["x"]}, "its manifest.json is damaged (store_checksum=['x']; expected the corpus identity"),
+], ids=["not-json", "complete-no", "count", "dim", "spec-string", "spec-fields", "checksum"])
+def test_first_layout_index_with_a_damaged_manifest_is_refused_with_one_line(tmp_path, make_tiny_bert, capsys,
+                                                                             damage, message):
+    """Issue 24 item 18: raw errors (or, for complete: "no", an adoption) before; one line naming the field now."""
+    corpus, model, name, legacy = _first_layout_index(tmp_path, make_tiny_bert, seed=19)
+    m = legacy / "manifest.json"
+    m.write_text(damage if isinstance(damage, str) else json.dumps({**json.loads(m.read_text()), **damage}))
+    before = {p.name: p.read_bytes() for p in legacy.iterdir()}
+    capsys.readouterr()
+    flags = ["--corpus", str(corpus), "--retriever", str(model), "--pooling", "mean", "--device", "cpu"]
+    assert main(["index", "build", *flags, "--adopt-legacy"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("medret: error:") and f"the index at {legacy}" in err and message in err, err
+    assert "Traceback" not in err and "without --adopt-legacy" in err
+    assert index_folders(corpus) == ["model"] and {p.name: p.read_bytes() for p in legacy.iterdir()} == before
+
+
+def test_first_layout_index_of_another_width_is_refused_at_adoption(tmp_path, make_tiny_bert, capsys):
+    """Adopted, every search failed later on the width; now the configured model's width is checked first."""
+    corpus, model, name, legacy = _first_layout_index(tmp_path, make_tiny_bert, seed=20)  # 32-d vectors
+    make_tiny_bert(model, seed=21, hidden=16)  # the folder now holds a 16-d model
+    before = {p.name: p.read_bytes() for p in legacy.iterdir()}
+    capsys.readouterr()
+    flags = ["--corpus", str(corpus), "--retriever", str(model), "--pooling", "mean", "--device", "cpu"]
+    assert main(["index", "build", *flags, "--adopt-legacy"]) == 1
+    err = capsys.readouterr().err
+    assert f"the index at {legacy} holds 32-dimensional vectors but the configured model" in err
+    assert "makes 16-dimensional ones" in err and "without --adopt-legacy" in err
+    assert index_folders(corpus) == ["model"] and {p.name: p.read_bytes() for p in legacy.iterdir()} == before
+
+
 def test_first_layout_index_of_a_small_corpus_is_left_aside_and_rebuilt(tmp_path, make_tiny_bert, caplog):
     corpus, model, name, legacy = _first_layout_index(tmp_path, make_tiny_bert, seed=16)
     hits = get_retriever(str(corpus), str(model), pooling="mean", device="cpu").search(QUERIES, K)

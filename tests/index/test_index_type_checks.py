@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 
 from medret.cli import main
+from medret.config import EngineOptions
 from medret.encoders.specs import resolve_spec
 from medret.errors import ConfigError
 from medret.index.dense_build import build_dense_index, partial_dir
 
 SPEC = resolve_spec("MedCPT")
+
+
+def config_for(**options) -> EngineOptions:
+    return EngineOptions(**{"retriever_name": "MedCPT", "device": "cpu", "fp16": True, **options})
+
+
+CONFIG = config_for()
 
 
 class ListStore:
@@ -48,7 +56,7 @@ def test_a_bad_index_type_is_refused_before_anything_is_encoded_or_written(tmp_p
     enc = CountingEncoder()
     out = tmp_path / "ix"
     with pytest.raises(ConfigError) as e:
-        build_dense_index(ListStore(30), SPEC, out, encoder=enc, chunk_rows=10, progress=False, index_type=index_type)
+        build_dense_index(ListStore(30), out, CONFIG, encoder=enc, chunk_rows=10, progress=False, index_type=index_type)
     msg = str(e.value)
     assert f"index_type (--index-type)={index_type!r} is invalid" in msg and says in msg
     assert "flat, hnsw, ivfpq" in msg and "faiss factory string" in msg
@@ -58,8 +66,8 @@ def test_a_bad_index_type_is_refused_before_anything_is_encoded_or_written(tmp_p
 
 def test_a_factory_string_that_fits_the_width_is_accepted(tmp_path):
     enc = CountingEncoder()
-    out = build_dense_index(ListStore(300), SPEC, tmp_path / "ix", encoder=enc, chunk_rows=100, progress=False,
-                            index_type="IVF4,PQ4x4np", fp16_storage=False)
+    out = build_dense_index(ListStore(300), tmp_path / "ix", config_for(fp16=False), encoder=enc, chunk_rows=100,
+                            progress=False, index_type="IVF4,PQ4x4np")
     assert enc.encoded == 300 and (out / "faiss.index").is_file()
 
 

@@ -12,15 +12,12 @@ import faiss
 import numpy as np
 import pytest
 
+from medret.config import EngineOptions
 from medret.encoders.specs import resolve_spec
 from medret.errors import ConfigError, IndexBuildError
-from medret.index.dense import (
-    DEFAULT_RERANK,
-    DenseIndex,
-    faiss_is_lossy,
-    new_faiss_index,
-)
+from medret.index.dense import DEFAULT_RERANK, DenseIndex
 from medret.index.dense_build import build_dense_index, load_dense_index
+from medret.index.faiss_ops import faiss_is_lossy, new_faiss_index
 
 # 8 sub-quantizers of 4 bits: 4 bytes per 32-d vector; cheap to train (16 centroids each; "np" skips faiss's
 # polysemous training, which search does not use and which dominates training time) and coarse enough that
@@ -337,8 +334,8 @@ def test_build_dense_index_records_and_uses_rerank_vectors(tmp_path):
     store = ListStore([{"id": f"c_{i}", "title": f"T{i}", "content": f"text {i}"} for i in range(n)])
     enc = ClusteredEncoder(n)
     spec = resolve_spec("MedCPT")  # metric ip
-    out = build_dense_index(store, spec, tmp_path / "medcpt", encoder=enc, index_type="IVF8,PQ4x4np",
-                            chunk_rows=400, progress=False)
+    out = build_dense_index(store, tmp_path / "medcpt", EngineOptions(retriever_name="MedCPT", device="cpu", fp16=True),
+                            encoder=enc, index_type="IVF8,PQ4x4np", chunk_rows=400, progress=False)
     files = ["emb_000000.npy", "emb_000001.npy", "emb_000002.npy"]
     desc = json.loads((out / "dense.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())

@@ -29,6 +29,7 @@ import torch, transformers  # the slow imports happen before the start line
 from medret import get_retriever
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import open_corpus_store
+from medret.config import EngineOptions
 from medret.encoders.specs import resolve_spec
 from medret.index.dense_build import build_dense_index
 Path(barrier, "ready-" + me).touch()
@@ -37,8 +38,9 @@ while len(list(Path(barrier).glob("ready-*"))) < int(n):
 c = resolve_corpus(corpus, None)
 store = open_corpus_store(c)
 spec = resolve_spec(model, pooling="cls")
-build_dense_index(store, spec, c.sources[0].artifact_dir / "index" / spec.slug, device="cpu", batch_size=16,
-                  chunk_rows=100, progress=False)
+build_dense_index(store, c.sources[0].artifact_dir / "index" / spec.slug,
+                  EngineOptions(retriever_name=model, pooling="cls", device="cpu", batch_size=16), chunk_rows=100,
+                  progress=False)
 get_retriever(corpus_name=corpus, retriever_name="BM25").search(["sepsis"], 1)
 r = get_retriever(corpus_name=corpus, retriever_name="BM25+" + model, pooling="cls", device="cpu")
 print(json.dumps(r.retrieve(json.loads(sys.argv[6]), topk=5, return_scores=True), sort_keys=True))

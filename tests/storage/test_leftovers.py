@@ -134,3 +134,35 @@ def test_doctor_tells_a_running_build_from_an_orphan(toy_corpus):
     assert line["status"] == "ok" and "running" in line["title"] and str(os.getpid()) in line["title"]
     [line] = doctor(toy_corpus)
     assert line["status"] == "warn" and str(tmp) in line["detail"]
+
+
+def start_ticks(pid: int) -> int:
+    """Field 22 of /proc/PID/stat (start time after boot, clock ticks), read here independently of medret."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux's /proc")
+def test_leftover_whose_pid_now_belongs_to_another_process_is_removed(toy_corpus):
+    """Issue 24 item 16: a leftover named after a PID that another live process has since taken was kept forever.
+    Temporary names now carry the writer's start time with its PID."""
+    from medret.storage.atomic import temp_name
+
+    assert temp_name(Path("/x/store")).name == f".store.tmp-{os.getpid()}-{start_ticks(os.getpid())}"
+    source = resolve_corpus(str(toy_corpus), None).sources[0]
+    art = source.artifact_dir
+    art.mkdir(parents=True, exist_ok=True)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        start = start_ticks(sleeper.pid)
+        writer = art / f".store.tmp-{sleeper.pid}-{start}"  # written by the sleeper itself: kept
+        reused = art / f".store.tmp-{sleeper.pid}-{start - 1}"  # by an earlier process with the same PID
+        reused_old = art / f".store.old-{sleeper.pid}-{start + 7}"
+        for p in (writer, reused, reused_old):
+            p.mkdir()
+            (p / "docs.bin").write_bytes(b"x" * 1000)
+        build_store(source)
+        assert writer.exists() and not reused.exists() and not reused_old.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

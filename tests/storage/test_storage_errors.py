@@ -255,21 +255,21 @@ def test_full_disk_while_building_bm25_gives_an_error_not_sigbus(tmp_path, stage
 
 def test_full_disk_while_writing_embeddings(tmp_path):
     from medret.index.dense_build import build_dense_index, partial_dir
-    from tests.index.test_dense_build import SPEC, FakeEncoder, ListStore, make_docs
+    from tests.index.test_dense_build import CONFIG, FakeEncoder, ListStore, make_docs
 
     store = ListStore(make_docs(3000))
     with tmpfs(tmp_path / "small", "1m") as cache:
         fill(cache, leave=32 * 1024)  # a 1000-row chunk of 12-d fp16 vectors is 24 KB: the second one fails
         with pytest.raises(StorageError, match=r"cannot write the dense index .*ix: .*No space left on device.*"
                                                r"--cache-dir"):
-            build_dense_index(store, SPEC, cache / "ix", encoder=FakeEncoder(), chunk_rows=1000, progress=False)
+            build_dense_index(store, cache / "ix", CONFIG, encoder=FakeEncoder(), chunk_rows=1000, progress=False)
         left = written(cache)
         assert not [f for f in left if ".tmp-" in f]  # nothing half-written ...
         work = partial_dir(cache / "ix").name
         assert set(left) <= {f"{work}/build.json", f"{work}/emb_000000.npy", f"{work}/emb_000000.npy.sha256"}
         (cache / "filler").unlink()  # ... and the complete chunk is reused once there is room
         enc = FakeEncoder()
-        build_dense_index(store, SPEC, cache / "ix", encoder=enc, chunk_rows=1000, progress=False)
+        build_dense_index(store, cache / "ix", CONFIG, encoder=enc, chunk_rows=1000, progress=False)
         # (kept by its checksum, or, when the disk filled up before the checksum was written, by its vectors)
         assert len(enc.seen) == 3000 - (1000 if f"{work}/emb_000000.npy" in left else 0)
 
