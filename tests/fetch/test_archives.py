@@ -20,6 +20,7 @@ import pytest
 
 from medret import cli
 from medret.corpus import embeddings as emb
+from medret.storage import vectors
 from tests.fetch.helpers import run_medret, statpearls_archive
 from tests.hubfake import EndlessServer, FakeHub, hub_env
 
@@ -93,7 +94,9 @@ def download_embeddings(db: Path, capsys) -> tuple[int, list[str]]:
 def test_intact_zip_still_unpacks(hub, tmp_path, capsys):
     db = tmp_path / "db"
     assert download_embeddings(db, capsys)[0] == 0
-    assert sorted(p.name for p in (index_dir(db) / "embedding").iterdir()) == sorted(f"{s}.npy" for s in STEMS)
+    # the unpacked files, and the record that every vector in them was checked (medret.storage.vectors)
+    expected = sorted([f"{s}.npy" for s in STEMS] + [vectors.RECORD])
+    assert sorted(p.name for p in (index_dir(db) / "embedding").iterdir()) == expected
 
 
 @pytest.mark.parametrize("case, damaged, words", [
