@@ -10,8 +10,8 @@ import orjson
 from medret.api import retriever_for
 from medret.config import DEFAULT_TOPK, EngineOptions, RetrieverConfig
 from medret.corpus.download_cli import register_corpus
-from medret.corpus.info import corpus_info, format_info
 from medret.index.build_all import build_all
+from medret.index.inventory import corpus_info, format_info
 from medret.options import add_flags
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from medret.config import EngineOptions
 from medret.corpus.registry import DISPLAY, KNOWN_ROWS, SAMPLE_DIR, SOURCES
-from medret.encoders.specs import MAX_RERANK_DEPTH
+from medret.encoders.specs import MAX_RERANK_DEPTH, REGISTRY, known_names
 from medret.errors import ConfigError
 from medret.launch import recipes
 from medret.options import add_flags
@@ -38,7 +38,6 @@ from medret.validate import check_whole
 GiB = 1 << 30
 
 # Model dimensions of the named dense retrievers (all BERT-base sized).
-DIMS = {"medcpt": 768, "contriever": 768, "specter": 768, "e5": 768}
 
 ASSUMPTIONS: dict[str, Any] = {
     # MedCPT document encoding on one H200 at 256 tokens (measured by the issue's author, fp16).
@@ -152,26 +151,23 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
     n = sum(rows.values())
     gpu_b = parse_size(gpu_mem, "gpu_mem (--gpu-mem)")
     ram_b = parse_size(ram, "ram (--ram)")
-    for name, v, low in (("gpus", gpus, 0), ("nodes", nodes, 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
-            raise ConfigError(f"{name} (--{name})={v!r} is invalid: a whole number >= {low}"
-                              + (" (GPUs per node)" if name == "gpus" else ""))
+    check_whole.at_least(0)("gpus (--gpus)", gpus, "GPUs per node")
+    check_whole("nodes (--nodes)", nodes)
     if gpu_b is None:
         gpus = 0
     r = retriever.strip().lower()
     dense = r != "bm25"
     if dim is None:
-        if dense and r not in DIMS:
+        spec = REGISTRY.get(r)  # a named dense retriever's dimension is its spec's
+        if dense and (spec is None or spec.dim is None):
             raise ConfigError(f"retriever={retriever!r} is unknown to the planner: use BM25, "
-                              f"{', '.join(['MedCPT', 'Contriever', 'SPECTER', 'e5'])}, or give the embedding "
+                              f"{', '.join(known_names())}, or give the embedding "
                               "dimension of your model with --dim N (dim=N in Python), e.g. --dim 768")
-        dim = DIMS.get(r, 768)
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise ConfigError(f"dim (--dim)={dim!r} is invalid: the embedding dimension, a whole number such as 768")
+        dim = spec.dim if spec is not None and spec.dim else 768
+    check_whole("dim (--dim)", dim, "the embedding dimension, such as 768")
     if dim % pq_m:
         raise ConfigError(f"pq_m (--pq-m)={pq_m} is invalid: it must divide the dimension {dim} (e.g. 96, 48, 192)")
-    if not 1 <= pq_nbits <= 16:
-        raise ConfigError(f"pq_nbits (--pq-nbits)={pq_nbits} is invalid: 1 to 16 bits per sub-quantizer (8 is usual)")
+    check_whole.at_most(16)("pq_nbits (--pq-nbits)", pq_nbits, "bits per sub-quantizer (8 is usual)")
     recipes.recipe_keys(recipe)  # refuses an unknown recipe
     a = ASSUMPTIONS
     model = a["gpu_model_bytes"] + a["gpu_context_bytes"]
@@ -248,10 +244,47 @@ def plan(corpus: str = "MedCorp", retriever: str = "MedCPT", gpu_mem: int | str 
     out = {"corpus": DISPLAY.get(corpus.strip().lower(), corpus), "retriever": retriever, "rows": rows,
            "n": n, "dim": dim if dense else None, "gpu_mem": gpu_b, "ram": ram_b, "gpus": gpus, "nodes": nodes,
            "recipe": recipe, "options": [asdict(o) for o in opts], "assumptions": a, "reranker": rerank}
-    best = next((o for prefix in PREFERENCE for o in opts if o.name.startswith(prefix) and o.fits), None)
+    ranked = [o for prefix in PREFERENCE for o in opts if o.name.startswith(prefix) and o.fits]
+    best = ranked[0] if ranked else None
     out["best"] = best.name if best else None
     out["commands"] = _commands(out, best, db_dir, pq_m, pq_nbits, nlist) if best else None
+    out["idle_gpus"] = idle_gpus(best, gpus, nodes) if best else 0
+    out["alternative"] = None
+    if best is not None and out["idle_gpus"]:
+        # the first option in preference order that trains on more GPUs (none idle): what the idle GPUs would buy
+        alt = next((o for o in ranked[1:] if o.layout and idle_gpus(o, gpus, nodes) == 0
+                    and _world(o) > _world(best)), None)
+        if alt is not None:
+            out["alternative"] = {"name": alt.name, "layout": alt.layout, "train_gpus": _world(alt),
+                                  "cost": _cost(alt, best),
+                                  "commands": _commands(out, alt, db_dir, pq_m, pq_nbits, nlist)}
     return out
+
+
+def _world(o: Option) -> int:
+    return o.train_gpus_per_node * o.train_nodes
+
+
+def idle_gpus(o: Option, gpus: int, nodes: int) -> int:
+    """GPUs of the job that neither train nor hold the index (the retriever node's rest, on several nodes)."""
+    if o.layout is None:
+        return 0
+    used = _world(o) + len(o.retriever_gpus) * (1 if o.layout == "retriever-node" else nodes)
+    return max(0, gpus * nodes - used)
+
+
+def _cost(alt: Option, best: Option) -> list[str]:
+    """What ``alt`` gives up against ``best``, in the plan's own numbers."""
+    cost = []
+    if alt.recall != best.recall:
+        cost.append(f"recall {alt.recall} instead of {best.recall}")
+    if alt.where == "cpu" and best.where == "gpu":
+        cost.append("the index is searched (and queries encoded) on CPU, beside the trainer on every node")
+    if alt.ram_bytes > best.ram_bytes:
+        cost.append(f"{_fmt(alt.ram_bytes)} RAM per node instead of {_fmt(best.ram_bytes)}")
+    if alt.build_s > best.build_s:
+        cost.append(f"build {_hours(alt.build_s)} instead of {_hours(best.build_s)}")
+    return cost
 
 
 def _rerank_need(reranker: str | None, depth: int, queries: int, a: dict[str, Any]) -> dict[str, Any] | None:
@@ -394,6 +427,17 @@ def format_plan(p: dict[str, Any]) -> str:
         if c["render"]:
             lines += ["  " + c["render"], "  " + c["check"], "  " + c["dry_run"]]
         lines += [f"  # {note}" for note in c["notes"]]
+        idle, alt = p.get("idle_gpus"), p.get("alternative")
+        if idle:
+            total = p["gpus"] * p["nodes"]
+            lines.append(f"  # {idle} of the job's {total} GPUs stay idle with this layout (veRL needs the same GPU "
+                         "count on every trainer node, so the retriever node trains on none)")
+        if alt:
+            ac = alt["commands"]
+            lines += ["", f"alternative without idle GPUs: {alt['name']}, layout {alt['layout']}, "
+                      f"{alt['train_gpus']} training GPUs; cost: " + "; ".join(alt["cost"] or ["none"]),
+                      "  " + ac["index_build"], "  " + ac["render"]]
+            lines += [f"  # {note}" for note in ac["notes"] if note not in c["notes"]]
     elif p.get("options"):
         lines += ["", "no option fits: see the reasons above (more GPUs, GPU memory or RAM)"]
     r = p.get("reranker")

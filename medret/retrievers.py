@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medret.encoders.specs import REGISTRY, known_names
 from medret.errors import ConfigError
 
 FUSIONS = {"rrf-2": ("bm25", "medcpt"), "rrf-4": ("bm25", "contriever", "specter", "medcpt")}
-DENSE = ("medcpt", "contriever", "specter", "e5")
+DENSE = tuple(REGISTRY)  # the named dense retrievers (lower-case): encoders.specs.REGISTRY is their one table
 
 
 def retriever_parts(name: str) -> tuple[str, ...]:
@@ -37,9 +38,14 @@ def dense_parts(name: str) -> tuple[str, ...]:
 
 
 def valid_retrievers() -> str:
-    return ("valid names are BM25, MedCPT, Contriever, SPECTER, e5, RRF-2 (BM25+MedCPT), "
+    return (f"valid names are BM25, {', '.join(known_names())}, RRF-2 (BM25+MedCPT), "
             "RRF-4 (BM25+Contriever+SPECTER+MedCPT), any of them joined with '+', or a local model folder "
             "(with pooling='cls'|'mean')")
+
+
+def retriever_choices() -> str:
+    """The retriever names a message lists: ``BM25, MedCPT, Contriever, SPECTER, e5, RRF-2, RRF-4``."""
+    return ", ".join(["BM25", *known_names(), *(f.upper() for f in FUSIONS)])
 
 
 def is_model_dir(p: str) -> bool:

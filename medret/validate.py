@@ -32,7 +32,20 @@ def check_queries(queries: Any, max_batch: int, max_chars: int) -> list[str]:
         if len(q) > max_chars:
             raise QueryError(f"queries[{i}] has {len(q)} characters, more than max_query_chars={max_chars}: "
                              f"shorten the query")
+        check_text(q, f"queries[{i}]")
     return list(queries)
+
+
+def check_text(text: str, field: str) -> None:
+    """QueryError when ``text`` holds a lone surrogate (U+D800..U+DFFF): not Unicode text, so no tokenizer, UTF-8
+    encoder or JSON writer takes it (one half of a UTF-16 pair: a string cut inside an emoji, or bytes decoded with
+    ``surrogateescape``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise QueryError(f"{field} holds a lone surrogate U+{ord(text[e.start]):04X} at position {e.start}: that is "
+                         "half of a UTF-16 pair, not text; send valid Unicode (e.g. decode bytes with "
+                         "errors='replace')") from None
 
 
 def check_topk(topk: Any, max_topk: int, rerank_depth: int | None = None) -> int:
@@ -150,9 +163,6 @@ class Whole:
 
     def optional(self, meaning: str = "") -> "Whole":
         return Whole(self.minimum, meaning, self.error, self.maximum)
-
-    def raising(self, error: type[ConfigError]) -> "Whole":
-        return Whole(self.minimum, self.none, error, self.maximum)
 
 
 class Number:

@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
+from collections import defaultdict
 from pathlib import Path
+from typing import Any, Iterable
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-PUBMEDQA = SHARED / "datasets" / "pubmedqa"
+#: PubMedQA's ori_pqal.json (https://github.com/pubmedqa/pubmedqa, data/ori_pqal.json): the folder that holds it,
+#: $MEDRET_TEST_PUBMEDQA when set (a file or a folder), else the shared data beside the project's checkout
+PUBMEDQA_ENV = "MEDRET_TEST_PUBMEDQA"
+PUBMEDQA = Path(os.environ.get(PUBMEDQA_ENV) or SHARED / "datasets" / "pubmedqa")
+if PUBMEDQA.is_file():
+    PUBMEDQA = PUBMEDQA.parent
 
 TOY_DOCS = [
     ("Sepsis", "Sepsis in elderly ICU patients carries a high mortality risk."),
@@ -19,6 +27,42 @@ TOY_DOCS = [
     ("Delirium", "Delirium in the ICU is common in elderly patients and predicts mortality."),
     ("Diabetic ketoacidosis", "Diabetic ketoacidosis is treated with insulin, fluids and potassium."),
 ]
+
+
+def skip_reason(report: Any) -> str:
+    """The reason a skipped test report carries (``pytest.skip("...")``, ``importorskip``, a skip marker)."""
+    longrepr = getattr(report, "longrepr", None)
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        reason = str(longrepr[2])
+    else:
+        reason = str(longrepr or "no reason given")
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+def skip_lines(reports: Iterable[Any]) -> list[str]:
+    """``N test(s): reason`` per distinct reason (most first), each followed by its test files and counts."""
+    by_reason: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for rep in reports:
+        if getattr(rep, "when", "call") == "teardown" and not getattr(rep, "skipped", False):
+            continue
+        nodeid = getattr(rep, "nodeid", "") or "?"
+        by_reason[skip_reason(rep)][nodeid.split("::")[0]] += 1
+    out = []
+    for reason, files in sorted(by_reason.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])):
+        n = sum(files.values())
+        out.append(f"{n} test{'s' if n != 1 else ''}: {reason}")
+        out.append("    " + ", ".join(f"{f} ({c})" for f, c in sorted(files.items())))
+    return out
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """After the run (`make test`'s logs end with it): the skipped tests grouped by what they lacked (data, a
+    package, a GPU), with counts."""
+    lines = skip_lines(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.section("skipped, by what they need")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +94,8 @@ def toy_corpus(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def pubmedqa_data():
     if not (PUBMEDQA / "ori_pqal.json").is_file():
-        pytest.skip(f"PubMedQA data not found at {PUBMEDQA} (shared/datasets/pubmedqa is absent)")
+        pytest.skip(f"data: PubMedQA's ori_pqal.json not found in {PUBMEDQA}; get it from "
+                    f"https://github.com/pubmedqa/pubmedqa (data/ori_pqal.json) and set {PUBMEDQA_ENV}=PATH")
     from medret.eval import pubmedqa
 
     return pubmedqa.load(PUBMEDQA)
@@ -110,6 +155,29 @@ def save_tiny_bert(folder: Path, seed: int = 0, hidden: int = 32) -> Path:
     BertModel(cfg).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def install_downloaded(src: Path, models_dir: Path, model_id: str, revision: str = "0" * 40) -> Path:
+    """Put the model folder ``src`` at ``models_dir/model_id`` as `medret models download` leaves it: the files and
+    its record (sizes, mtimes, sha256 of the weights, git blob ids of the small files), so the loader identifies it
+    by its record rather than by the published model's shape (a hand copy of a tiny model is refused: issue 24)."""
+    import hashlib
+    import shutil
+
+    from medret.encoders.locate import DOWNLOAD_RECORD
+
+    dest = Path(models_dir) / model_id
+    shutil.copytree(src, dest)
+    files = {}
+    for p in sorted(dest.iterdir()):
+        data, st = p.read_bytes(), p.stat()
+        lfs = p.suffix in (".safetensors", ".bin")
+        files[p.name] = {"stat": [st.st_size, st.st_mtime_ns], "size": st.st_size,
+                         "sha256": hashlib.sha256(data).hexdigest() if lfs else None,
+                         "blob_id": None if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+    (dest / DOWNLOAD_RECORD).write_text(json.dumps({"repo_id": model_id, "revision": revision, "complete": True,
+                                                    "files": files}))
+    return dest
 
 
 # ------------------------------------------------------------------------------------------------ trained encoder

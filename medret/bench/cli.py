@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
-from medret.bench.harness import BenchConfig, format_table, run_bench, write_outputs
+from medret.bench.harness import BenchConfig, format_table, require_bench_extra, run_bench, write_outputs
 from medret.bench.synth import write_synthetic_corpus
 from medret.config import EngineOptions
-from medret.corpus.registry import cache_dir
 from medret.errors import ConfigError
 from medret.eval import pubmedqa
 from medret.eval.qrels import load_labelled, pubmedqa_set, write_beir_corpus
 from medret.eval.runner import evaluate, format_results
+from medret.fetch.env import default_cache_dir
 from medret.options import add_flags, given
 from medret.plan import register as register_plan
 from medret.storage.atomic import atomic_write_text
@@ -78,12 +79,15 @@ EVAL_OWN = ("corpus_name", "retriever_name")
 
 
 def _work_dir(args) -> Path:
-    return Path(args.work_dir).expanduser() if args.work_dir else cache_dir() / "bench"
+    return Path(args.work_dir).expanduser() if args.work_dir else default_cache_dir() / "bench"
 
 
 def pubmedqa_corpus(path: str, work: Path) -> tuple[Path, dict]:
-    data = pubmedqa.load(path)
-    folder = work / "pubmedqa"
+    file = pubmedqa.locate(path)
+    raw = file.read_bytes()
+    data = pubmedqa.parse(raw, file)
+    # keyed by the file's content: another copy (or version) of ori_pqal.json gets its own corpus
+    folder = work / f"pubmedqa-{hashlib.sha256(raw).hexdigest()[:12]}"
     if not (folder / "chunk" / "pubmedqa.jsonl").is_file():
         pubmedqa.write_corpus(data, folder)
     return folder, data
@@ -100,6 +104,7 @@ def read_queries_file(path: str) -> list[str]:
 
 
 def cmd_bench(args) -> int:
+    require_bench_extra()
     opts = EngineOptions.from_args(args)
     corpus, db_dir, queries = opts.corpus_name, opts.db_dir, None
     work = _work_dir(args)

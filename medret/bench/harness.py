@@ -29,13 +29,14 @@ from medret.api import Retriever
 from medret.config import EngineOptions, RetrieverConfig
 from medret.corpus.registry import resolve_corpus
 from medret.corpus.store import open_corpus_store
-from medret.errors import ConfigError
+from medret.errors import ConfigError, MissingDependencyError
 from medret.storage.atomic import atomic_path, atomic_write_text
+from medret.transports import TRANSPORTS, transport_class
 from medret.transports.local import LocalTransport
+from medret.validate import check_whole
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("local", "http", "ray")
 DEFAULT_BATCHES = (1, 8, 64, 512, 2560)
 
 
@@ -58,18 +59,16 @@ class BenchConfig:
     options: dict[str, Any] = field(default_factory=dict)  # other RetrieverConfig fields (pooling, device, ...)
 
     def __post_init__(self) -> None:
-        bad = [b for b in self.backends if b not in BACKENDS]
+        bad = [b for b in self.backends if b not in TRANSPORTS]
         if bad or not self.backends:
-            raise ConfigError(f"backends={list(self.backends)!r} is invalid: choose from {', '.join(BACKENDS)}")
+            raise ConfigError(f"backends={list(self.backends)!r} is invalid: choose from {', '.join(TRANSPORTS)}")
         if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch_sizes={list(self.batch_sizes)!r} is invalid: positive whole numbers, e.g. 1,8,64")
         if not 0.0 <= self.dup_ratio < 1.0:
             raise ConfigError(f"dup_ratio={self.dup_ratio!r} is invalid: a fraction from 0 (all queries distinct) "
                               f"to below 1 (e.g. 0.875 for GRPO groups of 8 sharing one query)")
-        if not isinstance(self.topk, int) or self.topk < 1:
-            raise ConfigError(f"topk={self.topk!r} is invalid: a positive whole number")
-        if self.repeats < 1 or self.min_repeats < 1:
-            raise ConfigError(f"repeats={self.repeats}, min_repeats={self.min_repeats} are invalid: at least 1")
+        for name in ("topk", "repeats", "min_repeats"):
+            check_whole(name, getattr(self, name))
 
     def retriever_kwargs(self) -> dict[str, Any]:
         return {"corpus_name": self.corpus, "retriever_name": self.retriever, "db_dir": self.db_dir, **self.options}
@@ -115,6 +114,23 @@ def queries_from_corpus(corpus: str, db_dir: str | None, n: int, seed: int = 0) 
 
 
 # ---------------------------------------------------------------------------------------------- processes
+
+BENCH_EXTRA = ("psutil", "matplotlib")  # medret[bench]: memory readings and the plot
+
+
+def require_bench_extra() -> None:
+    """Before anything runs: the packages of ``medret[bench]`` are importable, or one error naming the extra."""
+    missing = []
+    for m in BENCH_EXTRA:
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            missing.append(m)
+    if missing:
+        raise MissingDependencyError(
+            f"medret bench needs {' and '.join(missing)} (memory readings, bench.png), not installed here: "
+            f"pip install 'medret[bench]'")
+
 
 
 def rss_bytes() -> int:
@@ -192,18 +208,15 @@ class Server:
 
 
 def available(backend: str) -> str | None:
-    """None when the backend can run here, else why not."""
-    if backend == "local":
-        return None
-    if backend == "http":
-        for mod in ("medret.transports.http", "medret.serve.server", "uvicorn", "starlette", "requests"):
-            if importlib.util.find_spec(mod) is None:
-                return f"{mod} is not installed"
-        return None
-    if importlib.util.find_spec("ray") is None:
-        return "ray is not installed (pip install 'medret[ray]')"
-    if importlib.util.find_spec("medret.transports.ray") is None:
-        return "medret.transports.ray is not part of this installation"
+    """None when the backend can run here, else why not: the transport's own packages and, for a remote one, the
+    server this benchmark starts for it."""
+    cls = transport_class(backend)
+    wanted = [(d, f" (pip install 'medret[{extra}]')") for d, extra in cls.needs(dense=False).items()]
+    if cls.remote:
+        wanted += [(m, "") for m in ("medret.serve.server", "uvicorn", "starlette")]
+    for mod, fix in wanted:
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed{fix}"
     return None
 
 
@@ -291,7 +304,7 @@ def run_backend(backend: str, cfg: BenchConfig, pool: Sequence[str]) -> dict[str
     server = None
     retriever = None
     try:
-        if backend == "http":
+        if transport_class(backend).remote:  # a server to search: started here, timed from its start
             server = Server(kwargs, cfg.startup_timeout)
             config = RetrieverConfig.from_mapping({**kwargs, "backend": "http", "address_file": server.address_file,
                                                    "timeout": 600.0})
@@ -418,9 +431,11 @@ def format_table(results: dict[str, Any]) -> str:
             su = f"{b['startup_s']:.2f}" if i == 0 and "startup_s" in b else ""
             eng = f"{100 * r['engine_frac']:.1f} %" if "engine_frac" in r else ""
             ov = f"{100 * r['overhead_vs_local']:+.1f} %" if "overhead_vs_local" in r else ""
-            rss = f"{_mb(b['client_peak_rss_bytes'])} / {_mb(other)}" if i == 0 else ""
+            rss = f"{_mb(b.get('client_peak_rss_bytes'))} / {_mb(other)}" if i == 0 else ""
             lines.append(f"| {b['backend']} | {su} | {r['batch']} | {r['unique']} | {r['runs']} | {r['p50_ms']:.1f} "
                          f"| {r['p95_ms']:.1f} | {r['qps']:.1f} | {eng} | {ov} | {rss} |")
+        if "error" in b:  # failed after its timings: they stand, and the failure is listed with them
+            lines.append(f"| {b['backend']} | error after timing: {b['error']} | | | | | | | | | |")
     return "\n".join(lines)
 
 
@@ -453,10 +468,14 @@ def plot(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def write_outputs(results: dict[str, Any], out_dir: str | os.PathLike[str], stem: str = "bench") -> dict[str, Path]:
+    """Write ``stem``.json, .md and .png; the paths written (no "png" when matplotlib is missing: logged)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
     atomic_write_text(paths["json"], json.dumps(results, indent=2, default=str))
     atomic_write_text(paths["md"], format_table(results) + "\n")
-    plot(results, paths["png"])
+    try:
+        plot(results, paths["png"])
+    except MissingDependencyError as e:
+        log.warning("%s not written: %s", paths.pop("png"), e)
     return paths

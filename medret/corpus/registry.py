@@ -77,9 +77,6 @@ def medrag_index_dir(source_dir: str | os.PathLike[str], doc_model: str | Encode
     return Path(source_dir) / "index" / model
 
 
-cache_dir = default_cache_dir  # the older name (benchmarks use it)
-
-
 def artifacts_in(cache: str | os.PathLike[str] | None, name: str, origin: Path, default: Path) -> Path:
     """Where the stores and indexes of ``origin`` (a source folder, a jsonl file, or a db_dir for corpus-level
     artifacts) live: ``default`` (beside the data), or with ``cache_dir`` set, ``<cache_dir>/<name>-<hash of the
@@ -106,7 +103,9 @@ def resolve_corpus(name: str, db_dir: str | os.PathLike[str] | None,
         raise CorpusError(f"corpus_name={name!r} is invalid: give one of {', '.join(valid_names())} or a folder path")
     key = name.strip().lower()
     if key == "sample":
-        art = artifacts_in(cache, "sample", SAMPLE_DIR, default_cache_dir() / "sample")
+        # keyed by this installation's sample folder even in the default cache: two installs (a venv per trainer)
+        # sharing ~/.cache/medret would otherwise take turns finding the other's chunk files' inodes in the store
+        art = artifacts_in(default_cache_dir() if cache is None else cache, "sample", SAMPLE_DIR, SAMPLE_DIR)
         return Corpus("sample", (_source("sample", SAMPLE_DIR, art),), art)
     if key in SOURCES:
         if db_dir is None:

@@ -295,7 +295,8 @@ def _checked(store: DocStore, source: Source) -> DocStore:
                 raise _stale(source, v.changed)
             if not v.needs_hash:
                 return store
-            log.warning("%d chunk file(s) of %s have another mtime, ctime or inode than when the store was built "
+            # not a warning: nothing to act on unless the content differs, and then the refusal says so
+            log.info("%d chunk file(s) of %s have another mtime, ctime or inode than when the store was built "
                         "(copied, touched or restored?), e.g. %s: checking their content", len(v.needs_hash),
                         source.name, v.needs_hash[0])
     except BaseException:

@@ -14,7 +14,7 @@ from medret.corpus.registry import DISPLAY, KNOWN_ROWS, SOURCES, resolve_corpus
 from medret.corpus.store import DocStore, UnionStore, stored_rows
 from medret.device import resolve_device
 from medret.doctor.checks import FAIL, OK, WARN, Check, Need, gb
-from medret.encoders.specs import spec_for
+from medret.encoders.specs import like_choices, spec_for
 from medret.errors import MedretError
 from medret.fetch.files import is_lfs_pointer
 from medret.index.dense_build import load_dense_index
@@ -22,7 +22,7 @@ from medret.index.hints import build_command
 from medret.index.identity import encoder_identity
 from medret.index.locate import legacy_message, locate_bm25, locate_dense
 from medret.index.medrag import open_medrag_index
-from medret.retrievers import retriever_parts
+from medret.retrievers import retriever_choices, retriever_parts
 
 # Counting lines of bigger chunk folders takes minutes (PubMed is 70 GB); their row count comes from the store.
 COUNT_LINES_MAX_BYTES = 2 * 1024**3
@@ -141,7 +141,7 @@ def check_store_and_indexes(config: Any) -> tuple[list[Check], list[Need], bool]
         parts = retriever_parts(config.retriever_name)
     except MedretError as e:
         checks.append(Check("index", FAIL, f"retriever {config.retriever_name!r} is unknown", str(e),
-                            "give --retriever BM25, MedCPT, Contriever, SPECTER, e5, RRF-2, RRF-4 or a model folder"))
+                            f"give --retriever {retriever_choices()} or a model folder"))
         store.close()
         return checks, needs_, False
     device = device_or_none(config)
@@ -192,7 +192,7 @@ def _dense_checks(corpus: Any, stores: list[Any], part: str, config: Any, build:
         identity = encoder_identity(spec, config.doc_model, config.query_model, config.models_dir)
     except MedretError as e:
         return [Check("index", FAIL, f"dense retriever {part!r} cannot be configured", str(e),
-                      "give --like e5|MedCPT|Contriever|SPECTER or --pooling cls|mean for a local model folder")], \
+                      f"give --like {like_choices()} or --pooling cls|mean for a local model folder")], \
             [], False
     except OSError as e:
         return [Check("index", FAIL, f"the model files of {part!r} cannot be read", str(e),

@@ -12,8 +12,10 @@ from typing import Any
 from medret import optional
 from medret.device import cuda_fix, parse_visible_devices, resolve_device
 from medret.doctor.checks import FAIL, OK, WARN, Check, gb
+from medret.encoders.specs import known_names
 from medret.errors import ConfigError, DeviceError, MedretError, MissingDependencyError
 from medret.retrievers import retriever_parts
+from medret.transports import transport_class
 from medret.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -39,18 +41,13 @@ def _version(dist: str) -> str | None:
 
 def needs(config: Any) -> dict[str, str]:
     """The optional packages this configuration uses, with the extra that installs them."""
-    out: dict[str, str] = {}
     if config is None:
-        return out
+        return {}
     try:
         parts = retriever_parts(config.retriever_name)
     except MedretError:
         parts = ()
-    if config.backend == "local" and any(p != "bm25" for p in parts):
-        out.update({"torch": "dense", "transformers": "dense", "faiss-cpu": "dense"})
-    if config.backend == "ray":
-        out["ray"] = "ray"
-    return out
+    return transport_class(config.backend).needs(dense=any(p != "bm25" for p in parts))
 
 
 def check_packages(config: Any) -> list[Check]:
@@ -77,7 +74,7 @@ def check_torch(config: Any) -> list[Check]:
     except MissingDependencyError:
         dense = "torch" in needs(config)
         return [Check("torch", FAIL if dense else OK, "PyTorch not installed",
-                      "needed only for dense retrievers (MedCPT, Contriever, SPECTER, e5)",
+                      f"needed only for dense retrievers ({', '.join(known_names())})",
                       "pip install 'medret[dense]'" if dense else "")]
     cuda = getattr(torch.version, "cuda", None)
     try:

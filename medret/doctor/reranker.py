@@ -12,13 +12,14 @@ from medret.encoders.cross import CrossEncoder, folder_problem
 from medret.encoders.locate import hub_problem, is_local, model_location, offline_fix
 from medret.encoders.specs import reranker_for
 from medret.errors import MedretError
+from medret.transports import transport_class
 
 KEY = "reranker"
 
 
 def check_reranker(config: Any) -> list[Check]:
     """One line for the configured cross-encoder (none without a rerank stage)."""
-    if config.backend not in ("local", "ray") or config.reranker is None:
+    if transport_class(config.backend).remote or config.reranker is None:  # a server loads its own
         return []
     try:
         spec = reranker_for(config)

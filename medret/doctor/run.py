@@ -21,6 +21,7 @@ from medret.doctor.jobs import check_sbatch, check_searchr1
 from medret.doctor.reranker import check_reranker
 from medret.doctor.runtime import check_encoder, check_search, check_server
 from medret.errors import ConfigError, MedretError
+from medret.transports import transport_class
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def run_checks(opts: DoctorOptions) -> list[Check]:
     add(check_packages, config, key="packages")
     add(check_torch, config, key="torch")
     add(check_gpus, config, key="gpu")
-    if config is not None and config.backend in ("local", "ray"):  # ray actors read the same files
+    if config is not None and not transport_class(config.backend).remote:  # ray actors read the same files
         add(check_corpus, config, key="corpus")
         res = add(check_store_and_indexes, config, key="store")
         needs_, ready = (res[1], res[2]) if res else ([], False)

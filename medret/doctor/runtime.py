@@ -14,10 +14,12 @@ from medret.doctor.checks import FAIL, OK, WARN, Check
 from medret.doctor.data import device_or_none
 from medret.encoders.hf import Encoder
 from medret.encoders.locate import hub_problem, model_location, offline_fix
-from medret.encoders.specs import spec_for
+from medret.encoders.recipe_check import folder_summary, require_recipe_model, width_problem
+from medret.encoders.specs import like_choices, spec_for
 from medret.errors import MedretError
 from medret.fetch.env import hf_cache_dir, hf_offline
 from medret.retrievers import dense_parts
+from medret.transports import transport_class
 from medret.transports.http import HttpTransport, base_url, read_address_file
 
 
@@ -25,7 +27,7 @@ def check_encoder(config: Any, ready: bool = True) -> list[Check]:
     """Every model of every dense part: where it would load from, that it loads and encodes. The query model's
     lines are ``encoder``; a separate document model's are ``doc-encoder`` (needed to build an index, so a missing
     one fails only while an index still has to be built)."""
-    if config.backend not in ("local", "ray"):
+    if transport_class(config.backend).remote:  # the server loads the models
         return []
     try:
         parts = list(dense_parts(config.retriever_name))
@@ -41,13 +43,17 @@ def check_encoder(config: Any, ready: bool = True) -> list[Check]:
             spec = spec_for(part, config)
         except MedretError as e:
             out.append(Check("encoder", FAIL, f"encoder {part!r} cannot be configured", str(e),
-                             "give --like e5|MedCPT|Contriever|SPECTER or --pooling cls|mean for a local model folder"))
+                             f"give --like {like_choices()} or --pooling cls|mean for a local model folder"))
             continue
         qloc = model_location(spec.query_model, config.query_model, config.models_dir)
         dloc = model_location(spec.doc_model, config.doc_model, config.models_dir)
         roles = [("query", spec.query_model, qloc)] + ([("doc", spec.doc_model, dloc)] if dloc != qloc else [])
         for role, model, loc in roles:
             out.append(_model_check(spec, role, model, loc, config, device, ready, hub, shared=len(roles) == 1))
+        problem = width_problem(spec.name, qloc, dloc)
+        if problem:
+            out.append(Check("encoder", FAIL, f"encoder {spec.name}: the query and document models disagree in width",
+                             problem, "give a query and a document model of the same width"))
     return out
 
 
@@ -72,6 +78,14 @@ def _model_check(spec: Any, role: str, model: str, loc: str, config: Any, device
         return Check(key, WARN, f"{what}: {loc} is not downloaded yet" + use,
                      "it will be downloaded on first use; compute nodes without internet need it beforehand",
                      offline_fix(spec.name))
+    explicit = config.query_model if role == "query" else config.doc_model
+    try:  # a folder found for the recipe's model id must be that model (the loader refuses it otherwise)
+        require_recipe_model(spec.name, role, model, explicit, loc)
+    except MedretError as e:
+        return Check(key, miss, f"{what}: {loc} is not the model the recipe names", str(e),
+                     f"medret models download {spec.name} --dir DIR (then --models-dir DIR)")
+    if explicit is None and state == "local folder":
+        state = "; ".join(x for x in (state, folder_summary(model, loc)) if x)
     try:
         t0 = time.perf_counter()
         paths = {"query_model_path": loc} if role == "query" else {"doc_model_path": loc}
@@ -108,9 +122,10 @@ def _model_availability(loc: str) -> str:
 
 
 def check_search(config: Any, query: str, ready: bool) -> list[Check]:
-    if config.backend in ("local", "ray") and not ready:
+    here = not transport_class(config.backend).remote  # the index is searched from this machine's files
+    if here and not ready:
         return [Check("search", WARN, "test query skipped: the store or index is not ready (see above)")]
-    cfg = config.replace(auto_build=False) if config.backend in ("local", "ray") else config
+    cfg = config.replace(auto_build=False) if here else config
     try:
         t0 = time.perf_counter()
         r = Retriever(cfg)

@@ -26,10 +26,11 @@ from medret.encoders.locate import (
     search_dirs,
 )
 from medret.encoders.pooling import l2_normalize, pool
+from medret.encoders.recipe_check import require_recipe_model, width_problem
 from medret.encoders.specs import EncoderSpec, format_docs, format_query
 from medret.errors import ConfigError, ModelNotFoundError
 from medret.fetch.env import hf_cache_dir, hf_offline
-from medret.validate import check_whole
+from medret.validate import check_text, check_whole
 
 logger = logging.getLogger(__name__)
 _ROLE = {"doc": "document"}
@@ -50,10 +51,24 @@ class _Part:
         self.dtype = dtype
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.dim = int(getattr(self.model.config, "hidden_size", 0) or 0)
+        self.max_tokens = position_limit(self.model.config)
         # Segment ids matter for sentence pairs (MedCPT's [title, content]); some saved tokenizers do not
         # list them in model_input_names, so ask for them whenever the model has segment embeddings.
         self.wants_token_types = int(getattr(self.model.config, "type_vocab_size", 0) or 0) >= 2
         logger.info("loaded %s encoder %s from %s on %s (%s)", role, model, location, device, dtype)
+
+
+# models whose position ids start after the padding index (fairseq's convention): 2 of their positions are not usable
+_OFFSET_POSITIONS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "mpnet": 2, "xlm-roberta-xl": 2}
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens one input may have (``max_position_embeddings``, less the positions a model reserves), or
+    None when the config does not say."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return None
+    return n - _OFFSET_POSITIONS.get(str(getattr(config, "model_type", "")), 0)
 
 
 def _from_pretrained(location: str, dtype: Any, local_only: bool = False, head: str = "AutoModel") -> tuple[Any, Any]:
@@ -144,9 +159,14 @@ class Encoder:
         self._query_loc = model_location(spec.query_model, query_model_path, models_dir)
         self._doc_loc = model_location(spec.doc_model, doc_model_path, models_dir)
         self._models_dir = models_dir
+        # a folder found for the recipe's model id (not one given on purpose) is held to the recipe
+        self._explicit = {"query": query_model_path, "doc": doc_model_path}
         self._parts: dict[str, _Part] = {}
         if load_query:
             self._part("query")
+        problem = width_problem(spec.name, self._query_loc, self._doc_loc)
+        if problem:
+            raise ModelNotFoundError(problem)
 
     # ------------------------------------------------------------------ loading
     def _part(self, role: str) -> _Part:
@@ -155,10 +175,23 @@ class Encoder:
         if role not in self._parts:
             shared = [p for p in self._parts.values() if p.location == loc]
             if shared:
-                self._parts[role] = shared[0]
-        if role not in self._parts:
-            self._parts[role] = _Part(model, loc, role, self.spec.name, self.device, self.fp16, self._models_dir)
+                part = shared[0]
+            else:
+                require_recipe_model(self.spec.name, role, model, self._explicit[role], loc)
+                part = _Part(model, loc, role, self.spec.name, self.device, self.fp16, self._models_dir)
+            self._check_length(role, part)
+            self._parts[role] = part
         return self._parts[role]
+
+    def _check_length(self, role: str, part: _Part) -> None:
+        """A token limit above the model's positions is refused now, not by torch at the first long input."""
+        max_len = self.spec.query_max_len if role == "query" else self.spec.doc_max_len
+        if part.max_tokens is not None and max_len > part.max_tokens:
+            flag = "--query-max-length" if role == "query" else "--doc-max-length"
+            raise ConfigError(
+                f"the {_ROLE.get(role, role)} token limit {max_len} ({flag} / --max-length) is more than "
+                f"{part.model_id} takes: its max_position_embeddings allow {part.max_tokens} tokens an input "
+                f"({part.location}/config.json); give {flag} {part.max_tokens} or less")
 
     @property
     def dim(self) -> int:
@@ -172,6 +205,7 @@ class Encoder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ConfigError(f"queries[{i}]={t!r} is invalid: each query must be a string")
+            check_text(t, f"queries[{i}]")
         part = self._part("query")
         inputs = [format_query(self.spec, t) for t in texts]
         return self._encode(part, inputs, None, self.spec.query_max_len, batch_size)

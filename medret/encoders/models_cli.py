@@ -5,9 +5,11 @@ import argparse
 import json
 
 from medret.encoders import download as md
+from medret.encoders.specs import RERANKERS
 from medret.fetch.files import human_bytes
 from medret.fetch.settings import FetchOptions
 from medret.options import add_flags
+from medret.retrievers import retriever_choices
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "checked against the hub's sizes and checksums; interrupted downloads resume. Honours "
                     "HF_ENDPOINT, HF_TOKEN and HF_HOME.")
     d.add_argument("retriever", metavar="RETRIEVER",
-                   help="MedCPT, Contriever, SPECTER, e5, RRF-2, RRF-4, 'A+B', a cross-encoder "
-                        "(MedCPT-Cross-Encoder, ms-marco-MiniLM-L12-v2), or a local model folder")
+                   help=f"{retriever_choices().removeprefix('BM25, ')}, 'A+B', a cross-encoder "
+                        f"({', '.join(s.name for s in RERANKERS.values())}), or a local model folder")
     d.add_argument("--dir", dest="models_dir", default=None, metavar="DIR",
                    help="where to put the models (DIR/<model id>); default $MEDRET_MODELS_DIR, else "
                         "~/.cache/medret/models")

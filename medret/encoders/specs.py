@@ -46,6 +46,9 @@ METRICS: tuple[str, ...] = ("ip", "l2")
 DOC_FORMATS: tuple[str, ...] = ("pair", "contriever", "specter", "concat", "searchr1")
 
 
+_PUBLISHED_SHAPE = ("model_type", "vocab_size")
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """How one dense retriever turns queries and documents into vectors."""
@@ -59,10 +62,13 @@ class EncoderSpec:
     doc_prefix: str
     query_max_len: int
     doc_max_len: int
-    doc_pair_input: bool
     metric: Metric
     dim: int | None
     doc_format: DocFormat = "concat"
+    # the published models' config.json besides their width (``dim`` = hidden_size): what a hand-copied folder is held
+    # to (medret.encoders.recipe_check). Not part of the recipe recorded with an index (to_dict leaves them out).
+    model_type: str | None = dataclasses.field(default=None, compare=False)
+    vocab_size: int | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -73,11 +79,11 @@ class EncoderSpec:
             raise ConfigError(f"doc_format={self.doc_format!r} is invalid: use one of {', '.join(DOC_FORMATS)}")
         for field in ("query_max_len", "doc_max_len"):
             check_token_count(field, getattr(self, field))
-        if self.doc_pair_input != (self.doc_format == "pair"):
-            raise ConfigError(
-                f"doc_pair_input={self.doc_pair_input!r} contradicts doc_format={self.doc_format!r}: "
-                "pair input goes with doc_format='pair' and only with it"
-            )
+
+    @property
+    def doc_pair_input(self) -> bool:
+        """True when documents go in as (title, text) pairs: ``doc_format == "pair"``, never set on its own."""
+        return self.doc_format == "pair"
 
     @property
     def slug(self) -> str:
@@ -90,11 +96,11 @@ class EncoderSpec:
         return self.query_model == self.doc_model
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _PUBLISHED_SHAPE}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "EncoderSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - set(_PUBLISHED_SHAPE)
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def same_encoding(self, other: "EncoderSpec") -> bool:
@@ -116,10 +122,11 @@ MEDCPT = EncoderSpec(
     doc_prefix="",
     query_max_len=64,
     doc_max_len=512,
-    doc_pair_input=True,
     metric="ip",
     dim=768,
     doc_format="pair",
+    model_type="bert",
+    vocab_size=30522,
 )
 CONTRIEVER = EncoderSpec(
     name="Contriever",
@@ -131,10 +138,11 @@ CONTRIEVER = EncoderSpec(
     doc_prefix="",
     query_max_len=512,
     doc_max_len=512,
-    doc_pair_input=False,
     metric="ip",
     dim=768,
     doc_format="contriever",
+    model_type="bert",
+    vocab_size=30522,
 )
 SPECTER = EncoderSpec(
     name="SPECTER",
@@ -146,10 +154,11 @@ SPECTER = EncoderSpec(
     doc_prefix="",
     query_max_len=512,
     doc_max_len=512,
-    doc_pair_input=False,
     metric="l2",
     dim=768,
     doc_format="specter",
+    model_type="bert",
+    vocab_size=31116,  # SciBERT's vocabulary
 )
 E5 = EncoderSpec(
     name="e5",
@@ -161,17 +170,38 @@ E5 = EncoderSpec(
     doc_prefix="passage: ",
     query_max_len=256,
     doc_max_len=256,
-    doc_pair_input=False,
     metric="ip",
     dim=768,
     doc_format="searchr1",
+    model_type="bert",
+    vocab_size=30522,
+)
+MEDEMBED = EncoderSpec(  # a fine-tune of BAAI/bge-small-en-v1.5: BGE's [CLS] pooling, normalised (cosine)
+    name="MedEmbed",
+    query_model="abhinand/MedEmbed-small-v0.1",
+    doc_model="abhinand/MedEmbed-small-v0.1",
+    pooling="cls",
+    normalize=True,
+    query_prefix="",
+    doc_prefix="",
+    query_max_len=512,
+    doc_max_len=512,
+    metric="ip",
+    dim=384,
+    model_type="bert",
+    vocab_size=30522,
 )
 
-REGISTRY: dict[str, EncoderSpec] = {s.name.lower(): s for s in (MEDCPT, CONTRIEVER, SPECTER, E5)}
+REGISTRY: dict[str, EncoderSpec] = {s.name.lower(): s for s in (MEDCPT, CONTRIEVER, SPECTER, E5, MEDEMBED)}
 
 
 def known_names() -> list[str]:
     return [s.name for s in REGISTRY.values()]
+
+
+def like_choices(quote: str = "") -> str:
+    """The named recipes as the ``like`` choices a message lists: ``MedCPT|Contriever|SPECTER|e5``."""
+    return "|".join(f"{quote}{n}{quote}" for n in known_names())
 
 
 def get_spec(name: str) -> EncoderSpec | None:
@@ -227,9 +257,7 @@ def resolve_spec(
     }
     if doc_format is not None:
         overrides["doc_format"] = doc_format
-        overrides["doc_pair_input"] = doc_format == "pair"
     elif doc_pair_input is not None:
-        overrides["doc_pair_input"] = doc_pair_input
         overrides["doc_format"] = "pair" if doc_pair_input else "concat"
     overrides = {k: v for k, v in overrides.items() if v is not None}
 
@@ -258,7 +286,7 @@ def resolve_spec(
         raise ConfigError(
             f"retriever={name_or_path!r} is not a known dense retriever{hint}: use one of "
             f"{', '.join(known_names())} (case-insensitive), or give a local model directory / model id "
-            "together with like='e5'|'MedCPT'|'Contriever'|'SPECTER' (a named retriever's recipe; CLI: --like) or "
+            f"together with like={like_choices(chr(39))} (a named retriever's recipe; CLI: --like) or "
             "pooling='cls'|'mean' (CLI: --pooling)"
         )
     model = os.path.expanduser(name_or_path)
@@ -272,7 +300,6 @@ def resolve_spec(
         doc_prefix="",
         query_max_len=512,
         doc_max_len=512,
-        doc_pair_input=False,
         metric="ip",
         dim=None,
         doc_format="concat",

@@ -35,7 +35,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from medret.storage.atomic import atomic_path, atomic_write_text
-from medret.storage.checksums import HashingWriter, mismatches, sha256_file
+from medret.storage.checksums import HashingWriter, sha256_file
 
 log = logging.getLogger(__name__)
 SIDECAR = ".sha256"
@@ -112,6 +112,3 @@ def drop_sidecars(work: Path) -> None:
         p.unlink()
 
 
-def mismatched_files(index_dir: Path, manifest: dict) -> list[str]:
-    """The embedding files whose sha256 differs from the manifest's ``emb_sha256`` (reads every file)."""
-    return mismatches(index_dir, manifest.get("emb_sha256") or {})

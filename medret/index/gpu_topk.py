@@ -166,8 +166,8 @@ def exact_topk(
     if chunk_rows is None:
         chunk_rows = auto_chunk_rows(n, block_rows, itemsize + (4 if device.type == "cpu" else 0),
                                      DEFAULT_TEMP_BYTES if max_temp_bytes is None else max_temp_bytes)
-    elif not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ConfigError(f"chunk_rows={chunk_rows!r} is invalid: give a positive integer (rows scored at once)")
+    else:
+        check_whole("chunk_rows", chunk_rows, "rows scored at once")
     if method == "blockmax":
         chunk_rows = max(block_rows, chunk_rows // block_rows * block_rows)
 

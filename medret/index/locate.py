@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from medret.config import EngineOptions
+from medret.corpus.embeddings import PUBLISHED_MODELS
 from medret.corpus.registry import Corpus
 from medret.corpus.store import UnionStore
 from medret.encoders.specs import REGISTRY, EncoderSpec
@@ -84,7 +85,8 @@ def medrag_applies(spec: EncoderSpec) -> bool:
     """MedRAG's precomputed index fits ``spec`` when its document model is one MedRAG embedded (by hub id; the
     weights may come from the cache, $MEDRET_MODELS_DIR or a ``--doc-model`` copy) and it encodes documents with
     MedRAG's recipe for it. A local folder configured ``--like MedCPT`` is another model: it gets its own index."""
-    registered = next((s for s in REGISTRY.values() if s.doc_model == spec.doc_model and s.name != "e5"), None)
+    registered = next((s for s in REGISTRY.values() if s.doc_model == spec.doc_model
+                       and s.doc_model in PUBLISHED_MODELS), None)
     return registered is not None and spec.same_encoding(registered)
 
 
@@ -112,6 +114,21 @@ def locate_dense(source: Any, size: int, spec: EncoderSpec, identity: EncoderIde
     if old_manifest is not None and recorded(old_manifest) is None:
         return Location("build_legacy", own) if small else Location("legacy", old)
     return Location("build" if small else "missing", own)
+
+
+def dense_indexes(source: Any) -> list[Location]:
+    """Every dense index of ``source`` that :func:`locate_dense` can serve, each once: medret's own (``own``, any
+    encoder; ``legacy`` for medret's first layout, which records no encoder) and MedRAG's precomputed ones
+    (``medrag``: its ``embedding/*.npy`` and/or ``faiss.index``; ``detail`` names the retrievers it serves)."""
+    root = Path(source.artifact_dir) / "index"
+    out = [Location("own" if recorded(read_manifest(m.parent)) else "legacy", m.parent)
+           for m in (sorted(root.glob("*/manifest.json")) if root.is_dir() else [])]
+    medrag: dict[Path, list[str]] = {}
+    for spec in REGISTRY.values():
+        folder = medrag_index_dir(source.root, spec)
+        if medrag_applies(spec) and (has_medrag_embeddings(folder) or has_medrag_faiss(folder)):
+            medrag.setdefault(folder, []).append(spec.name)
+    return out + [Location("medrag", folder, ", ".join(names)) for folder, names in medrag.items()]
 
 
 def legacy_message(old: Path, identity: EncoderIdentity, corpus_name: str, config: EngineOptions) -> str:

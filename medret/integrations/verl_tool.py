@@ -32,8 +32,9 @@ from medret.api import Retriever
 from medret.config import BACKENDS
 from medret.errors import ConfigError
 from medret.integrations import protocol, searchr1_runtime
-from medret.options import Options, declarations, option, plain_dict
-from medret.serve.batcher import Batcher
+from medret.options import declarations, option, plain_dict
+from medret.serve.batcher import Batcher, BatchOptions
+from medret.transports import transport_class
 from medret.validate import check_number, check_queries, check_whole
 
 logger = logging.getLogger(__name__)
@@ -138,8 +139,9 @@ DEFAULT_TOOL_SCHEMA: dict[str, Any] = {
 MISSING_QUERY_LIST = "Error: 'query_list' is missing, empty, or not a list in parameters."
 
 @dataclass(frozen=True)
-class ToolOptions(Options):
-    """The tool's own keys in veRL's tool config, each declared once; every other key is the retriever's block."""
+class ToolOptions(BatchOptions):
+    """The tool's own keys in veRL's tool config, each declared once (the micro-batcher's are
+    :class:`medret.serve.batcher.BatchOptions`); every other key is the retriever's block."""
 
     timeout: float = option(30.0, "seconds one search may take (the answer is then an error text)",
                             check=check_number.positive())
@@ -147,10 +149,6 @@ class ToolOptions(Options):
     rate_limit: int | None = option(None, "most concurrent searches in this process (default: no limit)", kind=int,
                                     check=check_whole.optional("no limit"))
     preload: bool = option(False, "load the retriever when the tool is created, not at the first search")
-    max_batch_queries: int = option(1024, "most queries merged from concurrent trajectories into one search",
-                                    check=check_whole)
-    max_wait_ms: float = option(0.0, "milliseconds to wait for more trajectories' queries before a search",
-                                check=check_number.at_least(0))
     retrieval_service_url: str | None = option(None, "the /retrieve address (backend http), as veRL's SearchTool",
                                                kind=str)
 
@@ -161,15 +159,12 @@ _VERL_KEYS = ("type", "enable_global_rate_limit")
 
 @dataclass(frozen=True)
 class ToolSettings:
+    """The tool's options (``tool``, as declared) and what its config says about the retriever."""
+
     backend: str
     topk: int
-    timeout: float
-    num_workers: int
-    rate_limit: int | None
-    preload: bool
-    max_batch_queries: int
-    max_wait_ms: float
     url: str | None
+    tool: ToolOptions
     block: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -188,9 +183,7 @@ class ToolSettings:
         if backend == "http" and not url:
             raise ConfigError("backend='http' needs retrieval_service_url: http://host:port/retrieve")
         searchr1_runtime.validate_block(block)  # every retriever key and value now, not mid-rollout
-        return cls(backend=backend, topk=topk, timeout=tool.timeout, num_workers=tool.num_workers,
-                   rate_limit=tool.rate_limit, preload=tool.preload, max_batch_queries=tool.max_batch_queries,
-                   max_wait_ms=tool.max_wait_ms, url=url, block=block)
+        return cls(backend=backend, topk=topk, url=url, tool=tool, block=block)
 
 
 _EXECUTORS: dict[int, ThreadPoolExecutor] = {}
@@ -232,15 +225,14 @@ class _ScoredItems:
 _BATCHERS: dict[int, _BatcherEntry] = {}
 
 
-def _batcher_for(retriever: Retriever, max_batch_queries: int, max_wait_ms: float) -> Batcher:
+def _batcher_for(retriever: Retriever, options: BatchOptions) -> Batcher:
     """One micro-batcher per retriever: searches from concurrent trajectories are merged into one call."""
     with _EXECUTORS_LOCK:
         entry = _BATCHERS.get(id(retriever))
         if entry is None or entry.retriever is not retriever:
             # Search-R1's scored items, which are the tool's result as they are
-            batcher = Batcher(lambda: _ScoredItems(retriever),
-                              max_batch_queries=min(max_batch_queries, retriever.config.max_batch),
-                              max_wait_ms=max_wait_ms, name="medret-verl-tool")
+            batcher = Batcher(lambda: _ScoredItems(retriever), options, name="medret-verl-tool",
+                              max_batch_queries=min(options.max_batch_queries, retriever.config.max_batch))
             batcher.start()
             entry = _BATCHERS[id(retriever)] = _BatcherEntry(retriever, batcher)
         return entry.batcher
@@ -261,7 +253,7 @@ class MedretSearchTool(_BaseTool):
         self.settings = ToolSettings.from_config(config or {})
         super().__init__(config, tool_schema)
         self._instance_dict: dict[str, dict[str, Any]] = {}
-        if self.settings.preload and self.settings.backend != "http":
+        if self.settings.tool.preload and not transport_class(self.settings.backend).remote:  # a server preloads itself
             self._retriever()
         logger.info("MedretSearchTool ready: backend=%s topk=%d block=%s", self.settings.backend,
                     self.settings.topk, self.settings.block)
@@ -279,7 +271,7 @@ class MedretSearchTool(_BaseTool):
             assert self.settings.url is not None
             # the event loop side enforces `timeout`; the socket timeout only stops a thread left waiting
             return searchr1_runtime.http_batch_search(self.settings.url, query_list, self.settings.topk,
-                                                      timeout=self.settings.timeout + 5.0)
+                                                      timeout=self.settings.tool.timeout + 5.0)
         return self._retriever().retrieve(query_list, topk=self.settings.topk, return_scores=True)
 
     async def create(self, instance_id: Optional[str] = None, **kwargs: Any) -> tuple[str, Any]:
@@ -295,10 +287,10 @@ class MedretSearchTool(_BaseTool):
             logger.error("[MedretSearchTool] %s Received parameters: %s", MISSING_QUERY_LIST, parameters)
             return ToolResponse(text=protocol.verl_error_text(MISSING_QUERY_LIST)), 0.0, {}
         try:
-            if self.settings.rate_limit is None:
+            if self.settings.tool.rate_limit is None:
                 results = await self._search(query_list)
             else:
-                async with _semaphore(self.settings.rate_limit):
+                async with _semaphore(self.settings.tool.rate_limit):
                     results = await self._search(query_list)
             text = protocol.verl_tool_text(results)
         except Exception as e:  # noqa: BLE001 - every failure goes back to the model as text
@@ -319,20 +311,20 @@ class MedretSearchTool(_BaseTool):
         """Search-R1 result rows for ``query_list``; raises on any failure."""
         loop = asyncio.get_running_loop()
         if self.settings.backend == "http":
-            future = loop.run_in_executor(_executor(self.settings.num_workers), self.search_json, query_list)
+            future = loop.run_in_executor(_executor(self.settings.tool.num_workers), self.search_json, query_list)
             return (await self._bounded(future))["result"]
         # loading the index is not bounded by the search timeout (it happens once per process; preload: true
         # moves it to start-up)
-        retriever = await loop.run_in_executor(_executor(self.settings.num_workers), self._retriever)
+        retriever = await loop.run_in_executor(_executor(self.settings.tool.num_workers), self._retriever)
         queries = check_queries(query_list, retriever.config.max_batch, retriever.config.max_query_chars)
-        batcher = _batcher_for(retriever, self.settings.max_batch_queries, self.settings.max_wait_ms)
+        batcher = _batcher_for(retriever, self.settings.tool)
         return await self._bounded(batcher.submit(queries, self.settings.topk))
 
     async def _bounded(self, awaitable: Any) -> Any:
         try:
-            return await asyncio.wait_for(awaitable, timeout=self.settings.timeout)
+            return await asyncio.wait_for(awaitable, timeout=self.settings.tool.timeout)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"no answer within timeout={self.settings.timeout:g} s") from None
+            raise TimeoutError(f"no answer within timeout={self.settings.tool.timeout:g} s") from None
 
     async def calc_reward(self, instance_id: str, **kwargs: Any) -> Any:
         return self._instance_dict.get(instance_id, {}).get("reward", [])

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
 import re
 import threading
 import time
@@ -38,7 +37,7 @@ from starlette.routing import Route
 from medret.config import RetrieverConfig
 from medret.errors import QueryError
 from medret.serve.batcher import Batcher, SearchBackend
-from medret.serve.settings import TOKEN_ENV, ServeSettings
+from medret.serve.settings import ServeSettings, env_token
 from medret.transports.base import without_scores
 from medret.transports.local import LocalTransport
 from medret.validate import (
@@ -73,8 +72,7 @@ class Service:
                  loader: Callable[[], SearchBackend] | None = None):
         self.config = config
         self.settings = settings
-        self.batcher = Batcher(loader or _local_loader(config), settings.max_batch_queries, settings.max_wait_ms,
-                               max_batch_docs=settings.max_batch_docs)
+        self.batcher = Batcher(loader or _local_loader(config), settings)
         self._token = settings.token.encode() if settings.token else None
         self.started_at = time.time()
         self.requests_ok = 0
@@ -134,6 +132,7 @@ class Service:
                            "window": len(lat)},
         }
         out.update(b.stats.as_dict())
+        out["queued_requests"] = b.queued()
         return out
 
     def note_ignored(self, names: list[str]) -> None:
@@ -383,7 +382,7 @@ def create_app(config: RetrieverConfig, settings: ServeSettings | None = None,
     ``settings.token`` defaults to the ``MEDRET_TOKEN`` environment variable when not given.
     """
     if settings is None:
-        settings = ServeSettings(token=os.environ.get(TOKEN_ENV) or None)
+        settings = ServeSettings(token=env_token())
     service = Service(config, settings, loader)
 
     @contextlib.asynccontextmanager

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from medret.errors import MedretError
-from medret.validate import check_whole, dedupe
+from medret.options import Options, option
+from medret.validate import check_number, check_whole, dedupe
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,36 @@ class BatchStats:
 _STOP = object()
 
 
-class Batcher:
-    """Owns the engine on one thread; :meth:`submit` from the event loop, await the answer."""
+SERVER = "server"  # the flag group of medret serve's own settings
 
-    def __init__(self, loader: Callable[[], SearchBackend], max_batch_queries: int = 4096,
-                 max_wait_ms: float = 0.0, name: str = "medret-engine", max_batch_docs: int = 65536):
-        for knob, v in (("max_batch_queries", max_batch_queries), ("max_batch_docs", max_batch_docs)):
-            check_whole(knob, v)
-        self.max_batch_docs = max_batch_docs
-        if not max_wait_ms >= 0:
-            raise ValueError(f"max_wait_ms={max_wait_ms!r} must be >= 0")
+
+@dataclass(frozen=True)
+class BatchOptions(Options):
+    """The micro-batcher's settings, declared once: ``medret serve``'s (:class:`medret.serve.settings.
+    ServeSettings`) and the veRL tool's (:class:`medret.integrations.verl_tool.ToolOptions`) are these."""
+
+    max_batch_queries: int = option(4096, "most queries merged from concurrent requests into one engine call",
+                                    check=check_whole, metavar="N", group=SERVER)
+    max_batch_docs: int = option(65536, "most hits (queries x topk) one engine call computes; a larger request is "
+                                 "searched alone, in slices of this size, with other requests served between its "
+                                 "slices", check=check_whole, metavar="N", group=SERVER)
+    max_wait_ms: float = option(0.0, "milliseconds to wait for more requests before a batch (0: take what is "
+                                "queued)", check=check_number.at_least(0).at_most(10_000), metavar="X", group=SERVER)
+
+
+class Batcher:
+    """Owns the engine on one thread; :meth:`submit` from the event loop, await the answer.
+
+    ``options``: its settings (any :class:`BatchOptions`, e.g. the server's); keyword arguments change some."""
+
+    def __init__(self, loader: Callable[[], SearchBackend], options: BatchOptions | None = None,
+                 name: str = "medret-engine", **changes: Any):
+        opts = BatchOptions.of(options) if options is not None else BatchOptions()
+        opts = opts.replace(**changes) if changes else opts
+        self.max_batch_docs = opts.max_batch_docs
         self._loader = loader
-        self.max_batch_queries = max_batch_queries
-        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_batch_queries = opts.max_batch_queries
+        self.max_wait_s = opts.max_wait_ms / 1000.0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.backend: SearchBackend | None = None

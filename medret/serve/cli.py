@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import stat
 import sys
 
 from medret.config import EngineOptions, Limits, RetrieverConfig
 from medret.errors import ConfigError
 from medret.options import add_flags, given
-from medret.serve.settings import TOKEN_ENV, ServeSettings
+from medret.serve.settings import TOKEN_ENV, ServeSettings, env_token
 from medret.validate import check_token
 
+log = logging.getLogger(__name__)
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -53,13 +56,18 @@ def read_token(args: argparse.Namespace) -> str | None:
     if args.token_file:
         try:
             with open(os.path.expanduser(args.token_file), encoding="utf-8") as fh:
-                token = fh.read().strip()
+                text = fh.read().strip()
+                mode = os.fstat(fh.fileno()).st_mode
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"--token-file={args.token_file!r} cannot be read ({e}): give a file holding the "
                               "token on one line") from None
-        return check_token(token, f"the token in --token-file={args.token_file!r}")
-    env = os.environ.get(TOKEN_ENV)
-    return check_token(env, f"${TOKEN_ENV}") if env else None
+        token = check_token(text, f"the token in --token-file={args.token_file!r}")
+        if mode & 0o077:  # as ssh does for a private key: a secret others can read (or replace) is no secret
+            log.warning("--token-file=%r is accessible by other users (mode %s): anyone on this machine who can read "
+                        "it can search; chmod 600 %s", args.token_file, oct(stat.S_IMODE(mode)),
+                        shlex.quote(args.token_file))
+        return token
+    return env_token()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -13,9 +13,10 @@ from typing import Any, Callable
 import uvicorn
 
 from medret.config import RetrieverConfig
-from medret.errors import ConfigError
+from medret.errors import ConfigError, StorageError
 from medret.serve.app import ServeSettings, create_app
 from medret.storage.atomic import atomic_write_text
+from medret.validate import check_whole
 
 try:
     from uvicorn.protocols.http.h11_impl import H11Protocol as _H11
@@ -28,8 +29,7 @@ log = logging.getLogger(__name__)
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0, backlog: int = 2048) -> socket.socket:
     """A listening TCP socket on host:port (port 0: a free port chosen by the OS)."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"port={port!r} is invalid: a number from 0 to 65535 (0 picks a free port)")
+    check_whole.at_least(0).at_most(65535)("port", port, "0 picks a free port")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
@@ -155,11 +155,13 @@ def run_server(config: RetrieverConfig, settings: ServeSettings, host: str = "12
     The address file gets ``host:port`` (atomically) only once the engine is loaded and uvicorn accepts
     connections; it is removed on shutdown.
     """
+    addr_path = Path(address_file).expanduser().resolve() if address_file else None
+    if addr_path is not None:  # before the index loads (minutes): a folder that cannot take the file fails now
+        _write_address(addr_path, "probe " * 40 + "\n", probe=True)  # longer than any host:port
     sock = bind_socket(host, port)
     address = advertised_address(sock, host)
     if on_address is not None:
         on_address(address)
-    addr_path = Path(address_file).expanduser().resolve() if address_file else None
     app = create_app(config, settings)
     service = app.state.service
     if settings.token is None and not is_loopback(host):
@@ -194,7 +196,23 @@ def run_server(config: RetrieverConfig, settings: ServeSettings, host: str = "12
             sock.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if server.announce_error is not None:  # stopped: a job waiting for the file must not wait for its timeout
+        raise server.announce_error
     return 1 if failed.is_set() else 0
+
+
+def _write_address(path: Path, text: str, probe: bool = False) -> None:
+    """Write the address file (atomically; ``probe``: a temporary file in its folder, removed again), or
+    StorageError naming the file, the system's reason and the fix."""
+    target = path.with_name(f".{path.name}.probe-{os.getpid()}") if probe else path
+    try:
+        atomic_write_text(target, text)
+        if probe:
+            target.unlink()
+    except OSError as e:
+        raise StorageError(f"--address-file {str(path)!r} cannot be written ({e.strerror or e}): free space on that "
+                           "file system, or give --address-file in a writable folder with room; the server "
+                           + ("did not start" if probe else "stopped")) from None
 
 
 def _announce(server: _Server, addr_path: Path | None, address: str) -> None:
@@ -203,7 +221,13 @@ def _announce(server: _Server, addr_path: Path | None, address: str) -> None:
     if server.should_exit:
         return
     if addr_path is not None:
-        atomic_write_text(addr_path, address + "\n")
+        try:
+            _write_address(addr_path, address + "\n")
+        except StorageError as e:
+            log.error("medret serve: %s", e)
+            server.announce_error = e
+            server.should_exit = True
+            return
         server.wrote_address = True
         log.info("medret serve: ready at http://%s (address written to %s)", address, addr_path)
     else:
@@ -218,6 +242,7 @@ class _Server(uvicorn.Server):
         self.addr_path = addr_path
         self.address = address
         self.wrote_address = False
+        self.announce_error: StorageError | None = None
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.remove_address_file()

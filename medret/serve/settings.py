@@ -5,38 +5,45 @@ The request limits are the retriever's (:class:`medret.config.Limits`). This mod
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from medret.config import DEFAULT_TOPK
-from medret.options import Options, option
+from medret.errors import ConfigError
+from medret.options import option
+from medret.serve.batcher import SERVER, BatchOptions
 from medret.validate import check_number, check_token, check_whole
 
 TOKEN_ENV = "MEDRET_TOKEN"
+
+
+def env_token() -> str | None:
+    """The token in ``$MEDRET_TOKEN``; None when the variable is unset. Set but empty is refused, as an empty
+    --token-file is: it would turn authentication off without a word (a job script's unset secret, say)."""
+    value = os.environ.get(TOKEN_ENV)
+    if value is None:
+        return None
+    if not value.strip():
+        raise ConfigError(f"${TOKEN_ENV} is set but empty: put the token in it, or unset {TOKEN_ENV} to serve "
+                          "without authentication")
+    return check_token(value, f"${TOKEN_ENV}")
 
 
 def _check_token(name: str, value: Any) -> None:
     check_token(value, name)
 
 
-SERVER = "server"
 
 
 @dataclass(frozen=True)
-class ServeSettings(Options):
+class ServeSettings(BatchOptions):
     """Server knobs that are not part of the retriever (limits of a request are in :class:`RetrieverConfig`).
 
     Each is declared once, here, with its flag and help; ``medret serve`` derives its flags from the fields."""
 
     default_topk: int = option(DEFAULT_TOPK, "topk of a request that has none (as Search-R1's)", flag="--topk",
                                check=check_whole, metavar="N", group=SERVER)
-    max_batch_queries: int = option(4096, "most queries merged from concurrent requests into one engine call",
-                                    check=check_whole, metavar="N", group=SERVER)
-    max_batch_docs: int = option(65536, "most hits (queries x topk) one engine call computes; a larger request is "
-                                 "searched alone, in slices of this size, with other requests served between its "
-                                 "slices", check=check_whole, metavar="N", group=SERVER)
-    max_wait_ms: float = option(0.0, "milliseconds to wait for more requests before a batch (0: take what is "
-                                "queued)", check=check_number.at_least(0).at_most(10_000), metavar="X", group=SERVER)
     max_body_bytes: int = option(32 * 1024 * 1024, "largest request body in bytes (413 above)", check=check_whole,
                                  metavar="N", group=SERVER)
     header_timeout_s: float = option(10.0, "seconds a connection has to send a whole request head (from connecting, "

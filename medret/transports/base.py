@@ -14,7 +14,7 @@ the one ``config.backend`` names (:func:`medret.transports.make_transport`).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, ClassVar, Optional, Protocol, Tuple, runtime_checkable
 
 AnswerStats = Tuple[Optional[int], Optional[int]]
 
@@ -34,7 +34,31 @@ class Transport(Protocol):
 
 
 class BaseTransport:
-    """What a transport that only knows how to ``search`` inherits: ``retrieve`` from it, unknown answer stats."""
+    """What a transport that only knows how to ``search`` inherits: ``retrieve`` from it, unknown answer stats.
+
+    Each transport also answers, as a class, what callers would otherwise decide by comparing ``backend`` names
+    (``medret doctor``, the benchmark, the veRL tool): ``backend`` (the ``RetrieverConfig.backend`` value that
+    names it), ``remote`` (True when the index is searched by a server elsewhere, so this machine needs no
+    corpus, index or model: nothing to check or preload here), :meth:`needs` (the optional packages it uses,
+    with the extra that installs them) and :meth:`where` (where it searches, in words)."""
+
+    backend: ClassVar[str] = ""
+    remote: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, config: Any) -> "BaseTransport":
+        """The transport with its options taken from a :class:`medret.config.RetrieverConfig`."""
+        raise NotImplementedError
+
+    @classmethod
+    def needs(cls, dense: bool) -> dict[str, str]:
+        """The optional packages (→ the extra that installs them) this process needs; ``dense``: the retriever
+        has a dense part."""
+        return {}
+
+    @classmethod
+    def where(cls, config: Any) -> str:
+        return f"corpus={config.corpus_name} retriever={config.retriever_name}"
 
     @property
     def answer_stats(self) -> AnswerStats:

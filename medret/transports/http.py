@@ -181,6 +181,8 @@ def is_timeout(e: BaseException) -> bool:
 class HttpTransport(BaseTransport):
     """Search through a server: ``HttpTransport(HttpOptions(url=..., retries=3))``."""
 
+    backend = "http"
+    remote = True        # the server holds the corpus, the index and the models
     backoff_base = 0.1   # seconds before the first retry; doubles each time
     backoff_max = 5.0
     address_poll = 0.05
@@ -195,6 +197,14 @@ class HttpTransport(BaseTransport):
             self._headers["Authorization"] = f"Bearer {check_token(config.token, 'token')}"
         self._base: str | None = base_url(config.url) if config.url else None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Any) -> "HttpTransport":
+        return cls(HttpOptions.of(config))
+
+    @classmethod
+    def where(cls, config: Any) -> str:
+        return str(config.url or f"the address in {config.address_file}")
 
     # ---- address --------------------------------------------------------------------------------------
     @property
@@ -335,16 +345,6 @@ class HttpTransport(BaseTransport):
                             time.monotonic() + self.config.timeout, self.config.max_answer_bytes)
         finally:
             conn.close()
-
-    def health(self) -> bool:
-        """True when the server answers GET /health with 200 (one try, no retries)."""
-        try:
-            with self._lock:
-                r = self._send(self._resolve(), "GET", "/health", None,
-                               time.monotonic() + min(10.0, self.config.timeout))
-            return r.status_code == 200
-        except (OSError, http.client.HTTPException, TransportError):
-            return False
 
     def close(self) -> None:
         if self._conn is not None:

@@ -12,6 +12,16 @@ from medret.transports.base import AnswerStats, BaseTransport
 class LocalTransport(BaseTransport):
     """The engine in this process. ``search`` answers Search-R1's scored items per query."""
 
+    backend = "local"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "LocalTransport":
+        return cls(config)
+
+    @classmethod
+    def needs(cls, dense: bool) -> dict[str, str]:
+        return {"torch": "dense", "transformers": "dense", "faiss-cpu": "dense"} if dense else {}
+
     def __init__(self, config: EngineOptions, progress: bool = False, engine: Engine | None = None):
         self.engine = engine if engine is not None else Engine(config, progress=progress)
         self._lock = threading.Lock()  # the engine's buffers and encoders are not shared between threads

@@ -230,11 +230,24 @@ class RayTransport(BaseTransport):
     ``config``: the engine the actor runs (and its name); ``options``: the Ray transport's own (address, namespace,
     placement, GPUs, shards, job; default: those in ``config``)."""
 
+    backend = "ray"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "RayTransport":
+        return cls(config, RayOptions.of(config))
+
+    @classmethod
+    def needs(cls, dense: bool) -> dict[str, str]:
+        return {"ray": "ray"}  # the actor's own packages are checked where it runs
+
+    @classmethod
+    def where(cls, config: Any) -> str:
+        return f"{super().where(config)} in Ray actor {actor_base_name(config)}"
+
     def __init__(self, config: RetrieverConfig, options: RayOptions | None = None, create: bool = True,
                  ready_timeout: float | None = None):
         if options is not None:
             config = config.replace(**options.to_dict())
-        self.options = RayOptions.of(config)
         if config.ray_placement == "per-node" and config.ray_shards > 1:
             raise ConfigError("ray_shards > 1 with ray_placement='per-node' is not supported: shard one index over "
                               "the retriever node's GPUs with ray_placement='retriever-node'")

@@ -249,4 +249,40 @@ def test_printed_commands_run_with_the_real_cli(args, expect, tmp_path, capsys):
     if "sample" in args:
         r = _bash(c["index_build"], tmp_path)
         assert r.returncode == 0, r.stderr
-        assert "BM25 index:" in r.stdout and (tmp_path / "cache" / "sample" / "bm25").is_dir()
+        assert "BM25 index:" in r.stdout and [p.name for p in (tmp_path / "cache").glob("sample-*/bm25")] == ["bm25"]
+
+
+@pytest.mark.parametrize("ram,alt_prefix", [("256G", "HNSW32"), ("128G", "IVF")])
+def test_idle_gpus_are_counted_and_the_best_layout_without_them_is_shown(ram, alt_prefix, tmp_path, capsys):
+    """Issue 24 item 7: 2 nodes x 8 GPUs (grpo) shards MedCorp's fp16 index over 2 GPUs of a dedicated retriever
+    node, whose other 6 GPUs neither train (veRL wants the same count on every trainer node) nor search. By hand:
+    16 GPUs - 8 training - 2 retriever = 6 idle. The alternative is the first fitting option (preference order) that
+    trains on every GPU: a CPU index per node, 16 training GPUs; HNSW needs ~172 GiB RAM, so with 128 GiB IVF-PQ."""
+    p = plan("MedCorp", "MedCPT", "80G", ram, 8, nodes=2, recipe="grpo")
+    assert p["best"].startswith("sharded flat fp16 over 2") and p["idle_gpus"] == 6
+    alt = p["alternative"]
+    assert alt["name"].startswith(alt_prefix) and alt["layout"] == "per-node" and alt["train_gpus"] == 16
+    by_name = {o["name"]: o for o in p["options"]}
+    best, other = by_name[p["best"]], by_name[alt["name"]]
+    assert f"recall {other['recall']} instead of {best['recall']}" in alt["cost"]
+    assert any("RAM per node" in c for c in alt["cost"])
+    assert "--layout per-node" in alt["commands"]["render"] and "--retriever-gpus none" in alt["commands"]["render"]
+
+    assert main(["plan", "--corpus", "MedCorp", "--gpus", "8", "--nodes", "2", "--gpu-mem", "80G", "--ram", ram,
+                 "--recipe", "grpo"]) == 0
+    text = capsys.readouterr().out
+    assert "6 of the job's 16 GPUs stay idle" in text
+    assert f"alternative without idle GPUs: {alt['name']}, layout per-node, 16 training GPUs; cost: recall" in text
+    # the alternative's commands are real: its job renders and passes `slurm check`
+    r = _bash(alt["commands"]["render"], tmp_path, DB="/data/medrag")
+    assert r.returncode == 0, r.stderr
+    r = _bash("medret slurm check job.sbatch", tmp_path)
+    assert r.returncode == 0 and "job.sbatch: OK" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("kw", [dict(gpus=8, nodes=1), dict(gpus=8, nodes=2, gpu_mem="141G")])
+def test_no_idle_gpus_no_alternative(kw, capsys):
+    """One node (retriever on its last GPUs, the rest train) or an index on one GPU per node: nothing idle."""
+    gpu_mem = kw.pop("gpu_mem", "80G")
+    p = plan("MedCorp", "MedCPT", gpu_mem, "256G", recipe="grpo", **kw)
+    assert p["idle_gpus"] == 0 and p["alternative"] is None, (p["best"], p["idle_gpus"])

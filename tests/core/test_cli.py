@@ -34,6 +34,27 @@ def test_corpus_info_reports_rows_and_indexes(toy_corpus, capsys):
     assert info["flat_768_bytes"] == {"fp32": 8 * 768 * 4, "fp16": 8 * 768 * 2}
 
 
+def test_corpus_info_lists_medrag_precomputed_embeddings(toy_corpus, capsys):
+    """MedRAG's embedding/*.npy (no faiss.index) is an index the searchers serve: `corpus info` lists it too; an
+    e5 folder in MedRAG's layout is not one (MedRAG published none; e5 always gets medret's own index)."""
+    import numpy as np
+
+    medcpt = toy_corpus / "index" / "ncbi" / "MedCPT-Article-Encoder" / "embedding"
+    medcpt.mkdir(parents=True)
+    np.save(medcpt / "toy_a.npy", np.ones((5, 4), np.float32))
+    np.save(medcpt / "toy_b.npy", np.ones((3, 4), np.float32))
+    e5 = toy_corpus / "index" / "intfloat" / "e5-base-v2" / "embedding"
+    e5.mkdir(parents=True)
+    np.save(e5 / "toy_a.npy", np.ones((5, 4), np.float32))
+    assert main(["corpus", "info", "--corpus", str(toy_corpus), "--json"]) == 0
+    (ix,) = json.loads(capsys.readouterr().out)["sources"][0]["indexes"]
+    assert ix == {"kind": "medrag-embeddings", "name": "ncbi/MedCPT-Article-Encoder", "path": str(medcpt.parent),
+                  "disk_bytes": sum(p.stat().st_size for p in medcpt.iterdir()), "embedding_files": 2,
+                  "retrievers": "MedCPT"}
+    assert main(["corpus", "info", "--corpus", str(toy_corpus)]) == 0
+    assert "index medrag-embeddings ncbi/MedCPT-Article-Encoder: " in capsys.readouterr().out
+
+
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "medret.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "search" in out.stdout and "index" in out.stdout

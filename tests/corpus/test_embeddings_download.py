@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from medret.corpus import embeddings as emb
 from medret.errors import ConfigError
 from medret.fetch.files import human_bytes
 from medret.storage.vectors import RECORD as VERIFIED
+from tests.conftest import install_downloaded
 from tests.hubfake import DownServer, FakeHub, hub_env
 
 DIM = 32  # the tiny BERT's width, so its query vectors meet these document vectors
@@ -267,7 +267,7 @@ def test_index_build_uses_medrags_embeddings_and_encodes_nothing(hosts, vectors,
     encoded every source again, issue 14's walkthrough); another index type, or --rebuild, builds medret's own."""
     models = tmp_path / "models"
     for mid in (MODEL, "ncbi/MedCPT-Query-Encoder"):
-        shutil.copytree(tiny_bert_dir, models / mid)
+        install_downloaded(tiny_bert_dir, models, mid)
     monkeypatch.setenv("MEDRET_MODELS_DIR", str(models))
     db = tmp_path / "db"
     assert download(db) == 0

@@ -108,12 +108,10 @@ def test_local_model_directory_spec(tiny_bert_dir, hf):
 
 
 def test_models_dir_env_override(tiny_bert_dir, tmp_path, monkeypatch):
-    import shutil
-
     from medret.encoders.hf import Encoder
+    from tests.conftest import install_downloaded
 
-    target = tmp_path / "models" / "ncbi" / "MedCPT-Query-Encoder"
-    shutil.copytree(tiny_bert_dir, target)
+    target = install_downloaded(tiny_bert_dir, tmp_path / "models", "ncbi/MedCPT-Query-Encoder")
     monkeypatch.setenv("MEDRET_MODELS_DIR", str(tmp_path / "models"))
     enc = Encoder(resolve_spec("MedCPT"), "cpu")
     assert enc._part("query").location == str(target)

@@ -74,8 +74,13 @@ def test_spec_validation():
         dataclasses.replace(base, metric="cos")
     with pytest.raises(ConfigError, match="query_max_len=0"):
         dataclasses.replace(base, query_max_len=0)
-    with pytest.raises(ConfigError, match="doc_pair_input"):
+    # pair input is derived from doc_format, never set apart from it (it cannot contradict it)
+    assert not base.doc_pair_input and dataclasses.replace(base, doc_format="pair").doc_pair_input
+    with pytest.raises(TypeError):
         dataclasses.replace(base, doc_pair_input=True)
+    # a manifest written when doc_pair_input was a field still reads (the key is passed over)
+    old = {**base.to_dict(), "doc_pair_input": False}
+    assert "doc_pair_input" not in base.to_dict() and EncoderSpec.from_dict(old) == base
 
 
 def test_roundtrip_and_same_encoding():

@@ -16,7 +16,7 @@ from medret import cli
 from medret.encoders import download as md
 from medret.encoders.locate import DOWNLOAD_RECORD, model_location
 from medret.errors import ConfigError, MedretError
-from tests.conftest import TOY_DOCS, write_chunks
+from tests.conftest import TOY_DOCS, install_downloaded, write_chunks
 from tests.hubfake import COMMIT, DownServer, FakeHub, hub_env
 
 QUERY_ID, DOC_ID = "ncbi/MedCPT-Query-Encoder", "ncbi/MedCPT-Article-Encoder"
@@ -290,7 +290,7 @@ def test_doctor_checks_every_model_of_the_retriever(models, tmp_path, monkeypatc
     write_chunks(db / "textbooks", {"Internal_Harrison": TOY_DOCS[:4], "Pharmacology_Katzung": TOY_DOCS[4:]})
     dest = tmp_path / "models"
     for mid, folder in models.items():
-        shutil.copytree(folder, dest / mid)
+        install_downloaded(folder, dest, mid)
     args = ("--corpus", "Textbooks", "--db-dir", str(db), "--retriever", "MedCPT", "--device", "cpu",
             "--models-dir", str(dest))
     with DownServer() as down:
@@ -310,7 +310,7 @@ def test_doctor_checks_every_model_of_the_retriever(models, tmp_path, monkeypatc
         assert len(down.asked_for(DOC_ID)) == 1 and down.asked_for(QUERY_ID) == []
 
         # once the index is built, searching does not need it: a warning that says so
-        shutil.copytree(models[DOC_ID], dest / DOC_ID)
+        install_downloaded(models[DOC_ID], dest, DOC_ID)
         from medret import clear_cache, get_retriever
 
         get_retriever(corpus_name="Textbooks", retriever_name="MedCPT", db_dir=str(db), device="cpu",
@@ -337,7 +337,7 @@ def test_every_command_that_loads_models_takes_models_dir(models, tmp_path, monk
     # index build loads the article encoder from there: with the hub down and an empty cache nothing else could
     dest = tmp_path / "models"
     for mid, folder in models.items():
-        shutil.copytree(folder, dest / mid)
+        install_downloaded(folder, dest, mid)
     corpus = write_chunks(tmp_path / "toy", {"toy": TOY_DOCS})
     with DownServer() as down:
         hub_env(monkeypatch, down.endpoint, tmp_path / "hf_home")
@@ -359,3 +359,33 @@ def test_hub_warnings_are_printed_once_under_the_cli():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("retrying in 1s") == 1
+
+
+def test_a_downloaded_model_changed_since_is_refused_by_name(hub, models, tmp_path, capsys, monkeypatch):
+    """Issue 24 item 3: a folder `models download` wrote is checked against its record (not against the recipe's
+    shape: the hub's model is the one named), and a file changed since the download is named."""
+    from medret.encoders.hf import Encoder
+    from medret.encoders.specs import resolve_spec
+
+    dest = tmp_path / "models"
+    assert download_cli("MedCPT", "--dir", str(dest)) == 0
+    hub.close()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert Encoder(resolve_spec("MedCPT"), "cpu", models_dir=dest).encode_queries(["sepsis"]).shape == (1, 32)
+    config = dest / QUERY_ID / "config.json"
+    original = config.read_bytes()
+    cfg = json.loads(original)
+    cfg["hidden_size"], cfg["intermediate_size"] = 48, 96  # another model's config copied over the download's
+    config.write_text(json.dumps(cfg))
+    with pytest.raises(MedretError) as e:
+        Encoder(resolve_spec("MedCPT"), "cpu", models_dir=dest)
+    msg = str(e.value)
+    assert "differs from what `medret models download` fetched" in msg and "config.json is" in msg, msg
+    config.write_bytes(original)  # the same bytes again (a new mtime): the content check lets it pass
+    Encoder(resolve_spec("MedCPT"), "cpu", models_dir=dest)
+    weights = dest / DOC_ID / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, one byte flipped
+    weights.write_bytes(bytes(data))
+    with pytest.raises(MedretError, match=r"model.safetensors changed since the download \(sha256 differs\)"):
+        Encoder(resolve_spec("MedCPT"), "cpu", models_dir=dest, load_query=False)._part("doc")

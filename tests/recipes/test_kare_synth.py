@@ -128,3 +128,19 @@ def test_bad_synth_arguments(tmp_path: Path, n: int, rate: float) -> None:
 def test_extreme_rates(rate: float) -> None:
     recs = synth_samples(50, positive_rate=rate, seed=0)
     assert len(recs) == 50 and sum(r["label"] for r in recs) == round(50 * rate)
+
+
+def test_cli_prepare_without_flags_takes_prepare_options_defaults(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`kare prepare` hands PrepareOptions what was given and nothing else (issue 22 item 2): with no optional flag
+    the files are those of the Python API's PrepareOptions defaults, byte for byte."""
+    from medret.recipes.kare.prepare import PrepareOptions, prepare
+
+    synth(tmp_path / "syn", n=200, positive_rate=0.1, seed=3)
+    samples = tmp_path / "syn" / "samples.json"
+    assert main(["kare", "prepare", "--samples", str(samples), "--out", str(tmp_path / "cli"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    api = prepare(PrepareOptions(samples=samples, out=tmp_path / "api"))
+    assert printed["mode"] == api["mode"] == "binary"
+    for name in ("train.parquet", "val.parquet"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()

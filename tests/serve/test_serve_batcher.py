@@ -195,3 +195,22 @@ def test_small_requests_are_served_between_the_slices_of_an_oversize_one():
     b.close()
     assert small == [[("small", 1)]] and big_answer == [[(q, 1)] for q in big]
     assert [q for q, _, _ in backend.calls] == [big[0:4], ["small"], big[4:8], big[8:12]]
+
+
+def test_the_batch_settings_are_declared_once():
+    """medret serve's settings and the veRL tool's options are the batcher's declarations (issue 22 item 2): the
+    same defaults and the same checks everywhere (the tool once took max_wait_ms up to any size)."""
+    from medret.errors import ConfigError
+    from medret.integrations.verl_tool import ToolOptions
+    from medret.options import declarations
+    from medret.serve.batcher import BatchOptions
+    from medret.serve.settings import ServeSettings
+
+    own = declarations(BatchOptions)
+    assert set(own) == {"max_batch_queries", "max_batch_docs", "max_wait_ms"}
+    for cls in (ServeSettings, ToolOptions):
+        assert {n: declarations(cls)[n] for n in own} == own
+        with pytest.raises(ConfigError, match=r"max_wait_ms=20000.0 is invalid"):
+            cls(max_wait_ms=20_000.0)
+    b = Batcher(lambda: None, ServeSettings(max_batch_docs=7), max_wait_ms=5)
+    assert (b.max_batch_queries, b.max_batch_docs, b.max_wait_s) == (4096, 7, 0.005)

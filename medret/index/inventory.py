@@ -1,4 +1,7 @@
-"""`medret corpus info`: sizes, which indexes exist, and what each takes in memory."""
+"""`medret corpus info`: sizes, which indexes exist, and what each takes in memory.
+
+The dense indexes listed are those :func:`medret.index.locate.dense_indexes` finds, by the rule the searchers use
+(medret's own, and MedRAG's precomputed embeddings or faiss index), so this report and a search never disagree."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +10,9 @@ from typing import Any
 import orjson
 
 from medret.corpus.registry import KNOWN_ROWS, resolve_corpus
+from medret.index.locate import Location, dense_indexes
+from medret.index.manifest import read_manifest
+from medret.index.medrag import FAISS_NAME, embedding_files, has_medrag_embeddings, has_medrag_faiss
 
 
 def _du(path: Path) -> int:
@@ -15,23 +21,30 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
+def _describe(ix: Location, source_root: Path) -> dict[str, Any]:
+    if ix.kind != "medrag":
+        m = read_manifest(ix.folder) or {}
+        doc = (m.get("encoder") or {}).get("doc_model") or {}  # medret.index.identity's record
+        return {"kind": "medret-dense", "name": ix.folder.name, "path": str(ix.folder),
+                "disk_bytes": _du(ix.folder), "rows": m.get("count"), "dim": m.get("dim"),
+                "dtype": m.get("dtype"), "index_type": m.get("index_type"),
+                "model": doc.get("location") or m.get("doc_model"), "revision": doc.get("revision")}
+    forms = (["embeddings"] if has_medrag_embeddings(ix.folder) else []) + (
+        ["faiss"] if has_medrag_faiss(ix.folder) else [])
+    files = embedding_files(ix.folder) if "embeddings" in forms else []
+    faiss_bytes = (ix.folder / FAISS_NAME).stat().st_size if "faiss" in forms else 0
+    return {"kind": "medrag-" + "+".join(forms), "name": str(ix.folder.relative_to(source_root / "index")),
+            "path": str(ix.folder), "disk_bytes": sum(f.stat().st_size for f in files) + faiss_bytes,
+            "embedding_files": len(files), "retrievers": ix.detail}
+
+
 def corpus_info(name: str, db_dir: str | None, cache_dir: str | None = None) -> dict[str, Any]:
     corpus = resolve_corpus(name, db_dir, cache_dir)
     sources = []
     for s in corpus.sources:
         manifest = s.store_dir / "manifest.json"
         rows = orjson.loads(manifest.read_bytes())["rows"] if manifest.exists() else None
-        indexes = []
-        for d in sorted((s.artifact_dir / "index").glob("*/manifest.json")):
-            m = orjson.loads(d.read_bytes())
-            doc = (m.get("encoder") or {}).get("doc_model") or {}  # medret.index.identity's record
-            indexes.append({"kind": "medret-dense", "name": d.parent.name, "path": str(d.parent),
-                            "disk_bytes": _du(d.parent), "rows": m.get("count"), "dim": m.get("dim"),
-                            "dtype": m.get("dtype"), "index_type": m.get("index_type"),
-                            "model": doc.get("location") or m.get("doc_model"), "revision": doc.get("revision")})
-        for f in sorted((s.root / "index").rglob("faiss.index")) if (s.root / "index").is_dir() else []:
-            indexes.append({"kind": "medrag-faiss", "name": str(f.parent.relative_to(s.root / "index")),
-                            "path": str(f.parent), "disk_bytes": f.stat().st_size})
+        indexes = [_describe(ix, s.root) for ix in dense_indexes(s)]
         sources.append({
             "name": s.name, "root": str(s.root), "chunk_files": len(s.chunk_files),
             "chunk_bytes": sum(p.stat().st_size for p in s.chunk_files), "rows": rows,
@@ -68,7 +81,9 @@ def format_info(info: dict[str, Any]) -> str:
                         if s["store_bytes"] else ""))
         for ix in s["indexes"]:
             model = f", model {ix['model']}" if ix.get("model") else ""
-            lines.append(f"    index {ix['kind']} {ix['name']}: {human(ix['disk_bytes'])}{model} ({ix['path']})")
+            serves = f", serves {ix['retrievers']}" if ix.get("retrievers") else ""
+            lines.append(f"    index {ix['kind']} {ix['name']}: {human(ix['disk_bytes'])}{model}{serves} "
+                         f"({ix['path']})")
     b = info["bm25"]
     lines.append(f"  BM25 over the whole corpus: {'built, ' + human(b['disk_bytes']) if b['built'] else 'not built'}"
                  f" ({b['path']}; memory-mapped when served)")
