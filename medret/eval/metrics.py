@@ -9,6 +9,12 @@ def recall_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     return len(set(ranked[:k]) & relevant) / len(relevant) if relevant else 0.0
 
 
+def capped_recall_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
+    """BEIR's R_cap@k: hits in the top k over min(k, |relevant|), so that a query with more than k relevant
+    documents can reach 1 (PubMedQA: 7.5% of the questions have more than 5 contexts)."""
+    return len(set(ranked[:k]) & relevant) / min(k, len(relevant)) if relevant else 0.0
+
+
 def hit_at(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     return 1.0 if set(ranked[:k]) & relevant else 0.0
 

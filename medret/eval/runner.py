@@ -19,12 +19,16 @@ DEFAULT_KS = (1, 5, 10, 20)
 
 def score_rankings(ranked: Sequence[Sequence[str]], relevant: Sequence[set[str] | frozenset[str]],
                    ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """Mean Recall@k and Hit@k for each k, MRR over the whole list, and nDCG@10 (binary relevance)."""
+    """Mean Recall@k, R_cap@k (hits over min(k, relevant)) and Hit@k for each k, MRR over the whole list, and
+    nDCG@10 (binary relevance)."""
     if len(ranked) != len(relevant):
         raise ValueError(f"{len(ranked)} rankings for {len(relevant)} queries")
     out: dict[str, float] = {}
     for k in ks:
         out[f"Recall@{k}"] = metrics.mean([metrics.recall_at(r, set(rel), k) for r, rel in zip(ranked, relevant)])
+    for k in ks:
+        out[f"R_cap@{k}"] = metrics.mean([metrics.capped_recall_at(r, set(rel), k)
+                                          for r, rel in zip(ranked, relevant)])
     for k in ks:
         out[f"Hit@{k}"] = metrics.mean([metrics.hit_at(r, set(rel), k) for r, rel in zip(ranked, relevant)])
     out["MRR"] = metrics.mean([metrics.mrr(r, set(rel)) for r, rel in zip(ranked, relevant)])

@@ -17,6 +17,10 @@ def test_score_rankings_by_hand():
     assert m["Recall@1"] == pytest.approx((1 / 3 + 0) / 2)
     assert m["Recall@3"] == pytest.approx((2 / 3 + 0) / 2)
     assert m["Hit@1"] == 0.5 and m["Hit@3"] == 0.5
+    # capped recall: hits over min(k, |relevant|): query 1 has 1 hit in the top 1 (of min(1, 3) = 1)
+    assert m["R_cap@1"] == pytest.approx((1 / 1 + 0) / 2)
+    assert m["R_cap@3"] == pytest.approx((2 / 3 + 0) / 2)
+    assert score_rankings([["a", "b", "x"]], [{"a", "b", "c", "d"}], ks=(2,))["R_cap@2"] == 1.0  # Recall@2: 0.5
     assert m["MRR"] == pytest.approx((1 + 1 / 4) / 2)
     # query 1: DCG = 1/log2(2) + 1/log2(4) = 1.5, IDCG (3 relevant) = 1 + 1/log2(3) + 1/2
     # query 2: DCG = 1/log2(5), IDCG = 1
