@@ -97,14 +97,17 @@ from medret.config import HttpOptions
 from medret.errors import TransportError
 from medret.transports.http import HttpTransport
 t = HttpTransport(HttpOptions(url=sys.argv[1], max_answer_bytes=int(sys.argv[2]), timeout=60, retries=2))
+def peak_kb():  # this program's own peak RSS (kB)
+    with open("/proc/self/status") as f:
+        return next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+before = peak_kb()  # python + medret + what this environment's imports bring
 start = time.monotonic()
 try:
     t.search(["sepsis"], 3)
     print("no error")
 except TransportError as e:
     print(f"{time.monotonic() - start:.2f}", e)
-with open("/proc/self/status") as f:  # this program's own peak RSS (kB)
-    print(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
+print(before, peak_kb())
 """
 
 
@@ -117,10 +120,12 @@ def test_endless_body_is_cut_at_the_cap_with_bounded_memory(chunked):
         out = proc.stdout.read()  # type: ignore[union-attr]
         proc.wait()
     assert proc.returncode == 0, out
-    answer, peak_kb = out.strip().rsplit("\n", 1)
+    answer, peaks = out.strip().rsplit("\n", 1)
+    before_kb, peak_kb = (int(v) for v in peaks.split())
     seconds, _, msg = answer.partition(" ")
     assert float(seconds) < 10, out  # not the 60 s deadline
     assert f"larger than max_answer_bytes={8 * CAP} bytes" in msg
     assert endless.requests == 1  # not retried
-    # the client held at most the cap: its peak is python + medret (~60 MB) + 8 MiB, far from what was on offer
-    assert int(peak_kb) * 1024 < 120 * 1024 * 1024, peak_kb
+    # the client held about the cap (8 MiB): its peak grew by far less than 64 MiB over what its imports took (the
+    # environments differ there: ~60 MB in dev, ~140 MB in Search-R1's), far from what was on offer
+    assert (peak_kb - before_kb) * 1024 < 64 * 1024 * 1024, (before_kb, peak_kb)
