@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medret import optional
-from medret.encoders.hf import _load, batches
+from medret.encoders.hf import _load, padded_batches
 from medret.encoders.locate import is_local, model_location
 from medret.encoders.specs import RerankerSpec
 from medret.errors import ConfigError
@@ -97,27 +97,10 @@ class CrossEncoder:
         if self.wants_token_types:
             kw["return_token_type_ids"] = True
         enc = self.tokenizer(list(queries), list(articles), **kw)
-        ids, types = enc["input_ids"], enc.get("token_type_ids")
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
-        order = np.argsort(-lengths, kind="stable")  # longest first: a too-large batch fails at once
         out = np.empty(n, dtype=np.float32)
         with torch.inference_mode():
-            for span in batches(lengths[order], self.batch_size, self.device == "cpu"):
-                idx = order[span]
-                width = int(lengths[idx[0]])
-                input_ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                tt = np.zeros((len(idx), width), dtype=np.int64) if types is not None else None
-                for r, j in enumerate(idx):
-                    length = int(lengths[j])
-                    input_ids[r, :length] = ids[j]
-                    mask[r, :length] = 1
-                    if tt is not None:
-                        tt[r, :length] = types[j]
-                batch = {"input_ids": torch.from_numpy(input_ids).to(self.device),
-                         "attention_mask": torch.from_numpy(mask).to(self.device)}
-                if tt is not None:
-                    batch["token_type_ids"] = torch.from_numpy(tt).to(self.device)
+            for idx, batch in padded_batches(enc["input_ids"], enc.get("token_type_ids"), self.pad_id,
+                                             self.batch_size, self.device):
                 logits = self.model(**batch, return_dict=True).logits
                 out[idx] = logits[:, 0].float().cpu().numpy()
         return out

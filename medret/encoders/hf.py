@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -235,36 +235,44 @@ class Encoder:
         if n == 0:
             return np.zeros((0, part.dim), dtype=np.float32)
         enc = _tokenize(part, first, second, max_len)
-        ids = enc["input_ids"]
-        types = enc.get("token_type_ids")
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
-        order = np.argsort(-lengths, kind="stable")  # longest first: a too-large batch fails at once
         out = np.empty((n, part.dim), dtype=np.float32)
         with torch.inference_mode():
-            for span in batches(lengths[order], batch_size, str(part.device) == "cpu"):
-                idx = order[span]
-                width = int(lengths[idx[0]])
-                input_ids = np.full((len(idx), width), part.pad_id, dtype=np.int64)
-                mask = np.zeros((len(idx), width), dtype=np.int64)
-                tt = np.zeros((len(idx), width), dtype=np.int64) if types is not None else None
-                for r, j in enumerate(idx):
-                    L = int(lengths[j])
-                    input_ids[r, :L] = ids[j]
-                    mask[r, :L] = 1
-                    if tt is not None:
-                        tt[r, :L] = types[j]  # type: ignore[index]
-                batch = {
-                    "input_ids": torch.from_numpy(input_ids).to(part.device),
-                    "attention_mask": torch.from_numpy(mask).to(part.device),
-                }
-                if tt is not None:
-                    batch["token_type_ids"] = torch.from_numpy(tt).to(part.device)
+            for idx, batch in padded_batches(enc["input_ids"], enc.get("token_type_ids"), part.pad_id, batch_size,
+                                             part.device):
                 hidden = part.model(**batch, return_dict=True).last_hidden_state
                 vec = pool(hidden, batch["attention_mask"], self.spec.pooling)
                 if self.spec.normalize:
                     vec = l2_normalize(vec)
                 out[idx] = vec.float().cpu().numpy()
         return out
+
+
+def padded_batches(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int, batch_size: int,
+                   device: Any) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """Token lists in length-sorted batches, longest first (a too-large batch fails at once), right-padded: each
+    batch's row positions and the model's inputs as tensors on ``device`` (token types where the tokenizer gave
+    them). The shared input side of the encoders and the cross-encoder."""
+    torch = optional.torch
+    n = len(ids)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+    order = np.argsort(-lengths, kind="stable")
+    for span in batches(lengths[order], batch_size, str(device) == "cpu"):
+        idx = order[span]
+        width = int(lengths[idx[0]])
+        input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        tt = np.zeros((len(idx), width), dtype=np.int64) if types is not None else None
+        for r, j in enumerate(idx):
+            length = int(lengths[j])
+            input_ids[r, :length] = ids[j]
+            mask[r, :length] = 1
+            if tt is not None and types is not None:
+                tt[r, :length] = types[j]
+        batch = {"input_ids": torch.from_numpy(input_ids).to(device),
+                 "attention_mask": torch.from_numpy(mask).to(device)}
+        if tt is not None:
+            batch["token_type_ids"] = torch.from_numpy(tt).to(device)
+        yield idx, batch
 
 
 # CPU batches: a new batch starts where a text is this much shorter than the batch's longest (its padding)
