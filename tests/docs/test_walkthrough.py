@@ -92,6 +92,9 @@ def test_walkthrough_step_by_step(hosts, tmp_path):
     ws.mkdir()
     db, data, kare, searchr1 = ws / "medrag", ws / "data" / "kare", ws / "kare-raw", ws / "Search-R1"
     shutil.copytree(REPO / "tests" / "integrations" / "fixtures" / "searchr1_fake", searchr1)
+    # step 8 resumes from the actor checkpoint a training run saved (slurm check refuses a model folder that is not
+    # there): the stand-in for the folder step 7's job would have left
+    (ws / "verl_checkpoints" / "nq-search-r1-ppo-llama3.2-3b-em" / "actor" / "global_step_300").mkdir(parents=True)
     env = docs_env(tmp_path, tmp_path / "medret-cache", data, db, MEDRET_MODELS_DIR=str(ws / "models"),
                    KARE=str(kare), SEARCHR1=str(searchr1), HF_ENDPOINT=hosts.endpoint,
                    MEDRET_STATPEARLS_URL=f"{hosts.endpoint}/mirror/statpearls_NBK430685.tar.gz",
