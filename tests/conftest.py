@@ -236,3 +236,28 @@ def minilm_ranked(minilm_options, pqa) -> list[list[str]]:
     from medret import get_retriever
 
     return top_ids(get_retriever(**minilm_options), pqa["questions"])
+
+
+def hide_packages_code(*packages: str) -> str:
+    """Python for a sitecustomize.py that makes ``packages`` unimportable the way a missing package is: every finder
+    answers "not here" for them and their submodules (``import X`` raises ModuleNotFoundError)."""
+    return f'''
+import sys
+
+HIDDEN = {packages!r}
+
+class _Hide:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            return None
+        find = getattr(self.inner, "find_spec", None)
+        return find(name, path, target) if find else None
+
+    def __getattr__(self, item):
+        return getattr(self.inner, item)
+
+sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
+'''

@@ -12,30 +12,12 @@ from pathlib import Path
 import pytest
 
 from medret.bench.harness import BenchConfig, format_table, run_bench, write_outputs
+from tests.conftest import hide_packages_code
 
 QUERIES = ["sepsis elderly", "kidney injury", "stroke risk", "insulin fluids"]
 
 # psutil and matplotlib made unimportable the way a missing package is: every finder answers "not here"
-HIDE = '''
-import sys
-
-HIDDEN = ("psutil", "matplotlib")
-
-class _Hide:
-    def __init__(self, inner):
-        self.inner = inner
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in HIDDEN:
-            return None
-        find = getattr(self.inner, "find_spec", None)
-        return find(name, path, target) if find else None
-
-    def __getattr__(self, item):
-        return getattr(self.inner, item)
-
-sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
-'''
+HIDE = hide_packages_code("psutil", "matplotlib")
 
 
 def run_hidden(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

@@ -9,26 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import hide_packages_code
+
 # torch made unimportable two ways: as a missing package is (every finder answers "not here", so find_spec is None
 # and `import torch` raises ModuleNotFoundError), and blocked in sys.modules (`import torch` raises ImportError)
-HIDE = '''
-import sys
-
-class _Hide:
-    def __init__(self, inner):
-        self.inner = inner
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            return None
-        find = getattr(self.inner, "find_spec", None)
-        return find(name, path, target) if find else None
-
-    def __getattr__(self, item):
-        return getattr(self.inner, item)
-
-sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
-'''
+HIDE = hide_packages_code("torch")
 BLOCK = "import sys\nsys.modules['torch'] = None\n"
 
 
