@@ -158,6 +158,18 @@ def jobs(slurm_cluster, tmp_path_factory, tiny_bert_dir):
     return out
 
 
+def test_each_test_cluster_gives_its_jobs_ids_and_ray_ports_of_their_own(jobs):
+    """`make test` runs a SLURM cluster per environment side by side on this host (scripts/slurm-up on ports 16817,
+    17817, 18817). A job's Ray ports come from its id mod 400 (PORT_BASE = 20000 + 100 * (id mod 400)), so each
+    cluster keeps to its own hundred of ids, and no two running jobs of the two clusters share a Ray port."""
+    port = int(os.environ.get("MEDRET_SLURM_PORT", "16817"))
+    lo = {16817: 1, 17817: 101, 18817: 201}.get(port, 1 + 100 * ((port // 1000) % 4))
+    ids = sorted(int(j["id"]) for j in jobs.values())
+    assert lo <= ids[0] and ids[-1] <= lo + 98, (port, ids)
+    ray_ports = {int(p) for j in jobs.values() for p in re.findall(r"Ray node\(s\) at [\d.]+:(\d+)", j["out"])}
+    assert ray_ports and all(20000 + 100 * lo <= p <= 20000 + 100 * (lo + 98) for p in ray_ports), (port, ray_ports)
+
+
 def test_local_layout_completes_with_in_process_retrieval(jobs):
     j = jobs["local"]
     assert j["state"] == "COMPLETED", j["out"][-3000:]

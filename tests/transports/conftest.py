@@ -121,9 +121,9 @@ def ray_cluster(tmp_path_factory):
         for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=40)
+        for p in procs:  # `ray start --block` stops its node on SIGTERM, at times only after 40 s or more: what is
+            try:          # left after 10 s is killed, and so are its processes (they name the temp dir)
+                p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
         time.sleep(0.5)
