@@ -20,18 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import best_of  # benchmarks/timing.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def best(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -57,12 +49,12 @@ def main() -> None:
     files = list(source.chunk_files)
     total = sum(p.stat().st_size for p in files)
 
-    build_s = best(lambda: build_store(source), args.runs)  # includes hashing every chunk file as it is read
-    hash_s = best(lambda: fp.hash_records(files), args.runs)
+    build_s = best_of(lambda: build_store(source), args.runs)  # includes hashing every chunk file as it is read
+    hash_s = best_of(lambda: fp.hash_records(files), args.runs)
     DocStore.open(source).close()
-    open_s = best(lambda: DocStore.open(source).close(), args.runs * 3)
-    stat_s = best(lambda: [fp.stat_record(p) for p in files], args.runs * 3)
-    legacy_s = best(lambda: fp.legacy_fingerprint(files), args.runs * 3)
+    open_s = best_of(lambda: DocStore.open(source).close(), args.runs * 3)
+    stat_s = best_of(lambda: [fp.stat_record(p) for p in files], args.runs * 3)
+    legacy_s = best_of(lambda: fp.legacy_fingerprint(files), args.runs * 3)
 
     arr = np.random.default_rng(0).standard_normal((10_000, 768)).astype(np.float16)
     tmp = work / "emb.npy"
@@ -75,8 +67,8 @@ def main() -> None:
         with open(tmp, "wb") as f:
             np.save(HashingWriter(f), arr, allow_pickle=False)
 
-    plain_s = statistics.median(best(plain, 1) for _ in range(args.runs * 3))
-    hashed_s = statistics.median(best(hashed, 1) for _ in range(args.runs * 3))
+    plain_s = statistics.median(best_of(plain, 1) for _ in range(args.runs * 3))
+    hashed_s = statistics.median(best_of(hashed, 1) for _ in range(args.runs * 3))
     tmp.unlink()
 
     load = os.getloadavg()[0]

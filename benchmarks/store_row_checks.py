@@ -15,22 +15,13 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import best_of  # benchmarks/timing.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def timed(fn, runs: int) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def measure(name: str, folder: Path, batch: int, runs: int) -> list[str]:
@@ -58,9 +49,9 @@ def measure(name: str, folder: Path, batch: int, runs: int) -> list[str]:
         checked = unchecked = float("inf")
         for _ in range(runs):  # alternated, so that both see the same load
             store._sums = sums
-            checked = min(checked, timed(fn, 1))
+            checked = min(checked, best_of(fn, 1))
             store._sums = None
-            unchecked = min(unchecked, timed(fn, 1))
+            unchecked = min(unchecked, best_of(fn, 1))
         store._sums = sums
         per = (unchecked / count * 1e6, checked / count * 1e6)
         out.append(f"| {name} ({n:,} rows) | {what} | {per[0]:.2f} µs | {per[1]:.2f} µs | {checked / unchecked:.2f} |")

@@ -13,22 +13,13 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import best_of  # benchmarks/timing.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def best(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -52,10 +43,10 @@ def main() -> None:
     mib = path.stat().st_size / 2**20
     ref = reference_norm([arr])
     assert scan(arr, path.name, ref) is None
-    t_ref = best(lambda: reference_norm([arr]), args.runs)
-    t_scan = best(lambda: scan(arr, path.name, ref), args.runs)
-    t_sha = best(lambda: sha256_file(path), args.runs)
-    t_stat = best(lambda: os.stat(path), args.runs)
+    t_ref = best_of(lambda: reference_norm([arr]), args.runs)
+    t_scan = best_of(lambda: scan(arr, path.name, ref), args.runs)
+    t_sha = best_of(lambda: sha256_file(path), args.runs)
+    t_stat = best_of(lambda: os.stat(path), args.runs)
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy "
           f"{np.__version__}; {args.rows:,} x {args.dim} fp16 = {mib:.0f} MiB; best of {args.runs}")
     print("| step | time | MiB/s | ratio to sha256 |")
