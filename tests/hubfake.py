@@ -9,6 +9,8 @@ Faults per served path: drop the connection once after N bytes, flip the first o
 
 :class:`DownServer` answers every request with 503 and counts them: a hub behind a proxy that refuses.
 :class:`SilentServer` accepts connections and never answers (a firewall or proxy that swallows them).
+:class:`RawServer` is the TCP server under answers no HTTP library would send: SilentServer's here, and the
+HTTP client tests' (a 100 GB Content-Length, an answer trickled a byte at a time).
 :class:`EndlessServer` answers 200 with no size and sends zeros until the client goes (no Content-Length, or chunked).
 FakeHub's ``stall`` fault sends a served path up to an offset and then nothing more, holding the connection.
 """
@@ -265,8 +267,10 @@ def hub_env(monkeypatch, endpoint: str, hf_home) -> None:
         monkeypatch.setenv(var, "127.0.0.1,localhost")
 
 
-class SilentServer:
-    """Accepts every connection and never sends a byte: the host of a firewall or proxy that swallows requests."""
+class RawServer:
+    """A TCP server on 127.0.0.1 (a free port) for answers no HTTP library would send: each accepted connection goes
+    to :meth:`answer` in a thread of its own until :meth:`close`, which sets ``stop`` (handlers waiting on it end).
+    ``endpoint`` is ``http://127.0.0.1:PORT``; ``connections`` counts the connections accepted."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -274,25 +278,27 @@ class SilentServer:
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.conns: list[socket.socket] = []
-        self._stop = threading.Event()
+        self.connections = 0
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
     def _accept(self) -> None:
         self.sock.settimeout(0.05)
-        while not self._stop.is_set():
+        while not self.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 continue
-            self.conns.append(conn)  # kept open, never read, never answered
+            self.connections += 1
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
-        self._stop.set()
-        self.thread.join()
-        for c in self.conns:
-            c.close()
+        self.stop.set()
+        self.thread.join(10)
         self.sock.close()
 
     def __enter__(self):
@@ -300,6 +306,22 @@ class SilentServer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class SilentServer(RawServer):
+    """Accepts every connection and never sends a byte: the host of a firewall or proxy that swallows requests."""
+
+    def __init__(self):
+        self.conns: list[socket.socket] = []
+        super().__init__()
+
+    def answer(self, conn: socket.socket) -> None:
+        self.conns.append(conn)  # kept open, never read, never answered
+
+    def close(self) -> None:
+        super().close()
+        for c in self.conns:
+            c.close()
 
 
 class EndlessServer(_Server):

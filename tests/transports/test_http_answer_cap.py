@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,44 +19,27 @@ from medret.config import HttpOptions, RetrieverConfig
 from medret.errors import TransportError
 from medret.transports import make_transport
 from medret.transports.http import HttpTransport
-from tests.hubfake import EndlessServer
+from tests.hubfake import EndlessServer, RawServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CAP = 1 << 20
 
 
-class HugeLengthServer:
+class HugeLengthServer(RawServer):
     """Answers every request with ``Content-Length: 100000000000`` and a few bytes, then holds the connection."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.requests = 0
-        self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
+        self.url = self.endpoint
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with conn:
             conn.recv(65536)
             self.requests += 1
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000000000\r\n\r\n"
                          + b'{"result": [[' + b" " * 1000)
             self.stop.wait(30)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
 
 
 @pytest.fixture

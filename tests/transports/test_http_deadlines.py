@@ -11,43 +11,28 @@ import pytest
 from medret.api import Retriever
 from medret.config import RetrieverConfig
 from medret.errors import TransportError
+from tests.hubfake import RawServer
 
 BODY = b'{"result": [[]]}' + b" " * 84  # valid JSON once complete: 100 bytes
 
 
-class TrickleServer:
+class TrickleServer(RawServer):
     """Answers every connection with a 200 whose head and body (HEAD_BYTES + 100 bytes) are sent one byte every
     `interval` seconds (about 15 s in all), recording how far it got."""
 
     def __init__(self, interval: float = 0.1):
         self.interval = interval
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/retrieve"
-        self.connections = 0
         self.sent = 0            # bytes sent on the latest connection
         self.finished = threading.Event()  # some connection got its whole answer
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
+        self.url = f"{self.endpoint}/retrieve"
 
     @property
-    def answer(self) -> bytes:
+    def reply(self) -> bytes:
         return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY)
                 + BODY)
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            self.connections += 1
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
-
-    def _trickle(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(30)
             data = b""
@@ -58,20 +43,14 @@ class TrickleServer:
                         return
                     data += chunk
                 self.sent = 0
-                for i in range(len(self.answer)):
+                for i in range(len(self.reply)):
                     if self.stop.wait(self.interval):
                         return
-                    conn.sendall(self.answer[i:i + 1])
+                    conn.sendall(self.reply[i:i + 1])
                     self.sent = i + 1
                 self.finished.set()
             except OSError:  # the client gave up and closed the connection
                 return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.sock.close()
-
 
 @pytest.fixture
 def trickle():
@@ -84,7 +63,7 @@ def test_http_backend_gives_up_after_timeout_for_the_whole_answer(trickle):
     r = Retriever(RetrieverConfig(corpus_name="remote", backend="http", url=trickle.url, timeout=1.0, retries=0))
     with pytest.raises(TransportError) as e:
         r.retrieve(["sepsis"], 3)
-    assert not trickle.finished.is_set() and 0 < trickle.sent < len(trickle.answer)  # gave up mid-answer
+    assert not trickle.finished.is_set() and 0 < trickle.sent < len(trickle.reply)  # gave up mid-answer
     msg = str(e.value)
     assert "after 1 attempt(s)" in msg and "Timeout: no complete answer within timeout=1s" in msg
 
@@ -109,7 +88,7 @@ def test_search_r1_http_path_has_a_total_deadline(trickle):
 
     with pytest.raises(TransportError, match=r"sent no complete answer within timeout=1s"):
         rt.batch_search({"url": trickle.url, "timeout": 1.0}, ["sepsis"])
-    assert not trickle.finished.is_set() and trickle.sent < len(trickle.answer)
+    assert not trickle.finished.is_set() and trickle.sent < len(trickle.reply)
 
 
 def test_doctor_health_check_has_a_total_deadline(trickle):
@@ -117,7 +96,7 @@ def test_doctor_health_check_has_a_total_deadline(trickle):
 
     [c] = check_server(trickle.url.rsplit("/", 1)[0], None, timeout=1.0)
     assert c.status == "fail" and "does not answer /health" in c.title
-    assert not trickle.finished.is_set() and trickle.sent < len(trickle.answer)
+    assert not trickle.finished.is_set() and trickle.sent < len(trickle.reply)
 
 
 def test_a_whole_answer_within_the_deadline_is_read(monkeypatch):
